@@ -1,0 +1,63 @@
+"""Run the ANN over sample data and record per-tensor statistics (max, min, mean, histogram) of every tensor
+a rewrite needs, as a JSON file tied to this model."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ann2snn_cli._options import BatchOpt, DataOpt, JsonOpt, LimitOpt, OutOpt
+from ann2snn_cli._output import Output
+
+from ann2snn_cli.state import errors_to_exit_codes
+
+NAME = "calibrate"
+
+
+def command(
+    model: Annotated[Path, typer.Argument(help="The ANN as an ONNX file.")],
+    data: DataOpt,
+    output: OutOpt = None,
+    percentile: Annotated[Optional[float], typer.Option(
+        "--percentile", min=0.0, max=100.0, help="Default threshold rule recorded for `convert`: this percentile "
+        "of each neuron's calibrated activation (default 99.9).")] = None,
+    use_max: Annotated[bool, typer.Option("--max", help="Default threshold rule: the calibrated maximum.")] = False,
+    batch_size: BatchOpt = 64,
+    limit: LimitOpt = None,
+    json_out: JsonOpt = None,
+) -> None:
+    with errors_to_exit_codes():
+        from rewrites.calibration.collect import calibrate
+        from rewrites.errors import Ann2SnnError
+        from rewrites.graph import write_text_atomic
+        if use_max and percentile is not None:
+            raise Ann2SnnError("--max and --percentile exclude each other", "give one of them")
+        method = "max" if use_max else f"percentile:{percentile if percentile is not None else 99.9:g}"
+        out = Output(json_out)
+        target = output or default_output(model)
+        with out.progress("calibrating", 0) as progress:
+            result = calibrate(model, data, batch_size, limit, method=method, progress=progress)
+        write_text_atomic(target, result.to_json())
+        render(out, result, target)
+        out.emit_json(summary(result, target))
+
+
+def default_output(model: Path) -> Path:
+    return model.with_name(model.stem + ".calib.json")
+
+
+def summary(result, target: Path) -> dict:
+    from rewrites.config import NormSpec
+    q = NormSpec.parse(result.method).percentile
+    return {"output": str(target), "samples": result.samples, "method": result.method,
+            "tensors": [{"tensor": n, "min": s.minimum, "max": s.maximum, "mean": s.mean,
+                         f"p{q:g}": s.percentile(q)} for n, s in result.tensors.items()]}
+
+
+def render(out: Output, result, target: Path) -> None:
+    from rewrites.config import NormSpec
+    q = NormSpec.parse(result.method).percentile
+    out.table(f"Calibration over {result.samples} samples", ["tensor", "min", "mean", "max", f"p{q:g}"],
+              [[n, s.minimum, s.mean, s.maximum, s.percentile(q)] for n, s in result.tensors.items()])
+    out.print(f"wrote {target} (default norm: {result.method})")

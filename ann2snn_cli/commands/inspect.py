@@ -1,0 +1,44 @@
+"""Show a model's inputs, outputs, parameter count, and how each op type converts."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ann2snn_cli._options import JsonOpt
+from ann2snn_cli._output import Output
+from ann2snn_cli.state import errors_to_exit_codes
+
+NAME = "inspect"
+
+
+def command(
+    model: Annotated[Path, typer.Argument(help="The ANN as an ONNX file.")],
+    json_out: JsonOpt = None,
+) -> None:
+    with errors_to_exit_codes():
+        from rewrites.convert import inspect_model
+        summary = inspect_model(model)
+        out = Output(json_out)
+        render(out, model, summary)
+        out.emit_json({"model": str(model), "opset": summary.opset, "parameters": summary.parameters,
+                       "inputs": summary.inputs, "outputs": summary.outputs, "ops": summary.op_table()})
+
+
+def render(out: Output, path: Path, summary) -> None:
+    out.print(f"[bold]{path}[/bold]  opset {summary.opset}, {summary.parameters:,} parameters")
+    out.table("Inputs and outputs", ["tensor", "kind", "shape", "dtype"],
+              [[t["name"], kind, "[" + ", ".join(map(str, t["shape"])) + "]", t["dtype"]]
+               for kind, group in (("input", summary.inputs), ("output", summary.outputs)) for t in group])
+    rows = []
+    for row in summary.op_table():
+        nodes = "" if row["converts"] else ", ".join(row["nodes"][:6]) + (" ..." if len(row["nodes"]) > 6 else "")
+        rows.append([row["op"], row["count"], row["conversion"], (row["reason"] + (": " if nodes else "") + nodes)
+                     if not row["converts"] else ""])
+    out.table("Operators", ["op", "count", "converts to", "why not / nodes"], rows)
+    blocked = [r for r in summary.op_table() if not r["converts"]]
+    if blocked:
+        out.print(f"{sum(r['count'] for r in blocked)} node(s) cannot be converted yet (see above).")
+    else:
+        out.print("Every node converts.")

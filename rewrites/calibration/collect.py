@@ -1,0 +1,82 @@
+"""Calibration as three verbs: augment the graph with every tensor a rewrite needs as an extra output,
+collect statistics batch by batch into fixed-size state, and return typed results."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import onnxruntime as ort
+
+from rewrites import __version__
+from rewrites.calibration.data import Dataset, input_specs, load_dataset
+from rewrites.calibration.stats import DEFAULT_BINS, Calibration, TensorStats
+from rewrites.config import NormSpec
+from rewrites.convert import normalise, to_model
+from rewrites.errors import DataError
+from rewrites.graph import fingerprint, load_model
+from rewrites.optable import Conversion, classify_graph
+
+Progress = Callable[[int, int], None]  # (samples done, samples total)
+
+OBSERVED = {Conversion.IF_NEURON: (0,), Conversion.MAXPOOL_NEURON: (0,), Conversion.UGO: (0,),
+            Conversion.NORMALIZATION: (0,), Conversion.PRODUCT: (0, 1)}
+
+
+def observed_tensors(graph) -> list[str]:
+    """Inputs of every node a rewrite will need statistics for, in graph order."""
+    by_name = {n.name: n for n in graph.nodes}
+    names: list[str] = []
+    for conv in classify_graph(graph):
+        for i in OBSERVED.get(conv.conversion, ()):
+            node = by_name[conv.node]
+            if i < len(node.inputs) and node.inputs[i].name and node.inputs[i].name not in names:
+                names.append(node.inputs[i].name)
+    return names
+
+
+def augment(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    existing = {o.name for o in model.graph.output}
+    types = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.input)}
+    for name in tensors:
+        if name in existing:
+            continue
+        if name in types:
+            model.graph.output.append(types[name])
+        else:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return model
+
+
+def calibrate(model_path: str | Path, data_path: str | Path, batch_size: int = 64, limit: int | None = None,
+              bins: int = DEFAULT_BINS, method: str = "percentile:99.9",
+              progress: Progress | None = None) -> Calibration:
+    """Run the model over the data once and return per-tensor statistics of every tensor a rewrite needs.
+    `method` (a --norm spec) is recorded as the default threshold rule for `convert`."""
+    NormSpec.parse(method)
+    if batch_size < 1:
+        raise DataError(f"invalid --batch-size {batch_size}", "use a positive number")
+    model = load_model(model_path)
+    dataset = load_dataset(data_path, input_specs(model), limit)
+    graph, _ = normalise(model)
+    tensors = observed_tensors(graph)
+    augmented = augment(to_model(graph, model), tensors)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    stats = {name: TensorStats(name, bins) for name in tensors}
+    collect(session, dataset, stats, batch_size, progress)
+    return Calibration(fingerprint(model), str(model_path), len(dataset), stats, __version__, method)
+
+
+def collect(session: ort.InferenceSession, dataset: Dataset, stats: dict[str, TensorStats], batch_size: int,
+            progress: Progress | None = None) -> None:
+    names = list(stats)
+    done = 0
+    for batch in dataset.batches(batch_size):
+        for name, value in zip(names, session.run(names, batch)):
+            stats[name].update(value)
+        done += len(next(iter(batch.values())))
+        if progress:
+            progress(done, len(dataset))

@@ -1,0 +1,171 @@
+"""Streaming per-tensor statistics and the calibration file that carries them.
+
+The histogram covers [-R, R) with a fixed number of equal bins. When a batch holds a value outside the
+range, R doubles and adjacent bins merge in pairs, so earlier counts stay exact and memory is bounded by the
+bin count, never by the amount of data. A percentile is read from the cumulative counts, exact to one bin.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rewrites.errors import CalibrationError, InputFileError
+
+SCHEMA = "ann2snn.calibration"
+SCHEMA_VERSION = 1
+DEFAULT_BINS = 4096
+
+
+@dataclass
+class TensorStats:
+    name: str
+    bins: int = DEFAULT_BINS
+    count: int = 0
+    minimum: float = math.inf
+    maximum: float = -math.inf
+    total: float = 0.0
+    half_range: float = 0.0  # R; 0 until the first non-zero value
+    counts: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self):
+        if self.bins % 4:
+            raise ValueError("bins must be a multiple of 4")
+        if self.counts is None:
+            self.counts = np.zeros(self.bins, np.int64)
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    @property
+    def bin_width(self) -> float:
+        return 2.0 * self.half_range / self.bins
+
+    def update(self, values: np.ndarray) -> None:
+        x = np.asarray(values).reshape(-1)
+        if x.size == 0:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise CalibrationError(f"tensor '{self.name}' holds NaN or infinite values during calibration",
+                                   "check the model and the data")
+        self.count += x.size
+        self.minimum = min(self.minimum, lo)
+        self.maximum = max(self.maximum, hi)
+        self.total += float(x.sum(dtype=np.float64))
+        self._grow(max(abs(lo), abs(hi)))
+        if self.half_range == 0.0:
+            self.counts[self.bins // 2] += x.size
+            return
+        index = np.floor((x.astype(np.float64) + self.half_range) / self.bin_width).astype(np.int64)
+        np.clip(index, 0, self.bins - 1, out=index)
+        self.counts += np.bincount(index, minlength=self.bins)
+
+    def _grow(self, magnitude: float) -> None:
+        if magnitude == 0.0 or magnitude < self.half_range:
+            return
+        if self.half_range == 0.0:
+            self.half_range = 2.0 ** math.ceil(math.log2(magnitude) + 1e-12)
+            if self.half_range <= magnitude:
+                self.half_range *= 2.0
+            return
+        while self.half_range <= magnitude:
+            merged = self.counts.reshape(-1, 2).sum(axis=1)
+            quarter = self.bins // 4
+            self.counts = np.zeros(self.bins, np.int64)
+            self.counts[quarter:quarter + merged.size] = merged
+            self.half_range *= 2.0
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile (0 < q <= 100) of all values seen, within one bin width."""
+        if self.count == 0:
+            raise CalibrationError(f"tensor '{self.name}' has no calibration samples")
+        if q >= 100.0 or self.half_range == 0.0:
+            return self.maximum if q >= 100.0 else 0.0
+        target = q / 100.0 * self.count
+        cumulative = np.cumsum(self.counts)
+        i = int(np.searchsorted(cumulative, target, side="left"))
+        before = cumulative[i - 1] if i > 0 else 0
+        inside = self.counts[i]
+        fraction = (target - before) / inside if inside else 1.0
+        value = -self.half_range + (i + fraction) * self.bin_width
+        return float(min(max(value, self.minimum), self.maximum))
+
+    def to_json(self) -> dict:
+        nonzero = np.flatnonzero(self.counts)
+        return {
+            "count": self.count, "min": self.minimum, "max": self.maximum, "mean": self.mean,
+            "histogram": {"bins": self.bins, "range": [-self.half_range, self.half_range],
+                          "nonzero_bins": nonzero.tolist(), "counts": self.counts[nonzero].tolist()},
+        }
+
+    @classmethod
+    def from_json(cls, name: str, data: dict) -> TensorStats:
+        hist = data["histogram"]
+        bins = int(hist["bins"])
+        counts = np.zeros(bins, np.int64)
+        counts[np.asarray(hist["nonzero_bins"], np.int64)] = np.asarray(hist["counts"], np.int64)
+        count = int(data["count"])
+        if counts.sum() != count:
+            raise ValueError("histogram counts do not add up to count")
+        return cls(name, bins, count, float(data["min"]), float(data["max"]), float(data["mean"]) * count,
+                   float(hist["range"][1]), counts)
+
+
+@dataclass
+class Calibration:
+    fingerprint: str
+    model_path: str
+    samples: int
+    tensors: dict[str, TensorStats]
+    tool_version: str = ""
+    method: str = "percentile:99.9"  # the norm `convert` uses unless told otherwise
+
+    def stats(self, tensor: str, node: str) -> TensorStats:
+        if tensor not in self.tensors:
+            raise CalibrationError(f"calibration has no statistics for tensor '{tensor}' (input of node '{node}')",
+                                   "recalibrate this model with `ann2snn calibrate`")
+        return self.tensors[tensor]
+
+    def to_json(self) -> str:
+        body = {
+            "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "tool_version": self.tool_version,
+            "model": {"path": self.model_path, "fingerprint": self.fingerprint}, "samples": self.samples,
+            "method": self.method, "tensors": {name: self.tensors[name].to_json() for name in sorted(self.tensors)},
+        }
+        return json.dumps(body, indent=1)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Calibration:
+        path = Path(path)
+        if not path.exists():
+            raise InputFileError(f"{path}: no such file")
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CalibrationError(f"{path}: not a calibration file (invalid JSON: {exc})",
+                                   "make one with `ann2snn calibrate`") from exc
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise CalibrationError(f"{path}: not an ann2snn calibration file",
+                                   "make one with `ann2snn calibrate`")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise CalibrationError(f"{path}: calibration schema version {data.get('schema_version')!r}, "
+                                   f"this tool reads version {SCHEMA_VERSION}", "recalibrate")
+        try:
+            tensors = {name: TensorStats.from_json(name, t) for name, t in data["tensors"].items()}
+            return cls(str(data["model"]["fingerprint"]), str(data["model"].get("path", "")),
+                       int(data["samples"]), tensors, str(data.get("tool_version", "")),
+                       str(data.get("method", "percentile:99.9")))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CalibrationError(f"{path}: malformed calibration file ({type(exc).__name__}: {exc})",
+                                   "recalibrate") from exc
+
+    def check_model(self, fingerprint: str, path: str | Path, model_path: str | Path) -> None:
+        if fingerprint != self.fingerprint:
+            raise CalibrationError(
+                f"{path}: calibration was made for another model ({self.model_path or 'unknown'}), "
+                f"not {model_path}", f"calibrate {model_path} with `ann2snn calibrate`")

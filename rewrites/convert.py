@@ -1,0 +1,151 @@
+"""The library entry points behind `inspect` and `convert`: normalise, self-check, rewrite, export."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+
+from rewrites.calibration.data import input_specs
+from rewrites.calibration.stats import Calibration
+from rewrites.config import ConvertOptions
+from rewrites.errors import PassError, UnsupportedNodesError
+from rewrites.export import export_spiking
+from rewrites.graph import fingerprint, infer_shapes, load_model
+from rewrites.optable import Conversion, NodeConversion, classify_graph
+from rewrites.passes import NORMALISE, SPIKING, PassContext, PassReport, run_passes
+from rewrites.passes import fold_constants as _quiet_gs  # noqa: F401  (sets graphsurgeon's log level)
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    graph = gs.import_onnx(model)
+    graph.toposort()
+    return graph
+
+
+def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    model = gs.export_onnx(graph, do_type_check=False)
+    del model.opset_import[:]
+    model.opset_import.extend(like.opset_import)
+    model.ir_version = like.ir_version
+    return model
+
+
+def normalise(model: onnx.ModelProto, options: ConvertOptions | None = None
+              ) -> tuple[gs.Graph, list[PassReport]]:
+    """Run the normalising passes (same function, simpler graph) and re-infer shapes."""
+    graph = import_graph(infer_shapes(model))
+    reports = run_passes(graph, NORMALISE, PassContext(options or ConvertOptions()))
+    return import_graph(infer_shapes(to_model(graph, model))), reports
+
+
+def self_check(original: onnx.ModelProto, rewritten: onnx.ModelProto, what: str, seed: int = 0,
+               rtol: float = 1e-4) -> float:
+    """Run both models on the same random inputs; raise PassError if they differ. Returns the max error
+    relative to the largest output magnitude."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in input_specs(original):
+        dims = [d if isinstance(d, int) and d > 0 else 2 for d in spec.shape]
+        feeds[spec.name] = rng.random(dims).astype(spec.dtype) if spec.dtype.kind == "f" \
+            else rng.integers(0, 2, dims).astype(spec.dtype)
+    a = _run(original, feeds)
+    b = _run(rewritten, feeds)
+    worst = 0.0
+    for name, x, y in zip([o.name for o in original.graph.output], a, b):
+        scale = max(float(np.abs(x).max()), 1e-12)
+        err = float(np.abs(x.astype(np.float64) - y).max()) / scale
+        worst = max(worst, err)
+        if err > rtol:
+            raise PassError(f"{what} changed output '{name}': max error {err:.2e} relative to its range",
+                            "rerun with --skip-pass to find the pass, and report it")
+    return worst
+
+
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+@dataclass
+class ModelSummary:
+    inputs: list[dict]
+    outputs: list[dict]
+    parameters: int
+    nodes: list[NodeConversion]
+    opset: int
+
+    def op_table(self) -> list[dict]:
+        """Per op type and conversion: count and node names."""
+        groups: dict[tuple[str, Conversion], list[NodeConversion]] = {}
+        for n in self.nodes:
+            groups.setdefault((n.op_type, n.conversion), []).append(n)
+        rows = []
+        for (op, conv), members in sorted(groups.items(), key=lambda kv: (kv[0][1].converts, kv[0][0])):
+            rows.append({"op": op, "count": len(members), "conversion": conv.value, "converts": conv.converts,
+                         "reason": members[0].reason, "nodes": [m.node for m in members]})
+        return rows
+
+
+def _io(values) -> list[dict]:
+    out = []
+    for vi in values:
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+        out.append({"name": vi.name, "shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(
+            tt.elem_type).name if tt.elem_type else "?"})
+    return out
+
+
+def summarize(model: onnx.ModelProto) -> ModelSummary:
+    inits = {t.name for t in model.graph.initializer}
+    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    graph = import_graph(infer_shapes(model))
+    from rewrites.graph import default_opset
+    return ModelSummary(_io([i for i in model.graph.input if i.name not in inits]), _io(model.graph.output),
+                        params, classify_graph(graph), default_opset(model))
+
+
+def inspect_model(path: str | Path) -> ModelSummary:
+    return summarize(load_model(path))
+
+
+@dataclass
+class ConversionResult:
+    model: onnx.ModelProto
+    reports: list[PassReport]
+    ops_before: Counter
+    ops_after: Counter
+    layers: list[dict]
+    normalise_error: float
+    kept_float: list[NodeConversion] = field(default_factory=list)
+
+
+def convert_model(model: onnx.ModelProto, calibration: Calibration, options: ConvertOptions,
+                  model_path: str | Path = "model", calib_path: str | Path = "calibration",
+                  check: bool = True) -> ConversionResult:
+    fp = fingerprint(model)
+    calibration.check_model(fp, calib_path, model_path)
+    ops_before = Counter(n.op_type for n in model.graph.node)
+    graph, reports = normalise(model, options)
+    error = self_check(model, to_model(graph, model), "normalising passes") if check else float("nan")
+    reports += run_passes(graph, SPIKING, PassContext(options, calibration))
+    remaining = [n for n in classify_graph(graph) if not n.conversion.converts]
+    if remaining:
+        listing = "; ".join(f"{n.node} ({n.op_type}: {n.conversion.value}{', ' + n.reason if n.reason else ''})"
+                            for n in remaining[:20])
+        more = f" and {len(remaining) - 20} more" if len(remaining) > 20 else ""
+        raise UnsupportedNodesError(f"{model_path}: {len(remaining)} node(s) cannot be converted: {listing}{more}",
+                                    [(n.node, n.op_type, n.reason or n.conversion.value) for n in remaining],
+                                    "run `ann2snn inspect` for the full table")
+    layers = [layer for r in reports for layer in r.layers]
+    snn = export_spiking(graph, model, options, layers, fp)
+    ops_after = Counter(n.op_type for n in snn.graph.node)
+    return ConversionResult(snn, reports, ops_before, ops_after, layers, error)

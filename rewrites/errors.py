@@ -1,0 +1,46 @@
+"""The error hierarchy of the library. Every error names the file, node or tensor at fault and, where one
+exists, the next thing to do. The CLI maps each type to a one-line message and an exit code."""
+
+
+class Ann2SnnError(Exception):
+    """Base of every error the library raises on bad input."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class InputFileError(Ann2SnnError):
+    """A file is missing, unreadable, or not what its name says."""
+
+
+class ModelError(Ann2SnnError):
+    """The ONNX graph is invalid or uses something the tool cannot handle."""
+
+
+class DataError(Ann2SnnError):
+    """Input data does not match the model (shape, dtype, values) or cannot be read safely."""
+
+
+class CalibrationError(Ann2SnnError):
+    """A calibration file is malformed, of another version, or made for another model."""
+
+
+class UnsupportedNodesError(Ann2SnnError):
+    """Nodes remain that no pass converts; `nodes` lists (name, op_type, reason)."""
+
+    def __init__(self, message: str, nodes: list[tuple[str, str, str]], hint: str | None = None):
+        super().__init__(message, hint)
+        self.nodes = nodes
+
+
+class PassError(Ann2SnnError):
+    """A rewrite pass failed or broke the graph; names the pass and the passes before it."""
+
+
+class SpikingModelError(Ann2SnnError):
+    """A file given as a spiking model does not follow the exported-model contract."""

@@ -1,0 +1,105 @@
+"""The spiking operators of domain ai.ann2snn: their state variables and their ONNX function bodies.
+
+Each operator computes ONE time step. Its state is passed explicitly: the node's trailing inputs are the
+state at the start of the step, its trailing outputs the state after it, in the order of `state`. Every
+state variable starts at zero, so a runtime needs no initial values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+from onnx import TensorProto, helper
+
+DOMAIN = "ai.ann2snn"
+DOMAIN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class OperatorSpec:
+    op_type: str
+    inputs: tuple[str, ...]  # non-state inputs, in order
+    state: tuple[str, ...]  # state variable names
+    attributes: tuple[str, ...]
+    doc: str
+
+    def function(self, opset: int) -> onnx.FunctionProto:
+        """The ONNX function body, written in the model's default-domain opset."""
+        return _BODIES[self.op_type](self, opset)
+
+
+IF_NEURON = OperatorSpec(
+    "IFNeuron",
+    inputs=("X", "threshold", "fire_level"),
+    state=("v",),
+    attributes=(),
+    doc=(
+        "Integrate-and-fire neuron with soft reset, scaled output. State v = membrane - v_init "
+        "(v_init = phi*threshold). m = v + X; spike = m >= fire_level (= threshold - v_init); "
+        "Y = spike * threshold; v_next = m - Y."
+    ),
+)
+
+MAXPOOL_NEURON = OperatorSpec(
+    "MaxPoolNeuron",
+    inputs=("X",),
+    state=("acc", "pooled"),
+    attributes=("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad"),
+    doc=(
+        "Max pooling of accumulated input: acc_next = acc + X; M = MaxPool(acc_next); Y = M - pooled; "
+        "pooled_next = M. The outputs sum to MaxPool of the summed input, so their running mean is "
+        "MaxPool of the input's running mean."
+    ),
+)
+
+OPERATORS: dict[str, OperatorSpec] = {spec.op_type: spec for spec in (IF_NEURON, MAXPOOL_NEURON)}
+
+
+def state_outputs(spec: OperatorSpec) -> tuple[str, ...]:
+    return tuple(f"{s}_next" for s in spec.state)
+
+
+def _if_neuron_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
+    if opset >= 12:
+        compare = [helper.make_node("GreaterOrEqual", ["m", "fire_level"], ["fired"])]
+    else:
+        compare = [helper.make_node("Less", ["m", "fire_level"], ["below"]),
+                   helper.make_node("Not", ["below"], ["fired"])]
+    nodes = [
+        helper.make_node("Add", ["v", "X"], ["m"]),
+        *compare,
+        helper.make_node("Cast", ["fired"], ["spike"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["spike", "threshold"], ["Y"]),
+        helper.make_node("Sub", ["m", "Y"], ["v_next"]),
+    ]
+    return _function(spec, nodes, opset)
+
+
+def _maxpool_neuron_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
+    pool = helper.make_node("MaxPool", ["acc_next"], ["M"])
+    for name in spec.attributes:
+        kind = onnx.AttributeProto.STRING if name == "auto_pad" else (
+            onnx.AttributeProto.INT if name == "ceil_mode" else onnx.AttributeProto.INTS)
+        pool.attribute.append(helper.make_attribute_ref(name, kind))
+    nodes = [
+        helper.make_node("Add", ["acc", "X"], ["acc_next"]),
+        pool,
+        helper.make_node("Sub", ["M", "pooled"], ["Y"]),
+        helper.make_node("Identity", ["M"], ["pooled_next"]),
+    ]
+    return _function(spec, nodes, opset)
+
+
+def _function(spec: OperatorSpec, nodes: list[onnx.NodeProto], opset: int) -> onnx.FunctionProto:
+    return helper.make_function(
+        DOMAIN, spec.op_type,
+        inputs=list(spec.inputs) + list(spec.state),
+        outputs=["Y"] + list(state_outputs(spec)),
+        nodes=nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        attributes=list(spec.attributes),
+        doc_string=spec.doc,
+    )
+
+
+_BODIES = {"IFNeuron": _if_neuron_body, "MaxPoolNeuron": _maxpool_neuron_body}

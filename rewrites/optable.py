@@ -1,0 +1,133 @@
+"""How each node of an ANN converts: kept as a linear operator, replaced by a spiking operator, left to a
+later pass, or unsupported. Shared by `inspect` (the table users read first) and `convert` (the final check
+that nothing stays silently unconverted)."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import onnx_graphsurgeon as gs
+import numpy as np
+
+
+class Conversion(enum.Enum):
+    LINEAR = "kept (linear)"
+    STATIC = "kept (shape/constant computation)"
+    IF_NEURON = "IF neuron"
+    MAXPOOL_NEURON = "MaxPool neuron"
+    SPIKING = "spiking operator"
+    UGO = "nonlinearity: UGO subnet (not yet available)"
+    PRODUCT = "variable x variable product: spiking product (not yet available)"
+    NORMALIZATION = "softmax/normalisation (not yet available)"
+    UNSUPPORTED = "unsupported"
+
+    @property
+    def converts(self) -> bool:
+        return self in (Conversion.LINEAR, Conversion.STATIC, Conversion.IF_NEURON,
+                        Conversion.MAXPOOL_NEURON, Conversion.SPIKING)
+
+
+LINEAR_OPS = frozenset({
+    "Conv", "ConvTranspose", "Gemm", "Add", "Sub", "Neg", "Sum", "Mean", "Concat", "AveragePool",
+    "GlobalAveragePool", "Flatten", "Reshape", "Transpose", "Pad", "Squeeze", "Unsqueeze", "ReduceMean",
+    "ReduceSum", "BatchNormalization", "Identity", "Dropout", "Slice", "Split", "Gather", "Expand", "Tile",
+    "DepthToSpace", "SpaceToDepth", "Resize",
+})
+# Linear when at most one operand depends on the input (and, for Div, the divisor does not).
+BILINEAR_OPS = frozenset({"MatMul", "Mul", "Div", "Einsum"})
+UGO_OPS = frozenset({
+    "Gelu", "Erf", "Exp", "Sigmoid", "Tanh", "Softplus", "Elu", "Selu", "LeakyRelu", "PRelu", "HardSigmoid",
+    "HardSwish", "Abs", "Reciprocal", "Sqrt", "Pow", "Log", "Mish", "Sin", "Cos", "Celu", "ThresholdedRelu",
+})
+NORMALIZATION_OPS = frozenset({"Softmax", "LogSoftmax", "LayerNormalization", "InstanceNormalization",
+                               "GroupNormalization", "LpNormalization"})
+SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
+
+
+@dataclass(frozen=True)
+class NodeConversion:
+    node: str
+    op_type: str
+    conversion: Conversion
+    reason: str = ""
+
+
+def dynamic_tensors(graph: gs.Graph) -> set[str]:
+    """Names of tensors whose value depends on the graph inputs (shape-only dependence does not count).
+    The graph must be topologically sorted."""
+    dynamic = {t.name for t in graph.inputs}
+    for node in graph.nodes:
+        if node.op in SHAPE_ONLY_OPS:
+            continue
+        if any(isinstance(i, gs.Variable) and i.name in dynamic for i in node.inputs):
+            dynamic.update(o.name for o in node.outputs)
+    return dynamic
+
+
+def clip_bounds(node: gs.Node) -> tuple[float | None, float | None] | None:
+    """(min, max) of a Clip when both are constants (None = absent), else None."""
+    if "min" in node.attrs or "max" in node.attrs:  # opset < 11
+        return node.attrs.get("min"), node.attrs.get("max")
+    bounds = []
+    for i in (1, 2):
+        if len(node.inputs) <= i or node.inputs[i].name == "":
+            bounds.append(None)
+        elif isinstance(node.inputs[i], gs.Constant):
+            bounds.append(float(np.asarray(node.inputs[i].values).reshape(-1)[0]))
+        else:
+            return None
+    return bounds[0], bounds[1]
+
+
+def is_relu_like(node: gs.Node) -> bool:
+    if node.op == "Relu":
+        return True
+    if node.op == "Clip":
+        bounds = clip_bounds(node)
+        return bounds is not None and bounds[0] == 0.0 and (bounds[1] is None or bounds[1] > 0.0)
+    return False
+
+
+def classify(node: gs.Node, dynamic: set[str]) -> NodeConversion:
+    op = node.op
+    ins = [i for i in node.inputs if i.name]
+    is_dynamic = [isinstance(i, gs.Variable) and i.name in dynamic for i in ins]
+
+    def result(conv: Conversion, reason: str = "") -> NodeConversion:
+        return NodeConversion(node.name, op, conv, reason)
+
+    if node.domain == "ai.ann2snn":
+        return result(Conversion.SPIKING)
+    if not any(is_dynamic):
+        return result(Conversion.STATIC)
+    if op in LINEAR_OPS:
+        if op == "Resize" and node.attrs.get("mode", "nearest") not in ("nearest", "linear"):
+            return result(Conversion.UNSUPPORTED, f"Resize mode {node.attrs.get('mode')} is not linear")
+        if op == "Pad" and node.attrs.get("mode", "constant") not in ("constant", "reflect", "edge"):
+            return result(Conversion.UNSUPPORTED, "Pad mode is not linear")
+        return result(Conversion.LINEAR)
+    if op in BILINEAR_OPS:
+        if sum(is_dynamic) >= 2:
+            return result(Conversion.PRODUCT, "both operands depend on the input")
+        if op == "Div" and is_dynamic[-1]:
+            return result(Conversion.UGO, "divides by a tensor that depends on the input (reciprocal)")
+        return result(Conversion.LINEAR)
+    if is_relu_like(node):
+        return result(Conversion.IF_NEURON)
+    if op == "MaxPool":
+        if len([o for o in node.outputs if o.name]) > 1:
+            return result(Conversion.UNSUPPORTED, "MaxPool with an Indices output")
+        return result(Conversion.MAXPOOL_NEURON)
+    if op == "Clip":
+        return result(Conversion.UGO, "Clip that is not ReLU-like (min != 0 or bounds not constant)")
+    if op in UGO_OPS:
+        return result(Conversion.UGO, "elementwise nonlinearity")
+    if op in NORMALIZATION_OPS:
+        return result(Conversion.NORMALIZATION, "normalisation over features")
+    return result(Conversion.UNSUPPORTED, f"no conversion of {op} on input-dependent tensors")
+
+
+def classify_graph(graph: gs.Graph) -> list[NodeConversion]:
+    graph.toposort()
+    dynamic = dynamic_tensors(graph)
+    return [classify(node, dynamic) for node in graph.nodes]

@@ -1,0 +1,76 @@
+"""What a pass is, what it reports, and how a pipeline of passes runs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import onnx_graphsurgeon as gs
+
+from rewrites.calibration.stats import Calibration
+from rewrites.config import ConvertOptions
+from rewrites.errors import Ann2SnnError, PassError
+
+
+@dataclass
+class PassReport:
+    name: str
+    converted: list[str] = field(default_factory=list)  # node names changed or replaced
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (node name, reason)
+    layers: list[dict] = field(default_factory=list)  # per-layer settings recorded in the metadata
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.converted)
+
+
+@dataclass
+class PassContext:
+    options: ConvertOptions = field(default_factory=ConvertOptions)
+    calibration: Calibration | None = None
+
+
+@dataclass(frozen=True)
+class Pass:
+    """A named graph rewrite. `run` mutates the graph and returns its report; `spiking` passes need a
+    calibration and change the function only in the limit of many time steps."""
+
+    name: str
+    run: Callable[[gs.Graph, PassContext], PassReport]
+    spiking: bool = False
+    doc: str = ""
+
+
+def run_passes(graph: gs.Graph, passes: tuple[Pass, ...], ctx: PassContext) -> list[PassReport]:
+    reports = []
+    for i, p in enumerate(passes):
+        if p.name in ctx.options.skip_passes:
+            continue
+        try:
+            report = p.run(graph, ctx)
+            graph.cleanup().toposort()
+        except Ann2SnnError:
+            raise
+        except Exception as exc:
+            before = ", ".join(q.name for q in passes[:i]) or "none"
+            raise PassError(f"pass '{p.name}' failed: {type(exc).__name__}: {exc} (passes before it: {before})",
+                            "rerun with --debug and report it, or skip the pass with --skip-pass") from exc
+        reports.append(report)
+    return reports
+
+
+def unique_name(graph: gs.Graph, base: str) -> str:
+    taken = {n.name for n in graph.nodes} | set(graph.tensors().keys())
+    if base not in taken:
+        return base
+    i = 1
+    while f"{base}_{i}" in taken:
+        i += 1
+    return f"{base}_{i}"
+
+
+def consumers(graph: gs.Graph, tensor: gs.Tensor) -> list[gs.Node]:
+    return list(tensor.outputs)
+
+
+def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(t is tensor for t in graph.outputs)

@@ -1,0 +1,32 @@
+"""maxpool_to_neuron: MaxPool -> MaxPool neuron (max pooling of the accumulated input, emitting the
+increase of the pooled value each step; seed 000, from the Quantization Framework for Fast SNNs).
+
+Matches MaxPool with a single output (no Indices). Attributes are carried over unchanged."""
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from rewrites.neurons import MAXPOOL_NEURON
+from rewrites.passes.base import Pass, PassContext, PassReport
+from rewrites.passes.spiking import replace_node, spiking_node
+
+
+def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
+    report = PassReport("maxpool_to_neuron")
+    for node in [n for n in graph.nodes if n.op == "MaxPool"]:
+        if len([o for o in node.outputs if o.name]) > 1:
+            report.skipped.append((node.name, "MaxPool with an Indices output"))
+            continue
+        if node.attrs.get("storage_order", 0):
+            report.skipped.append((node.name, "MaxPool with storage_order"))
+            continue
+        x, y = node.inputs[0], node.outputs[0]
+        attrs = {k: v for k, v in node.attrs.items() if k in MAXPOOL_NEURON.attributes}
+        neuron = spiking_node(MAXPOOL_NEURON, node.name, [x], y, [x, y], attrs)
+        replace_node(graph, node, neuron)
+        report.converted.append(node.name)
+        report.layers.append({"node": node.name, "op": MAXPOOL_NEURON.op_type, "from": "MaxPool"})
+    return report
+
+
+PASS = Pass("maxpool_to_neuron", run, spiking=True, doc="MaxPool -> MaxPool neuron.")

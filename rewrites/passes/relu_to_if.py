@@ -1,0 +1,54 @@
+"""relu_to_if: ReLU and Clip(0, a) (ReLU6 and the like) -> scaled integrate-and-fire neuron.
+
+Matches Relu, and Clip whose min is the constant 0 and whose max is a positive constant or absent.
+The threshold theta comes from the calibrated statistics of the node's input under the chosen norm
+(max, or a percentile of the post-ReLU distribution), capped at a for Clip(0, a). The neuron's initial
+membrane is phi * theta. Needs shapes: the state has the input's shape."""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from rewrites.config import Norm
+from rewrites.errors import CalibrationError
+from rewrites.neurons import IF_NEURON
+from rewrites.optable import clip_bounds, is_relu_like
+from rewrites.passes.base import Pass, PassContext, PassReport
+from rewrites.passes.spiking import replace_node, spiking_node
+
+DEAD_THRESHOLD = 1.0  # used when a ReLU never saw a positive input: it never fires, any theta works
+
+
+def threshold(stats, ctx: PassContext) -> float:
+    norm = ctx.options.norm
+    value = stats.maximum if norm.kind is Norm.MAX else stats.percentile(norm.percentile)
+    return max(float(value), 0.0)
+
+
+def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
+    report = PassReport("relu_to_if")
+    if ctx.calibration is None:
+        raise CalibrationError("relu_to_if needs a calibration", "pass --calib FILE from `ann2snn calibrate`")
+    phi = ctx.options.phi
+    for node in [n for n in graph.nodes if is_relu_like(n)]:
+        x, y = node.inputs[0], node.outputs[0]
+        stats = ctx.calibration.stats(x.name, node.name)
+        theta = threshold(stats, ctx)
+        cap = clip_bounds(node)[1] if node.op == "Clip" else None
+        if cap is not None:
+            theta = min(theta, cap)
+        dead = theta <= 0.0
+        if dead:
+            theta = DEAD_THRESHOLD
+        theta_c = gs.Constant(f"{node.name}.threshold", np.array(theta, np.float32))
+        fire_c = gs.Constant(f"{node.name}.fire_level", np.array(theta * (1.0 - phi), np.float32))
+        neuron = spiking_node(IF_NEURON, node.name, [x, theta_c, fire_c], y, [y])
+        replace_node(graph, node, neuron)
+        report.converted.append(node.name)
+        report.layers.append({"node": node.name, "op": IF_NEURON.op_type, "from": node.op,
+                              "threshold": theta, "phi": phi, "norm": str(ctx.options.norm),
+                              "input": x.name, "calibrated_max": stats.maximum, "dead": dead})
+    return report
+
+
+PASS = Pass("relu_to_if", run, spiking=True, doc="ReLU / Clip(0, a) -> IF neuron.")

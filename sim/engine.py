@@ -1,0 +1,210 @@
+"""The NumPy engine: runs an exported spiking model over a whole time window, layer by layer.
+
+Every tensor that depends on the input is a sequence [T_in, B, ...] where T_in is 1 when the value is the
+same at every step (under direct coding the input and everything before the first neuron) and T otherwise.
+A stateless operator runs once on a time-invariant input; otherwise elementwise operators broadcast over
+the time axis, batch-first operators (Conv, Gemm, pooling, ...) run once with time folded into the batch,
+and anything else runs step by step. Spiking operators scan over time in their native kernels."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from rewrites.errors import SpikingModelError
+from sim.model import SPIKING_DOMAIN, SpikingModel
+from sim.neurons import NEURON_KERNELS
+from sim.ops import KERNELS, attributes
+
+ELEMENTWISE = frozenset({
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Greater", "Less",
+    "GreaterOrEqual", "LessOrEqual", "And", "Or", "Not", "Neg", "Abs", "Exp", "Log", "Sqrt", "Reciprocal",
+    "Sigmoid", "Tanh", "Erf", "Relu", "LeakyRelu", "Clip", "Floor", "Ceil", "Round", "Sign", "Cast",
+    "HardSigmoid", "HardSwish", "Softplus", "Elu", "Selu", "Gelu", "Identity", "Dropout", "PRelu", "Sin", "Cos",
+})
+BATCH_FIRST = frozenset({
+    "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+    "BatchNormalization", "LRN", "InstanceNormalization", "DepthToSpace", "SpaceToDepth",
+})
+AXIS_OPS = frozenset({"Flatten", "Softmax", "LogSoftmax", "Concat", "Split", "LayerNormalization", "ArgMax",
+                      "Gather"})
+
+
+@dataclass
+class Seq:
+    """A per-step tensor over the window: data[t] is its value at step t (data[0] at every step if len 1)."""
+
+    data: np.ndarray
+
+    @property
+    def invariant(self) -> bool:
+        return self.data.shape[0] == 1
+
+    def step(self, t: int) -> np.ndarray:
+        return self.data[0 if self.invariant else t]
+
+
+@dataclass
+class LayerSpikes:
+    node: str
+    op: str
+    neurons: int  # per sample
+    spikes: int = 0  # over all samples and steps
+
+
+@dataclass
+class WindowResult:
+    outputs: dict[str, np.ndarray]  # name -> [T, B, ...] per-step values
+    spikes: dict[str, LayerSpikes] = field(default_factory=dict)
+
+
+class NumpyEngine:
+    name = "numpy"
+
+    def __init__(self, model: SpikingModel):
+        self.model = model
+        self.nodes = model.nodes
+        self.attrs = [attributes(n) for n in self.nodes]
+        for node in self.nodes:
+            known = NEURON_KERNELS if node.domain == SPIKING_DOMAIN else KERNELS
+            if node.op_type not in known:
+                raise SpikingModelError(f"{model.path}: node '{node.name}' ({node.op_type}) has no NumPy kernel",
+                                        "use --engine onnxruntime")
+        self.last_use = _last_use(self.nodes, model.outputs)
+
+    def run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int = 0) -> WindowResult:
+        """Run one batch from zero state: the input for T steps, then extra_t steps of zero input."""
+        steps = T + extra_t
+        env: dict[str, Any] = dict(self.model.constants)
+        for name in self.model.state_inputs:
+            env[name] = None
+        for name, x in feeds.items():
+            if extra_t:
+                seq = np.zeros((steps,) + x.shape, x.dtype)
+                seq[:T] = x
+                env[name] = Seq(seq)
+            else:
+                env[name] = Seq(x[None])
+        spikes: dict[str, LayerSpikes] = {}
+        for i, (node, attrs) in enumerate(zip(self.nodes, self.attrs)):
+            inputs = [env[n] if n else None for n in node.input]
+            if node.domain == SPIKING_DOMAIN:
+                outs = self._neuron(node, attrs, inputs, steps, spikes)
+            else:
+                outs = self._standard(node, attrs, inputs, steps)
+            for name, value in zip(node.output, outs):
+                if name:
+                    env[name] = value
+            for name in self.last_use.get(i, ()):
+                env.pop(name, None)
+        results = {}
+        for name in self.model.outputs:
+            value = env[name]
+            data = value.data if isinstance(value, Seq) else np.broadcast_to(value, (1,) + np.shape(value))
+            results[name] = np.broadcast_to(data, (steps,) + data.shape[1:])
+        return WindowResult(results, spikes)
+
+    def _neuron(self, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int,
+                spikes: dict[str, LayerSpikes]) -> list:
+        args = [v.data if isinstance(v, Seq) else v
+                for name, v in zip(node.input, inputs) if not name.startswith("state.")]
+        if not isinstance(inputs[0], Seq):
+            args[0] = np.asarray(args[0])[None]
+        out, count = NEURON_KERNELS[node.op_type](args, attrs, steps)
+        if count is not None:
+            layer = spikes.setdefault(node.name, LayerSpikes(node.name, node.op_type,
+                                                             int(np.prod(out.shape[2:]))))
+            layer.spikes += count
+        return [Seq(out)] + [None] * (len(node.output) - 1)
+
+    def _standard(self, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int) -> list:
+        op = node.op_type
+        kernel = KERNELS[op]
+        seqs = [v for v in inputs if isinstance(v, Seq)]
+        if not seqs:
+            return kernel(inputs, attrs)
+        if op in ("Shape", "Size"):
+            return kernel([seqs[0].data[0]], attrs)
+        if all(s.invariant for s in seqs):
+            plain = [v.data[0] if isinstance(v, Seq) else v for v in inputs]
+            return [Seq(o[None]) for o in kernel(plain, attrs)]
+        if op in ELEMENTWISE and _broadcasts_over_time(inputs):
+            plain = [v.data if isinstance(v, Seq) else v for v in inputs]
+            return [Seq(o) for o in kernel(plain, attrs)]
+        if op == "Reshape":
+            x = inputs[0].data
+            target = kernel([x[0], inputs[1]], attrs)[0].shape
+            return [Seq(x.reshape((x.shape[0],) + tuple(target)))]
+        if _foldable(op, attrs, inputs):
+            return self._folded(kernel, attrs, inputs, steps)
+        return self._stepwise(kernel, attrs, inputs, steps)
+
+    @staticmethod
+    def _folded(kernel, attrs: dict, inputs: list, steps: int) -> list:
+        batch = next(v for v in inputs if isinstance(v, Seq)).data.shape[1]
+        plain = []
+        for v in inputs:
+            if isinstance(v, Seq):
+                data = np.broadcast_to(v.data, (steps,) + v.data.shape[1:]) if v.invariant else v.data
+                plain.append(data.reshape((steps * batch,) + data.shape[2:]))
+            else:
+                plain.append(v)
+        return [Seq(o.reshape((steps, batch) + o.shape[1:])) for o in kernel(plain, attrs)]
+
+    @staticmethod
+    def _stepwise(kernel, attrs: dict, inputs: list, steps: int) -> list:
+        per_step = [kernel([v.step(t) if isinstance(v, Seq) else v for v in inputs], attrs)
+                    for t in range(steps)]
+        return [Seq(np.stack([outs[k] for outs in per_step])) for k in range(len(per_step[0]))]
+
+
+def _broadcasts_over_time(inputs: list) -> bool:
+    """True when numpy broadcasting of [T, B, ...] sequences with the constants gives the per-step result:
+    all sequences have the same per-step rank and no constant has a higher rank."""
+    ranks = {v.data.ndim - 1 for v in inputs if isinstance(v, Seq)}
+    if len(ranks) != 1:
+        return False
+    rank = ranks.pop()
+    return all(np.ndim(v) <= rank for v in inputs if v is not None and not isinstance(v, Seq))
+
+
+def _foldable(op: str, attrs: dict, inputs: list) -> bool:
+    """True when the op treats axis 0 as an independent batch, so time can be folded into it."""
+    first = inputs[0]
+    if not isinstance(first, Seq) or any(isinstance(v, Seq) for v in inputs[1:]) and op not in ("Concat", "Sum"):
+        return False
+    rank = first.data.ndim - 1
+    if op in BATCH_FIRST:
+        return True
+    if op == "Gemm":
+        return not attrs.get("transA", 0)
+    if op == "MatMul":
+        return rank >= 2 and np.ndim(inputs[1]) <= 2
+    if op == "Transpose":
+        perm = attrs.get("perm")
+        return perm is not None and perm[0] == 0
+    if op in AXIS_OPS:
+        if op == "Concat" and not all(isinstance(v, Seq) for v in inputs):
+            return False
+        if op == "Gather":
+            return attrs.get("axis", 0) % rank != 0
+        default = 1 if op in ("Flatten", "Softmax", "LogSoftmax") else (-1 if op == "LayerNormalization" else 0)
+        axis = attrs.get("axis", default)
+        return axis % rank != 0 if axis != 0 else False
+    return False
+
+
+def _last_use(nodes: list[onnx.NodeProto], keep: list[str]) -> dict[int, list[str]]:
+    """For each node index, the tensors whose last reader it is (freed after it runs)."""
+    last: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            if name:
+                last[name] = i
+    out: dict[int, list[str]] = {}
+    for name, i in last.items():
+        if name not in keep:
+            out.setdefault(i, []).append(name)
+    return out

@@ -1,0 +1,61 @@
+"""Reading an exported spiking model and checking that it follows the contract (rewrites/export.py)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from rewrites.calibration.data import InputSpec, input_specs
+from rewrites.errors import SpikingModelError
+from rewrites.graph import load_model
+
+SPIKING_DOMAIN = "ai.ann2snn"
+
+
+@dataclass
+class SpikingModel:
+    path: Path
+    proto: onnx.ModelProto
+    inputs: list[InputSpec]  # data inputs, in order
+    outputs: list[str]  # non-state outputs, in order; the first is the decoded one
+    state_inputs: list[str]
+    constants: dict[str, np.ndarray]
+    metadata: dict[str, str]
+
+    @property
+    def nodes(self) -> list[onnx.NodeProto]:
+        return list(self.proto.graph.node)
+
+    @property
+    def layers(self) -> list[dict]:
+        return json.loads(self.metadata.get("ann2snn.layers", "[]"))
+
+    @property
+    def default_T(self) -> int | None:
+        value = self.metadata.get("ann2snn.default_T")
+        return int(value) if value and value.isdigit() else None
+
+
+def load_spiking(path: str | Path) -> SpikingModel:
+    path = Path(path)
+    model = load_model(path)
+    outputs = [o.name for o in model.graph.output]
+    state_inputs = [i.name for i in model.graph.input if i.name.startswith("state.")]
+    for name in state_inputs:
+        if name + ".next" not in outputs:
+            raise SpikingModelError(f"{path}: state input '{name}' has no output '{name}.next'",
+                                    "is this a file exported by `ann2snn convert`?")
+    data_outputs = [o for o in outputs if not o.startswith("state.")]
+    has_domain = any(op.domain == SPIKING_DOMAIN for op in model.opset_import)
+    if not has_domain:
+        raise SpikingModelError(f"{path}: not a spiking model (no {SPIKING_DOMAIN} operators)",
+                                "convert it first with `ann2snn convert`")
+    if not data_outputs:
+        raise SpikingModelError(f"{path}: the model has no output besides its state")
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    metadata = {p.key: p.value for p in model.metadata_props}
+    return SpikingModel(path, model, input_specs(model), data_outputs, state_inputs, constants, metadata)

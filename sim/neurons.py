@@ -1,0 +1,51 @@
+"""Native NumPy kernels of the ai.ann2snn operators, over a whole time window at once.
+
+A kernel gets the node's non-state inputs (the first a sequence [T_in, B, ...] with T_in = 1 for an input
+that is the same at every step, the others constants), its attributes and the window length T, and returns
+the output sequence [T, B, ...] and the number of spikes it emitted (None for operators that do not fire).
+State starts at zero, as the contract says, so state inputs are not read. The arithmetic follows the
+operators' ONNX function bodies operation by operation so that both engines compute the same floats."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from sim.ops import KERNELS
+
+NeuronKernel = Callable[[list[np.ndarray], dict[str, Any], int], tuple[np.ndarray, int | None]]
+
+
+def if_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, int]:
+    x, threshold, fire_level = inputs[:3]
+    threshold = threshold.astype(np.float32, copy=False)
+    fire_level = fire_level.astype(np.float32, copy=False)
+    out = np.empty((T,) + x.shape[1:], np.float32)
+    v = np.zeros(x.shape[1:], np.float32)
+    m = np.empty_like(v)
+    fired = np.empty(v.shape, np.bool_)
+    spikes = 0
+    for t in range(T):
+        np.add(v, x[t if len(x) > 1 else 0], out=m)
+        np.greater_equal(m, fire_level, out=fired)
+        np.multiply(fired, threshold, out=out[t])
+        np.subtract(m, out[t], out=v)
+        spikes += int(np.count_nonzero(fired))
+    return out, spikes
+
+
+def maxpool_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, None]:
+    x = inputs[0]
+    acc = np.cumsum(np.broadcast_to(x, (T,) + x.shape[1:]), axis=0, dtype=np.float32)
+    pooled = KERNELS["MaxPool"]([acc.reshape((-1,) + acc.shape[2:])], attrs)[0]
+    pooled = pooled.reshape((T, x.shape[1]) + pooled.shape[1:])
+    out = np.empty_like(pooled)
+    out[0] = pooled[0]
+    np.subtract(pooled[1:], pooled[:-1], out=out[1:])
+    return out, None
+
+
+NEURON_KERNELS: dict[str, NeuronKernel] = {
+    "IFNeuron": if_neuron,
+    "MaxPoolNeuron": maxpool_neuron,
+}
