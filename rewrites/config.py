@@ -7,6 +7,12 @@ from dataclasses import dataclass, field
 from rewrites.errors import Ann2SnnError
 
 
+# Measured on the bundled example (docs/accuracy.md): at T <= 32 the 99th percentile loses less than 99.9
+# (seed 001's RobustNorm), on the committed test split and on 4,000 further test images alike.
+DEFAULT_PERCENTILE = 99.0
+DEFAULT_NORM = f"percentile:{DEFAULT_PERCENTILE:g}"
+
+
 class Norm(enum.Enum):
     MAX = "max"
     PERCENTILE = "percentile"
@@ -17,7 +23,7 @@ class NormSpec:
     """How a neuron's threshold is read from the calibrated statistics of its input."""
 
     kind: Norm = Norm.PERCENTILE
-    percentile: float = 99.9
+    percentile: float = DEFAULT_PERCENTILE
 
     @classmethod
     def parse(cls, text: str) -> NormSpec:
@@ -27,7 +33,7 @@ class NormSpec:
             return cls(Norm.MAX, 100.0)
         if name == "percentile":
             try:
-                q = float(value) if value else 99.9
+                q = float(value) if value else DEFAULT_PERCENTILE
             except ValueError:
                 q = -1.0
             if 0.0 < q <= 100.0:

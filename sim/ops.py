@@ -21,6 +21,7 @@ Kernel = Callable[[list[np.ndarray | None], dict[str, Any]], list[np.ndarray]]
 KERNELS: dict[str, Kernel] = {}
 
 IM2COL_BYTES_LIMIT = 256 * 1024 * 1024
+CACHE_CHUNK_BYTES = 1024 * 1024
 
 
 def attributes(node: onnx.NodeProto) -> dict[str, Any]:
@@ -136,7 +137,8 @@ def _power(inputs, attrs):
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     exp_neg_abs = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + exp_neg_abs), exp_neg_abs / (1 + exp_neg_abs))
+    positive = 1 / (1 + exp_neg_abs)
+    return np.where(x >= 0, positive, exp_neg_abs * positive)
 
 
 _ERF_T = (9.60497373987051638749e0, 9.00260197203842689217e1, 2.23200534594684319226e3,
@@ -303,7 +305,7 @@ def _where(inputs, attrs):
 @_register("Cast")
 def _cast(inputs, attrs):
     dtype = onnx.helper.tensor_dtype_to_np_dtype(attrs["to"])
-    return [np.asarray(inputs[0]).astype(dtype)]
+    return [np.asarray(inputs[0]).astype(dtype, copy=False)]
 
 
 # ------------------------------------------------------------ linear algebra
@@ -380,10 +382,21 @@ def _window_geometry(
 
 
 def _pad_spatial(x: np.ndarray, begin: Sequence[int], end: Sequence[int], value: Any) -> np.ndarray:
+    """Constant-pad the trailing ``len(begin)`` axes."""
     if not any(begin) and not any(end):
         return x
-    widths = [(0, 0)] * (x.ndim - len(begin)) + list(zip(begin, end))
-    return np.pad(x, widths, mode="constant", constant_values=value)
+    lead = x.ndim - len(begin)
+    shape = x.shape[:lead] + tuple(n + b + e for n, b, e in zip(x.shape[lead:], begin, end))
+    padded = np.empty(shape, dtype=x.dtype)
+    interior = tuple(slice(b, b + n) for b, n in zip(begin, x.shape[lead:]))
+    padded[(Ellipsis, *interior)] = x
+    for i, (b, e) in enumerate(zip(begin, end)):
+        prefix = (slice(None),) * (lead + i)
+        if b:
+            padded[(*prefix, slice(0, b))] = value
+        if e:
+            padded[(*prefix, slice(shape[lead + i] - e, None))] = value
+    return padded
 
 
 def _windows(
@@ -400,7 +413,7 @@ def _windows(
     view = sliding_window_view(padded, extents, axis=spatial_axes)
     index = (
         [slice(None)] * (padded.ndim - rank)
-        + [slice(0, (o - 1) * s + 1, s) for o, s in zip(out_shape, strides)]
+        + [slice(0, max((o - 1) * s + 1, 0), s) for o, s in zip(out_shape, strides)]
         + [slice(None, None, d) for d in dilations]
     )
     return view[tuple(index)]
@@ -413,30 +426,60 @@ def _window_attrs(attrs: dict[str, Any], kernel_shape: Sequence[int]) -> tuple[l
     return strides, dilations
 
 
-def _kernel_offsets(kernel_shape: Sequence[int]):
-    return np.ndindex(*kernel_shape)
+def _batch_chunks(batch: int, bytes_per_sample: int, budget: int):
+    """Slices of the batch axis holding about ``budget`` bytes each."""
+    step = max(1, budget // max(bytes_per_sample, 1))
+    for start in range(0, batch, step):
+        yield slice(start, min(start + step, batch))
+
+
+def _kernel_offsets(kernel_shape: Sequence[int]) -> list[tuple[int, ...]]:
+    return list(np.ndindex(*kernel_shape))
 
 
 def _conv_depthwise(windows: np.ndarray, weight: np.ndarray, out: np.ndarray) -> None:
-    """Depthwise convolution by accumulating one broadcast product per kernel offset."""
+    """Depthwise convolution: one broadcast multiply-add per kernel offset over the window view."""
     batch, channels = windows.shape[:2]
     rank = weight.ndim - 2
     multiplier = weight.shape[0] // channels
     kernel_shape = weight.shape[2:]
+    offsets = _kernel_offsets(kernel_shape)
     grouped_weight = weight.reshape(channels, multiplier, *kernel_shape)
-    accumulator = out.reshape(batch, channels, multiplier, *out.shape[2:])
-    accumulator[...] = 0
-    product = np.empty_like(accumulator)
     spatial = (None,) * rank
-    for offset in _kernel_offsets(kernel_shape):
-        patch = windows[(Ellipsis, *offset)][:, :, None]
-        taps = grouped_weight[(slice(None), slice(None), *offset)][(None, slice(None), slice(None), *spatial)]
-        np.multiply(patch, taps, out=product)
-        accumulator += product
+    if multiplier == 1:
+        accumulator = out
+        patches = windows
+        taps = [grouped_weight[(slice(None), 0, *offset, *spatial)] for offset in offsets]
+    else:
+        accumulator = out.reshape(batch, channels, multiplier, *out.shape[2:])
+        patches = windows[:, :, None]
+        taps = [grouped_weight[(slice(None), slice(None), *offset, *spatial)] for offset in offsets]
+    bytes_per_sample = out[:1].nbytes
+    chunk_capacity = min(batch, max(1, CACHE_CHUNK_BYTES // max(bytes_per_sample, 1)))
+    product = np.empty((chunk_capacity, *accumulator.shape[1:]), accumulator.dtype)
+    for chunk in _batch_chunks(batch, bytes_per_sample, CACHE_CHUNK_BYTES):
+        target = accumulator[chunk]
+        scratch = product[: target.shape[0]]
+        view = patches[chunk]
+        np.multiply(view[(Ellipsis, *offsets[0])], taps[0], out=target)
+        for offset, tap in zip(offsets[1:], taps[1:]):
+            np.multiply(view[(Ellipsis, *offset)], tap, out=scratch)
+            target += scratch
+
+
+def _reduce_windows(windows: np.ndarray, kernel_rank: int, combine: np.ufunc, out: np.ndarray) -> None:
+    """Fold the trailing ``kernel_rank`` window axes into ``out`` with ``combine``, offset by offset."""
+    offsets = _kernel_offsets(windows.shape[windows.ndim - kernel_rank:])
+    for chunk in _batch_chunks(out.shape[0], out[:1].nbytes, CACHE_CHUNK_BYTES):
+        target = out[chunk]
+        view = windows[chunk]
+        target[...] = view[(Ellipsis, *offsets[0])]
+        for offset in offsets[1:]:
+            combine(target, view[(Ellipsis, *offset)], out=target)
 
 
 def _conv_grouped(windows: np.ndarray, weight: np.ndarray, group: int, out: np.ndarray) -> None:
-    """Grouped convolution as one im2col matmul per group and batch chunk."""
+    """Grouped convolution as one im2col matmul per group and batch chunk, reusing one column buffer."""
     batch, channels = windows.shape[:2]
     rank = weight.ndim - 2
     out_shape = out.shape[2:]
@@ -444,8 +487,10 @@ def _conv_grouped(windows: np.ndarray, weight: np.ndarray, group: int, out: np.n
     filters_per_group = weight.shape[0] // group
     window_volume = channels_per_group * math.prod(weight.shape[2:])
     positions = math.prod(out_shape)
-    bytes_per_sample = max(window_volume * positions * windows.itemsize, 1)
-    chunk = max(1, IM2COL_BYTES_LIMIT // bytes_per_sample)
+    chunk = max(1, IM2COL_BYTES_LIMIT // max(window_volume * positions * windows.itemsize, 1))
+    largest = min(chunk, batch)
+    column_buffer = np.empty(window_volume * largest * positions, dtype=windows.dtype)
+    product_buffer = np.empty(filters_per_group * largest * positions, dtype=windows.dtype)
     column_order = (1, *range(2 + rank, 2 + 2 * rank), 0, *range(2, 2 + rank))
     for g in range(group):
         channel_slice = slice(g * channels_per_group, (g + 1) * channels_per_group)
@@ -453,10 +498,14 @@ def _conv_grouped(windows: np.ndarray, weight: np.ndarray, group: int, out: np.n
         matrix = weight[filter_slice].reshape(filters_per_group, window_volume)
         for start in range(0, batch, chunk):
             stop = min(start + chunk, batch)
-            columns = np.ascontiguousarray(windows[start:stop, channel_slice].transpose(column_order))
-            columns = columns.reshape(window_volume, (stop - start) * positions)
-            product = (matrix @ columns).reshape(filters_per_group, stop - start, *out_shape)
-            out[start:stop, filter_slice] = product.swapaxes(0, 1)
+            count = (stop - start) * positions
+            source = windows[start:stop, channel_slice].transpose(column_order)
+            columns = column_buffer[: window_volume * count].reshape(source.shape)
+            np.copyto(columns, source)
+            product = product_buffer[: filters_per_group * count].reshape(filters_per_group, count)
+            np.matmul(matrix, columns.reshape(window_volume, count), out=product)
+            per_sample = product.reshape(filters_per_group, stop - start, *out_shape)
+            out[start:stop, filter_slice] = per_sample.swapaxes(0, 1)
 
 
 @_register("Conv")
@@ -480,7 +529,13 @@ def _conv(inputs, attrs):
 
 
 def _conv_transpose_pads(
-    in_size: int, stride: int, extent: int, output_padding: int, attrs: dict[str, Any], index: int, rank: int,
+    in_size: int,
+    stride: int,
+    extent: int,
+    output_padding: int,
+    attrs: dict[str, Any],
+    index: int,
+    rank: int,
     out_size: int | None,
 ) -> tuple[int, int]:
     """Begin/end crop of a transposed convolution, following onnxruntime's conventions."""
@@ -525,7 +580,8 @@ def _conv_transpose(inputs, attrs):
     for g in range(group):
         channel_slice = slice(g * channels_per_group, (g + 1) * channels_per_group)
         matrix = weight[channel_slice].astype(dtype, copy=False).reshape(channels_per_group, -1).T
-        columns = np.matmul(matrix, x[:, channel_slice].astype(dtype, copy=False).reshape(batch, channels_per_group, positions))
+        group_input = x[:, channel_slice].astype(dtype, copy=False).reshape(batch, channels_per_group, positions)
+        columns = np.matmul(matrix, group_input)
         columns = columns.reshape(batch, filters_per_group, *kernel_shape, *in_shape)
         target = full[:, g * filters_per_group:(g + 1) * filters_per_group]
         for offset in _kernel_offsets(kernel_shape):
@@ -555,7 +611,7 @@ def _pool_setup(x: np.ndarray, attrs: dict[str, Any], pad_value: Any):
         x.shape[2:], kernel_shape, strides, dilations, attrs, ceil_mode=bool(attrs.get("ceil_mode", 0))
     )
     pads_begin, pads_end, out_shape, extra_end = geometry
-    padded = _pad_spatial(x, pads_begin, [e + x_ for e, x_ in zip(pads_end, extra_end)], pad_value)
+    padded = _pad_spatial(x, pads_begin, [e + extra for e, extra in zip(pads_end, extra_end)], pad_value)
     windows = _windows(padded, kernel_shape, strides, dilations, out_shape)
     return windows, kernel_shape, strides, dilations, geometry
 
@@ -570,8 +626,9 @@ def _lowest(dtype: np.dtype) -> Any:
 def _max_pool(inputs, attrs):
     x = inputs[0]
     windows, kernel_shape, *_ = _pool_setup(x, attrs, _lowest(x.dtype))
-    window_axes = tuple(range(windows.ndim - len(kernel_shape), windows.ndim))
-    return [np.ascontiguousarray(windows.max(axis=window_axes))]
+    out = np.empty(windows.shape[: windows.ndim - len(kernel_shape)], dtype=x.dtype)
+    _reduce_windows(windows, len(kernel_shape), np.maximum, out)
+    return [out]
 
 
 @_register("AveragePool")
@@ -579,18 +636,18 @@ def _average_pool(inputs, attrs):
     x = inputs[0]
     windows, kernel_shape, strides, dilations, geometry = _pool_setup(x, attrs, 0)
     pads_begin, pads_end, out_shape, extra_end = geometry
-    window_axes = tuple(range(windows.ndim - len(kernel_shape), windows.ndim))
-    totals = windows.sum(axis=window_axes)
+    rank = len(kernel_shape)
+    out = np.empty(windows.shape[: windows.ndim - rank], dtype=x.dtype)
+    _reduce_windows(windows, rank, np.add, out)
     if attrs.get("count_include_pad", 0):
         counted = np.ones([n + b + e for n, b, e in zip(x.shape[2:], pads_begin, pads_end)], dtype=x.dtype)
-        counted = _pad_spatial(counted, [0] * len(extra_end), extra_end, 0)
+        counted = _pad_spatial(counted, [0] * rank, extra_end, 0)
     else:
         counted = np.ones(x.shape[2:], dtype=x.dtype)
-        counted = _pad_spatial(counted, pads_begin, [e + x_ for e, x_ in zip(pads_end, extra_end)], 0)
-    counts = _windows(counted, kernel_shape, strides, dilations, out_shape).sum(
-        axis=tuple(range(len(kernel_shape), 2 * len(kernel_shape)))
-    )
-    return [np.ascontiguousarray(totals / counts)]
+        counted = _pad_spatial(counted, pads_begin, [e + extra for e, extra in zip(pads_end, extra_end)], 0)
+    counts = _windows(counted, kernel_shape, strides, dilations, out_shape).sum(axis=tuple(range(rank, 2 * rank)))
+    out /= counts
+    return [out]
 
 
 @_register("GlobalAveragePool")
@@ -668,7 +725,7 @@ def _reduction(function: Callable[..., np.ndarray], axes_input_index: int = 1) -
                 return [x]
             axes = list(range(x.ndim))
         axis = tuple(_normalize_axis(a, x.ndim) for a in axes)
-        return [np.asarray(function(x, axis=axis, keepdims=keepdims))]
+        return [np.asarray(function(x, axis=axis, keepdims=keepdims)).astype(x.dtype, copy=False)]
 
     return kernel
 

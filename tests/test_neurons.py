@@ -12,20 +12,20 @@ from sim.ops import KERNELS
 from spiking_helpers import both_engines, convert_with_data
 
 
-def relu_model(k: int) -> onnx.ModelProto:
+def relu_model(k: int, opset: int = 17) -> onnx.ModelProto:
     """input [N, k] -> Relu -> output: the output layer is the IF neuron itself."""
-    b = ModelBuilder()
+    b = ModelBuilder(opset=opset)
     return b.build({"input": [k]}, [b.node("Relu", ["input"])])
 
 
-@pytest.mark.parametrize("phi", [0.5, 0.0])
-def test_if_neuron_spike_count_closed_form(tmp_path, phi):
+@pytest.mark.parametrize("phi, opset", [(0.5, 17), (0.0, 17), (0.5, 11)])
+def test_if_neuron_spike_count_closed_form(tmp_path, phi, opset):
     """Constant input x, threshold theta, v(0) = phi*theta: spikes by step t = clip(floor(t x/theta + phi), 0, t).
     Inputs are multiples of 1/64 and theta = 1, so float32 arithmetic is exact and the match must be exact."""
     rng = np.random.default_rng(1)
     x = (rng.integers(-32, 64, size=(64, 16), endpoint=True) / 64.0).astype(np.float32)
     x[0, 0] = 1.0  # the calibrated max, hence theta = 1 under --norm max (x = 1 fires at every step)
-    snn, _ = convert_with_data(relu_model(16), x, tmp_path, "max", phi)
+    snn, _ = convert_with_data(relu_model(16, opset), x, tmp_path, "max", phi)
     T = 40
     steps = np.arange(1, T + 1, dtype=np.float64)[:, None, None]
     expected = np.clip(np.floor(steps * x[None].astype(np.float64) + phi), 0, steps)

@@ -21,7 +21,7 @@ def command(
     output: OutOpt = None,
     percentile: Annotated[Optional[float], typer.Option(
         "--percentile", min=0.0, max=100.0, help="Default threshold rule recorded for `convert`: this percentile "
-        "of each neuron's calibrated activation (default 99.9).")] = None,
+        "of each neuron's calibrated activation (default 99).")] = None,
     use_max: Annotated[bool, typer.Option("--max", help="Default threshold rule: the calibrated maximum.")] = False,
     batch_size: BatchOpt = 64,
     limit: LimitOpt = None,
@@ -29,11 +29,13 @@ def command(
 ) -> None:
     with errors_to_exit_codes():
         from rewrites.calibration.collect import calibrate
+        from rewrites.config import DEFAULT_NORM
         from rewrites.errors import Ann2SnnError
         from rewrites.graph import write_text_atomic
         if use_max and percentile is not None:
             raise Ann2SnnError("--max and --percentile exclude each other", "give one of them")
-        method = "max" if use_max else f"percentile:{percentile if percentile is not None else 99.9:g}"
+        method = "max" if use_max else f"percentile:{percentile:g}" if percentile is not None \
+            else DEFAULT_NORM
         out = Output(json_out)
         target = output or default_output(model)
         with out.progress("calibrating", 0) as progress:

@@ -11,7 +11,7 @@ import onnxruntime as ort
 from rewrites import __version__
 from rewrites.calibration.data import Dataset, input_specs, load_dataset
 from rewrites.calibration.stats import DEFAULT_BINS, Calibration, TensorStats
-from rewrites.config import NormSpec
+from rewrites.config import DEFAULT_NORM, NormSpec
 from rewrites.convert import normalise, to_model
 from rewrites.errors import DataError
 from rewrites.graph import fingerprint, load_model
@@ -49,7 +49,7 @@ def augment(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
 
 
 def calibrate(model_path: str | Path, data_path: str | Path, batch_size: int = 64, limit: int | None = None,
-              bins: int = DEFAULT_BINS, method: str = "percentile:99.9",
+              bins: int = DEFAULT_BINS, method: str = DEFAULT_NORM,
               progress: Progress | None = None) -> Calibration:
     """Run the model over the data once and return per-tensor statistics of every tensor a rewrite needs.
     `method` (a --norm spec) is recorded as the default threshold rule for `convert`."""

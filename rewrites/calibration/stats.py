@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rewrites.errors import CalibrationError, InputFileError
+from rewrites.config import DEFAULT_NORM, NormSpec
+from rewrites.errors import Ann2SnnError, CalibrationError, InputFileError
 
 SCHEMA = "ann2snn.calibration"
 SCHEMA_VERSION = 1
@@ -123,11 +124,14 @@ class Calibration:
     samples: int
     tensors: dict[str, TensorStats]
     tool_version: str = ""
-    method: str = "percentile:99.9"  # the norm `convert` uses unless told otherwise
+    method: str = DEFAULT_NORM  # the norm `convert` uses unless told otherwise
+    source: str = field(default="", compare=False)  # the file it was read from, for error messages
 
     def stats(self, tensor: str, node: str) -> TensorStats:
         if tensor not in self.tensors:
-            raise CalibrationError(f"calibration has no statistics for tensor '{tensor}' (input of node '{node}')",
+            where = f"{self.source}: " if self.source else ""
+            raise CalibrationError(f"{where}calibration has no statistics for tensor '{tensor}' "
+                                   f"(input of node '{node}')",
                                    "recalibrate this model with `ann2snn calibrate`")
         return self.tensors[tensor]
 
@@ -157,12 +161,18 @@ class Calibration:
                                    f"this tool reads version {SCHEMA_VERSION}", "recalibrate")
         try:
             tensors = {name: TensorStats.from_json(name, t) for name, t in data["tensors"].items()}
-            return cls(str(data["model"]["fingerprint"]), str(data["model"].get("path", "")),
-                       int(data["samples"]), tensors, str(data.get("tool_version", "")),
-                       str(data.get("method", "percentile:99.9")))
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            result = cls(str(data["model"]["fingerprint"]), str(data["model"].get("path", "")),
+                         int(data["samples"]), tensors, str(data.get("tool_version", "")),
+                         str(data.get("method", DEFAULT_NORM)), str(path))
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise CalibrationError(f"{path}: malformed calibration file ({type(exc).__name__}: {exc})",
                                    "recalibrate") from exc
+        try:
+            NormSpec.parse(result.method)
+        except Ann2SnnError as exc:
+            raise CalibrationError(f"{path}: malformed calibration file (method {result.method!r} is not a "
+                                   "valid norm)", "recalibrate") from exc
+        return result
 
     def check_model(self, fingerprint: str, path: str | Path, model_path: str | Path) -> None:
         if fingerprint != self.fingerprint:

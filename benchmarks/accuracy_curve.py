@@ -1,0 +1,66 @@
+"""Accuracy of the bundled example's spiking version at every t = 1..T, for several threshold rules, beside
+the ANN's accuracy on the same samples. Prints a Markdown table (docs/accuracy.md holds its output).
+
+usage: python benchmarks/accuracy_curve.py [--T 64] [--norms max,percentile:99.9] [--phi 0.5] [--limit N]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rewrites.calibration.collect import calibrate  # noqa: E402
+from rewrites.config import ConvertOptions, NormSpec  # noqa: E402
+from rewrites.convert import convert_model  # noqa: E402
+from rewrites.graph import load_model, save_model  # noqa: E402
+from sim.simulate import simulate  # noqa: E402
+
+EXAMPLE = REPO / "examples" / "fmnist_cnn"
+
+
+def curves(T: int, norms: list[str], phi: float, limit: int | None, engine: str = "numpy") -> dict:
+    model = load_model(EXAMPLE / "model.onnx")
+    calibration = calibrate(EXAMPLE / "model.onnx", EXAMPLE / "calib.npz", 100)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for norm in norms:
+            options = ConvertOptions(NormSpec.parse(norm), phi, T)
+            snn = Path(tmp) / "model.snn.onnx"
+            save_model(convert_model(model, calibration, options).model, snn)
+            start = time.perf_counter()
+            report = simulate(snn, EXAMPLE / "test.npz", T, 0, engine, EXAMPLE / "model.onnx", 250, limit)
+            results[norm] = (report, time.perf_counter() - start)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--T", type=int, default=64)
+    ap.add_argument("--norms", default="max,percentile:99.9")
+    ap.add_argument("--phi", type=float, default=0.5)
+    ap.add_argument("--limit", type=int)
+    args = ap.parse_args()
+    norms = args.norms.split(",")
+    results = curves(args.T, norms, args.phi, args.limit)
+    first = next(iter(results.values()))[0]
+    print(f"{first.samples} test samples, phi = {args.phi:g}, ANN accuracy {100 * first.ann_accuracy:.2f}%\n")
+    print("| t | " + " | ".join(f"{n} acc" for n in norms) + " | " + " | ".join(f"{n} agree" for n in norms) + " |")
+    print("|---" * (1 + 2 * len(norms)) + "|")
+    for t in range(1, args.T + 1):
+        accs = [f"{100 * results[n][0].accuracy_all[t - 1]:.2f}" for n in norms]
+        agrees = [f"{100 * results[n][0].agreement_all[t - 1]:.2f}" for n in norms]
+        print(f"| {t} | " + " | ".join(accs) + " | " + " | ".join(agrees) + " |")
+    print()
+    for n in norms:
+        report, seconds = results[n]
+        print(f"- {n}: {report.total_spikes_per_sample:,.0f} spikes per sample over T = {args.T}; "
+              f"simulated in {seconds:.1f} s ({report.engine} engine)")
+
+
+if __name__ == "__main__":
+    main()
