@@ -2,6 +2,7 @@
 the ANN's accuracy on the same samples. Prints a Markdown table (docs/accuracy.md holds its output).
 
 usage: python benchmarks/accuracy_curve.py [--T 64] [--norms max,percentile:99.9] [--phi 0.5] [--limit N]
+       [--engine numpy|onnxruntime]
 """
 from __future__ import annotations
 
@@ -44,9 +45,10 @@ def main() -> None:
     ap.add_argument("--norms", default="max,percentile:99.9")
     ap.add_argument("--phi", type=float, default=0.5)
     ap.add_argument("--limit", type=int)
+    ap.add_argument("--engine", default="numpy", choices=["numpy", "onnxruntime"])
     args = ap.parse_args()
     norms = args.norms.split(",")
-    results = curves(args.T, norms, args.phi, args.limit)
+    results = curves(args.T, norms, args.phi, args.limit, args.engine)
     first = next(iter(results.values()))[0]
     print(f"{first.samples} test samples, phi = {args.phi:g}, ANN accuracy {100 * first.ann_accuracy:.2f}%\n")
     print("| t | " + " | ".join(f"{n} acc" for n in norms) + " | " + " | ".join(f"{n} agree" for n in norms) + " |")

@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
 
 from rewrites.calibration.data import input_specs
 from rewrites.calibration.stats import Calibration
 from rewrites.config import ConvertOptions
 from rewrites.errors import PassError, UnsupportedNodesError
 from rewrites.export import export_spiking
-from rewrites.graph import fingerprint, infer_shapes, load_model
+from rewrites.graph import default_opset, fingerprint, infer_shapes, load_model
 from rewrites.optable import Conversion, NodeConversion, classify_graph
 from rewrites.passes import NORMALISE, SPIKING, PassContext, PassReport, run_passes
 from rewrites.passes import fold_constants as _quiet_gs  # noqa: F401  (sets graphsurgeon's log level)
+from rewrites.runtime import Session
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
@@ -53,8 +53,8 @@ def self_check(original: onnx.ModelProto, rewritten: onnx.ModelProto, what: str,
         dims = [d if isinstance(d, int) and d > 0 else 2 for d in spec.shape]
         feeds[spec.name] = rng.random(dims).astype(spec.dtype) if spec.dtype.kind == "f" \
             else rng.integers(0, 2, dims).astype(spec.dtype)
-    a = _run(original, feeds)
-    b = _run(rewritten, feeds)
+    a = _run(original, feeds, "the model")
+    b = _run(rewritten, feeds, f"the model after {what}")
     worst = 0.0
     for name, x, y in zip([o.name for o in original.graph.output], a, b):
         scale = max(float(np.abs(x).max()), 1e-12)
@@ -66,12 +66,8 @@ def self_check(original: onnx.ModelProto, rewritten: onnx.ModelProto, what: str,
     return worst
 
 
-def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], name: str) -> list[np.ndarray]:
+    return Session(model, name, optimize=False).run(None, feeds)
 
 
 @dataclass
@@ -108,7 +104,6 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
     inits = {t.name for t in model.graph.initializer}
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
     graph = import_graph(infer_shapes(model))
-    from rewrites.graph import default_opset
     return ModelSummary(_io([i for i in model.graph.input if i.name not in inits]), _io(model.graph.output),
                         params, classify_graph(graph), default_opset(model))
 

@@ -70,7 +70,3 @@ def export_spiking(graph: gs.Graph, source: onnx.ModelProto, options: ConvertOpt
         raise ModelError(f"the exported spiking model failed the ONNX check: {str(exc).splitlines()[0]}",
                          "rerun with --debug and report it") from exc
     return model
-
-
-def spiking_metadata(model: onnx.ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}

@@ -193,7 +193,7 @@ def _broadcasts_over_time(inputs: list) -> bool:
 def _foldable(op: str, attrs: dict, inputs: list) -> bool:
     """True when the op treats axis 0 as an independent batch, so time can be folded into it."""
     first = inputs[0]
-    if not isinstance(first, Seq) or any(isinstance(v, Seq) for v in inputs[1:]) and op not in ("Concat", "Sum"):
+    if not isinstance(first, Seq) or (op != "Concat" and any(isinstance(v, Seq) for v in inputs[1:])):
         return False
     rank = first.data.ndim - 1
     if op in BATCH_FIRST:

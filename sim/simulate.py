@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import onnxruntime as ort
 
 from rewrites.calibration.data import Dataset, load_dataset
 from rewrites.errors import Ann2SnnError, DataError
 from rewrites.graph import load_model
+from rewrites.runtime import Session
 from sim.engine import NumpyEngine
 from sim.metrics import Accumulator, SimulationReport, finish, report_steps
 from sim.model import SpikingModel, load_spiking
@@ -27,13 +27,12 @@ def make_engine(model: SpikingModel, engine: str):
 
 
 def ann_runner(path: str | Path, model: SpikingModel):
-    ann = load_model(path)
-    session = ort.InferenceSession(ann.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
+    session = Session(load_model(path), str(path))
+    names = session.input_names
     if names != [s.name for s in model.inputs]:
         raise DataError(f"{path}: ANN inputs {names} differ from the spiking model's "
                         f"{[s.name for s in model.inputs]}", "pass the ANN this spiking model was converted from")
-    output = session.get_outputs()[0].name
+    output = session.output_names[0]
     return lambda feeds: session.run([output], feeds)[0]
 
 

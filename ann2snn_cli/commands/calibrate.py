@@ -34,6 +34,8 @@ def command(
         from rewrites.graph import write_text_atomic
         if use_max and percentile is not None:
             raise Ann2SnnError("--max and --percentile exclude each other", "give one of them")
+        if percentile is not None and percentile <= 0.0:
+            raise Ann2SnnError(f"invalid --percentile {percentile:g}", "use a value in (0, 100]")
         method = "max" if use_max else f"percentile:{percentile:g}" if percentile is not None \
             else DEFAULT_NORM
         out = Output(json_out)

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Callable
 
 import onnx
-import onnxruntime as ort
 
 from rewrites import __version__
 from rewrites.calibration.data import Dataset, input_specs, load_dataset
@@ -16,6 +15,7 @@ from rewrites.convert import normalise, to_model
 from rewrites.errors import DataError
 from rewrites.graph import fingerprint, load_model
 from rewrites.optable import Conversion, classify_graph
+from rewrites.runtime import Session
 
 Progress = Callable[[int, int], None]  # (samples done, samples total)
 
@@ -61,16 +61,13 @@ def calibrate(model_path: str | Path, data_path: str | Path, batch_size: int = 6
     graph, _ = normalise(model)
     tensors = observed_tensors(graph)
     augmented = augment(to_model(graph, model), tensors)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = Session(augmented, str(model_path), optimize=False)
     stats = {name: TensorStats(name, bins) for name in tensors}
     collect(session, dataset, stats, batch_size, progress)
     return Calibration(fingerprint(model), str(model_path), len(dataset), stats, __version__, method)
 
 
-def collect(session: ort.InferenceSession, dataset: Dataset, stats: dict[str, TensorStats], batch_size: int,
+def collect(session: Session, dataset: Dataset, stats: dict[str, TensorStats], batch_size: int,
             progress: Progress | None = None) -> None:
     names = list(stats)
     done = 0

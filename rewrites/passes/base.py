@@ -58,19 +58,5 @@ def run_passes(graph: gs.Graph, passes: tuple[Pass, ...], ctx: PassContext) -> l
     return reports
 
 
-def unique_name(graph: gs.Graph, base: str) -> str:
-    taken = {n.name for n in graph.nodes} | set(graph.tensors().keys())
-    if base not in taken:
-        return base
-    i = 1
-    while f"{base}_{i}" in taken:
-        i += 1
-    return f"{base}_{i}"
-
-
-def consumers(graph: gs.Graph, tensor: gs.Tensor) -> list[gs.Node]:
-    return list(tensor.outputs)
-
-
 def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     return any(t is tensor for t in graph.outputs)
