@@ -43,7 +43,8 @@ class Output:
     def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
         table = Table(title=title, title_justify="left")
         for c in columns:
-            table.add_column(c, justify="left" if c in columns[:1] else "right")
+            first = c in columns[:1]
+            table.add_column(c, justify="left" if first else "right", overflow="fold" if first else "ellipsis")
         for row in rows:
             table.add_row(*[_fmt(v) for v in row])
         self.console.print(table)

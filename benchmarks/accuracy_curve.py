@@ -2,7 +2,7 @@
 the ANN's accuracy on the same samples. Prints a Markdown table (docs/accuracy.md holds its output).
 
 usage: python benchmarks/accuracy_curve.py [--T 64] [--norms max,percentile:99.9] [--phi 0.5] [--limit N]
-       [--engine numpy|onnxruntime]
+       [--engine numpy|onnxruntime] [--plot FILE.png]
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--phi", type=float, default=0.5)
     ap.add_argument("--limit", type=int)
     ap.add_argument("--engine", default="numpy", choices=["numpy", "onnxruntime"])
+    ap.add_argument("--plot", help="also draw the curves to this PNG (needs matplotlib)")
     args = ap.parse_args()
     norms = args.norms.split(",")
     results = curves(args.T, norms, args.phi, args.limit, args.engine)
@@ -62,6 +63,9 @@ def main() -> None:
         report, seconds = results[n]
         print(f"- {n}: {report.total_spikes_per_sample:,.0f} spikes per sample over T = {args.T}; "
               f"simulated in {seconds:.1f} s ({report.engine} engine)")
+    if args.plot:
+        from sim.plot import plot_reports
+        plot_reports([(n, results[n][0].to_json()) for n in norms], args.plot)
 
 
 if __name__ == "__main__":

@@ -48,10 +48,27 @@ class Seq:
 
 @dataclass
 class LayerSpikes:
+    """Spike statistics of one firing layer, summed over samples (and over the batches added)."""
+
     node: str
     op: str
     neurons: int  # per sample
     spikes: int = 0  # over all samples and steps
+    silent: int = 0  # neuron-samples that never fired in the window
+    saturated: int = 0  # neuron-samples that fired at every step of the window
+
+    def add_counts(self, counts: np.ndarray, steps: int) -> None:
+        """counts: spikes per neuron over the window, [B, ...]."""
+        self.neurons = int(np.prod(counts.shape[1:]))
+        self.spikes += int(counts.sum(dtype=np.int64))
+        self.silent += int(np.count_nonzero(counts == 0))
+        self.saturated += int(np.count_nonzero(counts >= steps))
+
+    def merge(self, other: LayerSpikes) -> None:
+        self.neurons = other.neurons
+        self.spikes += other.spikes
+        self.silent += other.silent
+        self.saturated += other.saturated
 
 
 @dataclass
@@ -92,7 +109,7 @@ class NumpyEngine:
         spikes = parts[0].spikes
         for p in parts[1:]:
             for name, layer in p.spikes.items():
-                spikes[name].spikes += layer.spikes
+                spikes[name].merge(layer)
         return WindowResult(outputs, spikes)
 
     def _run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int) -> WindowResult:
@@ -132,11 +149,9 @@ class NumpyEngine:
                 for name, v in zip(node.input, inputs) if not name.startswith("state.")]
         if not isinstance(inputs[0], Seq):
             args[0] = np.asarray(args[0])[None]
-        out, count = NEURON_KERNELS[node.op_type](args, attrs, steps)
-        if count is not None:
-            layer = spikes.setdefault(node.name, LayerSpikes(node.name, node.op_type,
-                                                             int(np.prod(out.shape[2:]))))
-            layer.spikes += count
+        out, counts = NEURON_KERNELS[node.op_type](args, attrs, steps)
+        if counts is not None:
+            spikes.setdefault(node.name, LayerSpikes(node.name, node.op_type, 0)).add_counts(counts, steps)
         return [Seq(out)] + [None] * (len(node.output) - 1)
 
     def _standard(self, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int) -> list:

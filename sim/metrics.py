@@ -1,5 +1,5 @@
 """Figures of a simulation: accuracy and agreement with the ANN at every step, error of the decoded output,
-spikes and firing rates per layer. Accumulated batch by batch into fixed-size state."""
+latency, spikes per layer, SynOps and energy. Accumulated batch by batch into fixed-size state."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,6 +27,8 @@ class Accumulator:
     ann_sq: float = 0.0
     ann_correct: int = 0
     compared: int = 0
+    first_final: int = 0  # sum over samples of the first t whose prediction equals the final one
+    settled: int = 0  # sum over samples of the t from which the prediction never changes
     layers: dict[str, LayerSpikes] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -40,6 +42,10 @@ class Accumulator:
         batch = per_step.shape[1]
         self.samples += batch
         predicted = decoded.reshape(self.steps, batch, -1).argmax(-1)
+        differs = predicted != predicted[-1][None]
+        self.first_final += int((np.argmax(~differs, axis=0) + 1).sum())
+        last_change = np.where(differs.any(0), self.steps - 1 - np.argmax(differs[::-1], axis=0), -1)
+        self.settled += int((last_change + 2).sum())
         if labels is not None:
             self.labelled += batch
             self.correct += (predicted == labels[None]).sum(axis=1)
@@ -52,9 +58,7 @@ class Accumulator:
             self.err_sq += (diff.reshape(self.steps, -1) ** 2).sum(axis=1)
             self.ann_sq += float((ann.astype(np.float64) ** 2).sum())
         for name, layer in spikes.items():
-            total = self.layers.setdefault(name, LayerSpikes(layer.node, layer.op, layer.neurons))
-            total.spikes += layer.spikes
-            total.neurons = layer.neurons
+            self.layers.setdefault(name, LayerSpikes(layer.node, layer.op, layer.neurons)).merge(layer)
 
 
 @dataclass
@@ -64,6 +68,8 @@ class LayerReport:
     neurons: int
     spikes_per_neuron: float  # average spikes per neuron per sample over the window
     firing_rate: float  # spikes per neuron per step
+    silent: float  # share of neurons that never fire in the window
+    saturated: float  # share of neurons that fire at every step (clipped by the threshold)
 
 
 @dataclass
@@ -79,9 +85,16 @@ class SimulationReport:
     ann_accuracy: float | None
     layers: list[LayerReport]
     total_spikes_per_sample: float
+    mean_first_final_t: float  # first t whose prediction equals the final one, averaged over samples
+    mean_settled_t: float  # t from which the prediction no longer changes, averaged over samples
     seconds: float = 0.0
     accuracy_all: list[float] | None = None  # at every t = 1..T+extra_t
     agreement_all: list[float] | None = None
+    energy: dict | None = None
+
+    @property
+    def final_accuracy(self) -> float | None:
+        return self.accuracy[-1] if self.accuracy else None
 
     def to_json(self) -> dict:
         return {
@@ -90,8 +103,10 @@ class SimulationReport:
             "steps": self.steps, "accuracy": self.accuracy, "agreement": self.agreement,
             "relative_error": self.relative_error,
             "accuracy_all": self.accuracy_all, "agreement_all": self.agreement_all,
+            "latency": {"mean_first_final_t": self.mean_first_final_t, "mean_settled_t": self.mean_settled_t},
             "total_spikes_per_sample": self.total_spikes_per_sample,
             "layers": [vars(layer) for layer in self.layers],
+            "energy": self.energy,
         }
 
 
@@ -110,14 +125,18 @@ def finish(acc: Accumulator, engine: str, T: int, extra_t: int, steps: list[int]
     agreement_all = (acc.agree / acc.compared).tolist() if acc.compared else None
     rel = np.sqrt(acc.err_sq / acc.ann_sq).tolist() if acc.compared and acc.ann_sq > 0 else None
     window = T + extra_t
-    layers = [LayerReport(l.node, l.op, l.neurons,
-                          l.spikes / max(acc.samples * l.neurons, 1),
-                          l.spikes / max(acc.samples * l.neurons * window, 1)) for l in acc.layers.values()]
-    total = sum(l.spikes for l in acc.layers.values()) / max(acc.samples, 1)
+    layers = []
+    for layer in acc.layers.values():
+        cells = max(acc.samples * layer.neurons, 1)
+        layers.append(LayerReport(layer.node, layer.op, layer.neurons, layer.spikes / cells,
+                                  layer.spikes / (cells * window), layer.silent / cells, layer.saturated / cells))
+    total = sum(layer.spikes for layer in acc.layers.values()) / max(acc.samples, 1)
+    n = max(acc.samples, 1)
     return SimulationReport(
         engine, T, extra_t, acc.samples, steps,
         [accuracy_all[i] for i in pick] if accuracy_all else None,
         [agreement_all[i] for i in pick] if agreement_all else None,
         [rel[i] for i in pick] if rel else None,
         acc.ann_correct / acc.labelled if acc.labelled and acc.compared else None,
-        layers, total, accuracy_all=accuracy_all, agreement_all=agreement_all)
+        layers, total, acc.first_final / n, acc.settled / n,
+        accuracy_all=accuracy_all, agreement_all=agreement_all)

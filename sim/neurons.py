@@ -2,7 +2,8 @@
 
 A kernel gets the node's non-state inputs (the first a sequence [T_in, B, ...] with T_in = 1 for an input
 that is the same at every step, the others constants), its attributes and the window length T, and returns
-the output sequence [T, B, ...] and the number of spikes it emitted (None for operators that do not fire).
+the output sequence [T, B, ...] and the number of spikes of each neuron over the window, [B, ...] (None for
+operators that do not fire).
 State starts at zero, as the contract says, so state inputs are not read. The arithmetic follows the
 operators' ONNX function bodies operation by operation so that both engines compute the same floats."""
 from __future__ import annotations
@@ -13,10 +14,10 @@ import numpy as np
 
 from sim.ops import KERNELS
 
-NeuronKernel = Callable[[list[np.ndarray], dict[str, Any], int], tuple[np.ndarray, int | None]]
+NeuronKernel = Callable[[list[np.ndarray], dict[str, Any], int], tuple[np.ndarray, np.ndarray | None]]
 
 
-def if_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, int]:
+def if_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, np.ndarray]:
     x, threshold, fire_level = inputs[:3]
     threshold = threshold.astype(np.float32, copy=False)
     fire_level = fire_level.astype(np.float32, copy=False)
@@ -24,14 +25,14 @@ def if_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[
     v = np.zeros(x.shape[1:], np.float32)
     m = np.empty_like(v)
     fired = np.empty(v.shape, np.bool_)
-    spikes = 0
+    counts = np.zeros(v.shape, np.int32)
     for t in range(T):
         np.add(v, x[t if len(x) > 1 else 0], out=m)
         np.greater_equal(m, fire_level, out=fired)
         np.multiply(fired, threshold, out=out[t])
         np.subtract(m, out[t], out=v)
-        spikes += int(np.count_nonzero(fired))
-    return out, spikes
+        counts += fired
+    return out, counts
 
 
 def running_sum(x: np.ndarray, T: int) -> np.ndarray:
@@ -55,6 +56,7 @@ def maxpool_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> t
     return out, None
 
 
+NON_FIRING = frozenset({"MaxPoolNeuron"})  # operators that move spikes but do not fire themselves
 NEURON_KERNELS: dict[str, NeuronKernel] = {
     "IFNeuron": if_neuron,
     "MaxPoolNeuron": maxpool_neuron,

@@ -10,6 +10,7 @@ import onnxruntime as ort
 from rewrites.errors import SpikingModelError
 from sim.engine import LayerSpikes, WindowResult
 from sim.model import SPIKING_DOMAIN, SpikingModel
+from sim.neurons import NON_FIRING
 
 _NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64}
 
@@ -21,7 +22,7 @@ class OrtEngine:
         self.model = model
         proto = onnx.ModelProto()
         proto.CopyFrom(model.proto)
-        self.firing = [n for n in proto.graph.node if n.domain == SPIKING_DOMAIN and n.op_type == "IFNeuron"]
+        self.firing = [n for n in proto.graph.node if n.domain == SPIKING_DOMAIN and n.op_type not in NON_FIRING]
         known = {o.name for o in proto.graph.output}
         for node in self.firing:
             if node.output[0] not in known:
@@ -46,7 +47,7 @@ class OrtEngine:
         zeros = {k: np.zeros_like(v) for k, v in feeds.items()} if extra_t else {}
         n_out, n_state = len(self.model.outputs), len(self.state)
         per_step: list[list[np.ndarray]] = [[] for _ in range(n_out)]
-        spikes = {n.name: LayerSpikes(n.name, n.op_type, 0) for n in self.firing}
+        counts: dict[str, np.ndarray] = {}
         for t in range(T + extra_t):
             values = self.session.run(self.fetch, {**(feeds if t < T else zeros), **state})
             for k in range(n_out):
@@ -54,8 +55,13 @@ class OrtEngine:
             for s, v in zip(self.state, values[n_out:n_out + n_state]):
                 state[s.name] = v
             for node, y in zip(self.firing, values[n_out + n_state:]):
-                layer = spikes[node.name]
-                layer.neurons = int(np.prod(y.shape[1:]))
-                layer.spikes += int(np.count_nonzero(y))
+                fired = y != 0
+                if node.name in counts:
+                    counts[node.name] += fired
+                else:
+                    counts[node.name] = fired.astype(np.int32)
+        spikes = {n.name: LayerSpikes(n.name, n.op_type, 0) for n in self.firing}
+        for name, c in counts.items():
+            spikes[name].add_counts(c, T + extra_t)
         outputs = {name: np.stack(steps) for name, steps in zip(self.model.outputs, per_step)}
         return WindowResult(outputs, spikes)

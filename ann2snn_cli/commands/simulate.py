@@ -1,7 +1,7 @@
-"""Run a spiking model over data for T time steps (every sample from zero state) and report accuracy,
-agreement with the ANN at each t, and spikes per layer."""
+"""Run a spiking model over data for T time steps (every sample from zero state) and report accuracy, agreement with the ANN at each t, latency, spikes per layer, SynOps and the energy estimate; optionally gate on accuracy (exit 1)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,7 +9,7 @@ import typer
 
 from ann2snn_cli._options import BatchOpt, DataOpt, JsonOpt, LimitOpt
 from ann2snn_cli._output import Output, percent
-from ann2snn_cli.state import errors_to_exit_codes
+from ann2snn_cli.state import EXIT_GATE, errors_to_exit_codes
 
 NAME = "simulate"
 
@@ -27,17 +27,64 @@ def command(
                                                 "agreement with its top-1 and its accuracy.")] = None,
     batch_size: BatchOpt = 128,
     limit: LimitOpt = None,
+    max_memory: Annotated[int, typer.Option("--max-memory", min=1, metavar="MB", help="NumPy engine: bound on "
+                                            "one [T, batch, ...] tensor; the batch is run in slices that fit.")] = 32,
+    min_accuracy: Annotated[Optional[float], typer.Option("--min-accuracy", metavar="PERCENT", help="Gate: exit 1 "
+                            "if the accuracy at the last step is below PERCENT (needs labels y).")] = None,
+    max_drop: Annotated[Optional[float], typer.Option("--max-drop", metavar="POINTS", help="Gate: exit 1 if the "
+                        "accuracy at the last step is more than POINTS below the ANN's (needs labels and --ann).")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE.png", help="Draw accuracy against t and "
+                                                 "spikes per layer (needs matplotlib: pip install 'ann2snn[plot]').")] = None,
+    plot_with: Annotated[Optional[list[Path]], typer.Option("--plot-with", metavar="REPORT.json", help="Add the "
+                         "curves of earlier `simulate --json` reports to the plot (repeatable).")] = None,
     json_out: JsonOpt = None,
 ) -> None:
     with errors_to_exit_codes():
+        from rewrites.errors import Ann2SnnError, InputFileError
         from sim.model import load_spiking
         from sim.simulate import simulate
+        if max_drop is not None and ann is None:
+            raise Ann2SnnError("--max-drop needs --ann", "give the ANN the model was converted from")
         T = steps or load_spiking(model).default_T or 32
         out = Output(json_out)
         with out.progress("simulating", 0) as progress:
-            report = simulate(model, data, T, extra_t, engine, ann, batch_size, limit, progress)
+            report = simulate(model, data, T, extra_t, engine, ann, batch_size, limit, progress,
+                              max_memory * 2**20)
         render(out, report)
-        out.emit_json(report.to_json())
+        result = report.to_json()
+        failures = gate_failures(report, min_accuracy, max_drop)
+        result["gates"] = {"min_accuracy": min_accuracy, "max_drop": max_drop, "failed": failures}
+        out.emit_json(result)
+        if plot:
+            from sim.plot import plot_reports
+            runs = [(model.stem, result)]
+            for path in plot_with or ():
+                try:
+                    runs.append((path.stem, json.loads(path.read_text())))
+                except (OSError, ValueError) as exc:
+                    raise InputFileError(f"{path}: not a readable simulate --json report ({exc})") from exc
+            plot_reports(runs, plot)
+            out.note(f"wrote {plot}")
+        if failures:
+            for reason in failures:
+                out.note(f"gate failed: {reason}")
+            raise typer.Exit(EXIT_GATE)
+
+
+def gate_failures(report, min_accuracy: float | None, max_drop: float | None) -> list[str]:
+    from rewrites.errors import DataError
+    if (min_accuracy is not None or max_drop is not None) and report.final_accuracy is None:
+        raise DataError("accuracy gates need labels: the data has no array y")
+    failures = []
+    last = report.steps[-1]
+    if min_accuracy is not None and 100 * report.final_accuracy < min_accuracy:
+        failures.append(f"accuracy {percent(report.final_accuracy)} at t = {last} is below {min_accuracy:g}%")
+    if max_drop is not None:
+        drop = 100 * (report.ann_accuracy - report.final_accuracy)
+        if drop > max_drop:
+            failures.append(f"accuracy {percent(report.final_accuracy)} at t = {last} is {drop:.2f} points below "
+                            f"the ANN's {percent(report.ann_accuracy)} (allowed: {max_drop:g})")
+    return failures
 
 
 def render(out: Output, report) -> None:
@@ -59,7 +106,16 @@ def render(out: Output, report) -> None:
         title += f", ANN accuracy {percent(report.ann_accuracy)}"
     out.table(title, columns, rows)
     out.table("Spikes per neuron layer (per sample, over the window)",
-              ["layer", "neurons", "spikes/neuron", "firing rate"],
-              [[l.node, l.neurons, l.spikes_per_neuron, l.firing_rate] for l in report.layers])
-    out.print(f"{report.total_spikes_per_sample:,.0f} spikes per sample; {report.engine} engine, "
-              f"{report.seconds:.2f} s")
+              ["layer", "neurons", "spikes/neuron", "firing rate", "silent", "saturated"],
+              [[l.node, l.neurons, l.spikes_per_neuron, l.firing_rate, percent(l.silent), percent(l.saturated)]
+               for l in report.layers])
+    out.print(f"{report.total_spikes_per_sample:,.0f} spikes per sample. Latency: the prediction first equals "
+              f"the final one at t = {report.mean_first_final_t:.1f} on average and no longer changes from "
+              f"t = {report.mean_settled_t:.1f}. {report.engine} engine, {report.seconds:.2f} s.")
+    e = report.energy
+    if e:
+        out.table("Operations and energy per sample (45 nm: 4.6 pJ per MAC, 0.9 pJ per accumulate)",
+                  ["", "MACs", "SynOps (accumulates)", "energy"],
+                  [["ANN, one inference", f"{e['ann_macs']:,.0f}", "-", f"{e['ann_energy_uJ']:.3g} uJ"],
+                   [f"SNN, {report.T + report.extra_t} steps", f"{e['snn_macs']:,.0f}", f"{e['synops']:,.0f}",
+                    f"{e['snn_energy_uJ']:.3g} uJ"]])

@@ -1,0 +1,134 @@
+"""Synaptic operations and the energy estimate of a spiking model, from the exported file alone.
+
+Every weighted operator (Conv, ConvTranspose, Gemm, MatMul with a constant) costs its MACs per sample in the
+ANN. In the SNN it costs, per sample over the window, MACs x (spikes per neuron of the IF layers that feed
+it), when its input is made of spikes: each spike is one accumulate per outgoing synapse (SynOps). An
+operator fed by the analog input (direct coding: the first layer) stays dense and costs MACs at every step.
+The path from a neuron to a weighted operator may pass through operators that only move, pool or add spikes
+(reshapes, padding, max/average pooling, Add, Concat). Energy: 45 nm figures of Horowitz (ISSCC 2014),
+4.6 pJ per 32-bit float MAC and 0.9 pJ per accumulate."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from sim.model import SPIKING_DOMAIN, SpikingModel
+
+E_MAC_PJ = 4.6
+E_AC_PJ = 0.9
+WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+TRANSPARENT = frozenset({"Flatten", "Reshape", "Pad", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout",
+                         "AveragePool", "GlobalAveragePool", "MaxPool", "MaxPoolNeuron", "Add", "Sum", "Concat",
+                         "Slice", "Split", "ReduceMean", "ReduceSum"})
+
+
+@dataclass
+class WeightedLayer:
+    node: str
+    op: str
+    macs: int  # per sample, one ANN inference
+    sources: list[str] | None  # IF layers whose spikes feed it; None: fed by an analog (non-spiking) tensor
+
+
+def _shape(model: onnx.ModelProto, name: str) -> list[int] | None:
+    for vi in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input):
+        if vi.name == name:
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
+            return dims if all(d > 0 for d in dims[1:]) else None
+    return None
+
+
+def _macs(model: SpikingModel, node: onnx.NodeProto) -> int:
+    out = _shape(model.proto, node.output[0])
+    weight = model.constants.get(node.input[1]) if len(node.input) > 1 else None
+    if out is None or weight is None:
+        return 0
+    per_sample_out = int(np.prod(out[1:]))
+    if node.op_type == "Conv":
+        return per_sample_out * int(np.prod(weight.shape[1:]))
+    if node.op_type == "ConvTranspose":
+        x = _shape(model.proto, node.input[0])
+        return int(np.prod(x[1:])) * int(np.prod(weight.shape[1:])) if x else 0
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return per_sample_out * int(weight.shape[1 if trans_b else 0])
+    return per_sample_out * int(weight.shape[-2]) if weight.ndim >= 2 else 0
+
+
+def weighted_layers(model: SpikingModel) -> list[WeightedLayer]:
+    producers = {o: n for n in model.nodes for o in n.output}
+    data_inputs = {s.name for s in model.inputs}
+
+    def sources(tensor: str, seen: set[str]) -> list[str] | None:
+        if tensor in seen:
+            return []
+        seen.add(tensor)
+        if tensor in model.constants:
+            return []
+        node = producers.get(tensor)
+        if node is None:
+            return None if tensor in data_inputs else []
+        if node.domain == SPIKING_DOMAIN and node.op_type != "MaxPoolNeuron":
+            return [node.name]
+        if node.op_type not in TRANSPARENT:
+            return None
+        found: list[str] = []
+        for name in node.input:
+            if not name or name.startswith("state."):
+                continue
+            more = sources(name, seen)
+            if more is None:
+                return None
+            found += more
+        return found
+
+    layers = []
+    for node in model.nodes:
+        if node.op_type in WEIGHTED and node.domain != SPIKING_DOMAIN:
+            if node.op_type == "MatMul" and node.input[1] not in model.constants:
+                continue
+            layers.append(WeightedLayer(node.name, node.op_type, _macs(model, node), sources(node.input[0], set())))
+    return layers
+
+
+@dataclass
+class EnergyReport:
+    ann_macs: int  # per sample
+    snn_macs: int  # dense operations of the SNN per sample over the window
+    synops: float  # accumulates per sample over the window
+    ann_energy_uj: float
+    snn_energy_uj: float
+    layers: list[dict]
+
+    def to_json(self) -> dict:
+        return {"ann_macs": self.ann_macs, "snn_macs": self.snn_macs, "synops": self.synops,
+                "ann_energy_uJ": self.ann_energy_uj, "snn_energy_uJ": self.snn_energy_uj,
+                "energy_ratio": self.snn_energy_uj / self.ann_energy_uj if self.ann_energy_uj else None,
+                "constants": {"E_MAC_pJ": E_MAC_PJ, "E_AC_pJ": E_AC_PJ, "node": "45 nm"}, "layers": self.layers}
+
+
+def estimate(model: SpikingModel, spikes_per_neuron: dict[str, tuple[int, int]], samples: int,
+             steps: int) -> EnergyReport:
+    """`spikes_per_neuron`: IF layer -> (total spikes, neurons per sample) over `samples` samples."""
+    ann_macs = snn_macs = 0
+    synops = 0.0
+    rows = []
+    for layer in weighted_layers(model):
+        ann_macs += layer.macs
+        if layer.sources is None:
+            dense = layer.macs * steps
+            snn_macs += dense
+            rows.append({"node": layer.node, "op": layer.op, "macs": layer.macs, "input": "analog",
+                         "snn_macs": dense, "synops": 0.0})
+            continue
+        spikes = sum(spikes_per_neuron[s][0] for s in layer.sources if s in spikes_per_neuron)
+        neurons = sum(spikes_per_neuron[s][1] for s in layer.sources if s in spikes_per_neuron)
+        activity = spikes / (samples * neurons) if neurons and samples else 0.0
+        ops = layer.macs * activity
+        synops += ops
+        rows.append({"node": layer.node, "op": layer.op, "macs": layer.macs, "input": "spikes",
+                     "spikes_per_input_neuron": activity, "snn_macs": 0, "synops": ops})
+    return EnergyReport(ann_macs, snn_macs, synops, ann_macs * E_MAC_PJ * 1e-6,
+                        (snn_macs * E_MAC_PJ + synops * E_AC_PJ) * 1e-6, rows)
