@@ -75,6 +75,29 @@ class LayerSpikes:
 class WindowResult:
     outputs: dict[str, np.ndarray]  # name -> [T, B, ...] per-step values
     spikes: dict[str, LayerSpikes] = field(default_factory=dict)
+    # with observe=k: firing node -> its output summed over the first k steps [B, ...], and whether any neuron
+    # fired at each step [T, B]
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    active: np.ndarray | None = None
+
+    @staticmethod
+    def concat(parts: list[WindowResult]) -> WindowResult:
+        """Join results of consecutive slices of one batch."""
+        first = parts[0]
+        outputs = {k: np.concatenate([p.outputs[k] for p in parts], axis=1) for k in first.outputs}
+        spikes = first.spikes
+        for p in parts[1:]:
+            for name, layer in p.spikes.items():
+                spikes[name].merge(layer)
+        sums = {k: np.concatenate([p.sums[k] for p in parts]) for k in first.sums}
+        active = np.concatenate([p.active for p in parts], axis=1) if first.active is not None else None
+        return WindowResult(outputs, spikes, sums, active)
+
+    def observe(self, node: str, out: np.ndarray, steps: int) -> None:
+        """Record a firing layer's per-step output [T, B, ...], summed over its first `steps` steps."""
+        self.sums[node] = out[:steps].sum(axis=0, dtype=np.float64)
+        fired = (out != 0).reshape(out.shape[0], out.shape[1], -1).any(axis=2)
+        self.active = fired if self.active is None else self.active | fired
 
 
 class NumpyEngine:
@@ -98,22 +121,19 @@ class NumpyEngine:
         self.sample_bytes = 4 * max([_per_sample_size(vi) for vi in list(model.proto.graph.input)
                                      + list(model.proto.graph.value_info)] + [1])
 
-    def run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int = 0) -> WindowResult:
-        """Run a batch from zero state: the input for T steps, then extra_t steps of zero input."""
+    def run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int = 0, observe: int = 0) -> WindowResult:
+        """Run a batch from zero state: the input for T steps, then extra_t steps of zero input. `observe` > 0
+        also returns each firing layer's output summed over that many leading steps, and per-step activity."""
         batch = len(next(iter(feeds.values())))
         step = max(1, self.memory_budget // (self.sample_bytes * (T + extra_t)))
         if batch <= step:
-            return self._run(feeds, T, extra_t)
-        parts = [self._run({k: v[i:i + step] for k, v in feeds.items()}, T, extra_t) for i in range(0, batch, step)]
-        outputs = {name: np.concatenate([p.outputs[name] for p in parts], axis=1) for name in parts[0].outputs}
-        spikes = parts[0].spikes
-        for p in parts[1:]:
-            for name, layer in p.spikes.items():
-                spikes[name].merge(layer)
-        return WindowResult(outputs, spikes)
+            return self._run(feeds, T, extra_t, observe)
+        return WindowResult.concat([self._run({k: v[i:i + step] for k, v in feeds.items()}, T, extra_t, observe)
+                                    for i in range(0, batch, step)])
 
-    def _run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int) -> WindowResult:
+    def _run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int, observe: int) -> WindowResult:
         steps = T + extra_t
+        result = WindowResult({})
         env: dict[str, Any] = dict(self.model.constants)
         for name in self.model.state_inputs:
             env[name] = None
@@ -124,11 +144,10 @@ class NumpyEngine:
                 env[name] = Seq(seq)
             else:
                 env[name] = Seq(x[None])
-        spikes: dict[str, LayerSpikes] = {}
         for i, (node, attrs) in enumerate(zip(self.nodes, self.attrs)):
             inputs = [env[n] if n else None for n in node.input]
             if node.domain == SPIKING_DOMAIN:
-                outs = self._neuron(node, attrs, inputs, steps, spikes)
+                outs = self._neuron(node, attrs, inputs, steps, result, observe)
             else:
                 outs = self._standard(node, attrs, inputs, steps)
             for name, value in zip(node.output, outs):
@@ -136,22 +155,23 @@ class NumpyEngine:
                     env[name] = value
             for name in self.last_use.get(i, ()):
                 env.pop(name, None)
-        results = {}
         for name in self.model.outputs:
             value = env[name]
             data = value.data if isinstance(value, Seq) else np.broadcast_to(value, (1,) + np.shape(value))
-            results[name] = np.broadcast_to(data, (steps,) + data.shape[1:])
-        return WindowResult(results, spikes)
+            result.outputs[name] = np.broadcast_to(data, (steps,) + data.shape[1:])
+        return result
 
-    def _neuron(self, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int,
-                spikes: dict[str, LayerSpikes]) -> list:
+    def _neuron(self, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int, result: WindowResult,
+                observe: int) -> list:
         args = [v.data if isinstance(v, Seq) else v
                 for name, v in zip(node.input, inputs) if not name.startswith("state.")]
         if not isinstance(inputs[0], Seq):
             args[0] = np.asarray(args[0])[None]
         out, counts = NEURON_KERNELS[node.op_type](args, attrs, steps)
         if counts is not None:
-            spikes.setdefault(node.name, LayerSpikes(node.name, node.op_type, 0)).add_counts(counts, steps)
+            result.spikes.setdefault(node.name, LayerSpikes(node.name, node.op_type, 0)).add_counts(counts, steps)
+            if observe:
+                result.observe(node.name, out, observe)
         return [Seq(out)] + [None] * (len(node.output) - 1)
 
     def _standard(self, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int) -> list:

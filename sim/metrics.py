@@ -91,6 +91,8 @@ class SimulationReport:
     accuracy_all: list[float] | None = None  # at every t = 1..T+extra_t
     agreement_all: list[float] | None = None
     energy: dict | None = None
+    layer_error: dict | None = None
+    until_silent: dict | None = None
 
     @property
     def final_accuracy(self) -> float | None:
@@ -107,6 +109,8 @@ class SimulationReport:
             "total_spikes_per_sample": self.total_spikes_per_sample,
             "layers": [vars(layer) for layer in self.layers],
             "energy": self.energy,
+            "layer_error": self.layer_error,
+            "until_silent": self.until_silent,
         }
 
 

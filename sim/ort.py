@@ -40,7 +40,7 @@ class OrtEngine:
         self.state = [i for i in self.session.get_inputs() if i.name.startswith("state.")]
         self.fetch = model.outputs + [s.name + ".next" for s in self.state] + [n.output[0] for n in self.firing]
 
-    def run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int = 0) -> WindowResult:
+    def run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int = 0, observe: int = 0) -> WindowResult:
         batch = len(next(iter(feeds.values())))
         state = {s.name: np.zeros([d if isinstance(d, int) else batch for d in s.shape], _NP.get(s.type, np.float32))
                  for s in self.state}
@@ -48,6 +48,8 @@ class OrtEngine:
         n_out, n_state = len(self.model.outputs), len(self.state)
         per_step: list[list[np.ndarray]] = [[] for _ in range(n_out)]
         counts: dict[str, np.ndarray] = {}
+        sums: dict[str, np.ndarray] = {}
+        active = np.zeros((T + extra_t, batch), bool) if observe else None
         for t in range(T + extra_t):
             values = self.session.run(self.fetch, {**(feeds if t < T else zeros), **state})
             for k in range(n_out):
@@ -60,8 +62,12 @@ class OrtEngine:
                     counts[node.name] += fired
                 else:
                     counts[node.name] = fired.astype(np.int32)
+                if observe and t < observe:
+                    sums[node.name] = sums.get(node.name, 0.0) + y.astype(np.float64)
+                if observe:
+                    active[t] |= fired.reshape(batch, -1).any(axis=1)
         spikes = {n.name: LayerSpikes(n.name, n.op_type, 0) for n in self.firing}
         for name, c in counts.items():
             spikes[name].add_counts(c, T + extra_t)
         outputs = {name: np.stack(steps) for name, steps in zip(self.model.outputs, per_step)}
-        return WindowResult(outputs, spikes)
+        return WindowResult(outputs, spikes, sums, active)

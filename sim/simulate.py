@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from rewrites.calibration.collect import augment
 from rewrites.calibration.data import Dataset, load_dataset
 from rewrites.errors import Ann2SnnError, DataError
 from rewrites.graph import load_model
 from rewrites.runtime import Session
+from sim.analysis import LayerErrors, UntilSilent, neuron_layers
 from sim.energy import estimate
 from sim.engine import NumpyEngine
 from sim.metrics import Accumulator, SimulationReport, finish, report_steps
@@ -29,41 +32,74 @@ def make_engine(model: SpikingModel, engine: str, memory_budget: int | None = No
     return ENGINES[engine](model)
 
 
-def ann_runner(path: str | Path, model: SpikingModel):
-    session = Session(load_model(path), str(path))
-    names = session.input_names
-    if names != [s.name for s in model.inputs]:
-        raise DataError(f"{path}: ANN inputs {names} differ from the spiking model's "
-                        f"{[s.name for s in model.inputs]}", "pass the ANN this spiking model was converted from")
-    output = session.output_names[0]
-    return lambda feeds: session.run([output], feeds)[0]
+class AnnReference:
+    """The original ANN under onnxruntime: its first output, and on request any of its tensors by name."""
+
+    def __init__(self, path: str | Path, model: SpikingModel, extra: list[str] = ()):
+        ann = load_model(path)
+        self.output = ann.graph.output[0].name
+        known = {vi.name for vi in list(ann.graph.value_info) + list(ann.graph.output)} | \
+            {o for n in ann.graph.node for o in n.output}
+        self.extra = [name for name in extra if name in known]
+        self.session = Session(augment(ann, self.extra), str(path), optimize=not self.extra)
+        if self.session.input_names != [s.name for s in model.inputs]:
+            raise DataError(f"{path}: ANN inputs {self.session.input_names} differ from the spiking model's "
+                            f"{[s.name for s in model.inputs]}", "pass the ANN this spiking model was converted from")
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        values = self.session.run([self.output] + self.extra, feeds)
+        return values[0], dict(zip(self.extra, values[1:]))
+
+
+@dataclass(frozen=True)
+class Analyses:
+    layer_error: bool = False  # needs the ANN
+    until_silent: int | None = None  # cap on the silent steps
 
 
 def simulate(snn_path: str | Path, data_path: str | Path, T: int, extra_t: int = 0, engine: str = "numpy",
              ann_path: str | Path | None = None, batch_size: int = 128, limit: int | None = None,
-             progress: Progress | None = None, memory_budget: int | None = None) -> SimulationReport:
-    if T < 1 or extra_t < 0 or batch_size < 1:
-        raise Ann2SnnError(f"invalid window T={T}, extra_t={extra_t}, batch size {batch_size}",
-                           "T and the batch size must be positive, extra_t zero or more")
+             progress: Progress | None = None, memory_budget: int | None = None,
+             analyses: Analyses = Analyses()) -> SimulationReport:
+    check_window(T, extra_t, batch_size)
     model = load_spiking(snn_path)
     dataset = load_dataset(data_path, model.inputs, limit)
     runner = make_engine(model, engine, memory_budget)
-    ann = ann_runner(ann_path, model) if ann_path else None
-    return run_dataset(runner, model, dataset, T, extra_t, ann, batch_size, progress)
+    if analyses.layer_error and not ann_path:
+        raise Ann2SnnError("the layer error report needs the ANN", "pass --ann MODEL")
+    extra = LayerErrors(neuron_layers(model), T + extra_t).tensors() if analyses.layer_error else []
+    ann = AnnReference(ann_path, model, extra) if ann_path else None
+    return run_dataset(runner, model, dataset, T, extra_t, ann, batch_size, progress, analyses)
 
 
-def run_dataset(runner, model: SpikingModel, dataset: Dataset, T: int, extra_t: int, ann, batch_size: int,
-                progress: Progress | None = None, memory_budget: int | None = None) -> SimulationReport:
+def check_window(T: int, extra_t: int, batch_size: int) -> None:
+    if T < 1 or extra_t < 0 or batch_size < 1:
+        raise Ann2SnnError(f"invalid window T={T}, extra_t={extra_t}, batch size {batch_size}",
+                           "T and the batch size must be positive, extra_t zero or more")
+
+
+def run_dataset(runner, model: SpikingModel, dataset: Dataset, T: int, extra_t: int, ann: AnnReference | None,
+                batch_size: int, progress: Progress | None = None,
+                analyses: Analyses = Analyses()) -> SimulationReport:
     steps = T + extra_t
     acc = Accumulator(steps)
+    errors = LayerErrors(neuron_layers(model), steps) if analyses.layer_error else None
+    silent = UntilSilent(steps, analyses.until_silent) if analyses.until_silent else None
+    window_extra = extra_t + (analyses.until_silent or 0)
     start = time.perf_counter()
     done = 0
     output = model.outputs[0]
-    for k, batch in enumerate(dataset.batches(batch_size)):
+    for batch in dataset.batches(batch_size):
         n = len(next(iter(batch.values())))
         labels = dataset.labels[done:done + n] if dataset.labels is not None else None
-        result = runner.run(batch, T, extra_t)
-        acc.add(np.asarray(result.outputs[output]), labels, ann(batch) if ann else None, result.spikes)
+        result = runner.run(batch, T, window_extra, observe=steps if errors or silent else 0)
+        per_step = np.asarray(result.outputs[output])
+        reference, ann_values = ann(batch) if ann else (None, {})
+        acc.add(per_step[:steps], labels, reference, result.spikes)
+        if errors:
+            errors.add(ann_values, result.sums)
+        if silent:
+            silent.add(per_step, result.active, labels, reference)
         done += n
         if progress:
             progress(done, len(dataset))
@@ -71,4 +107,23 @@ def run_dataset(runner, model: SpikingModel, dataset: Dataset, T: int, extra_t: 
     report.seconds = time.perf_counter() - start
     report.energy = estimate(model, {name: (layer.spikes, layer.neurons) for name, layer in acc.layers.items()},
                              acc.samples, steps).to_json()
+    report.layer_error = errors.to_json() if errors else None
+    report.until_silent = silent.to_json() if silent else None
     return report
+
+
+def sweep_extra_t(snn_path: str | Path, data_path: str | Path, ts: list[int], max_extra: int,
+                  engine: str = "numpy", batch_size: int = 128, limit: int | None = None,
+                  memory_budget: int | None = None) -> dict:
+    """Seed 000's table: for each t, accuracy after t + extra_t steps (extra_t = 0..max_extra, silent input)."""
+    model = load_spiking(snn_path)
+    dataset = load_dataset(data_path, model.inputs, limit)
+    if dataset.labels is None:
+        raise DataError(f"{data_path}: the extra_t sweep needs labels (array y)")
+    runner = make_engine(model, engine, memory_budget)
+    grid = []
+    for t in ts:
+        check_window(t, max_extra, batch_size)
+        report = run_dataset(runner, model, dataset, t, max_extra, None, batch_size)
+        grid.append([report.accuracy_all[t + e - 1] for e in range(max_extra + 1)])
+    return {"t": ts, "extra_t": list(range(max_extra + 1)), "accuracy": grid, "samples": len(dataset)}

@@ -37,19 +37,35 @@ def command(
                                                  "spikes per layer (needs matplotlib: pip install 'ann2snn[plot]').")] = None,
     plot_with: Annotated[Optional[list[Path]], typer.Option("--plot-with", metavar="REPORT.json", help="Add the "
                          "curves of earlier `simulate --json` reports to the plot (repeatable).")] = None,
+    layer_error: Annotated[bool, typer.Option("--layer-error", help="Per neuron layer: the gap between SNN rate "
+                           "and ANN activation split into clipping, quantisation and unevenness (needs --ann).")] = False,
+    until_silent: Annotated[Optional[int], typer.Option("--until-silent", metavar="CAP", min=1, help="Also report "
+                            "accuracy when each sample keeps stepping with zero input until no neuron fires (at most "
+                            "CAP extra steps).")] = None,
+    sweep_extra_t: Annotated[Optional[int], typer.Option("--sweep-extra-t", metavar="E", min=0, help="Print seed "
+                             "000's table instead: rows t (1..T, or 1, 2, 4, .. T when T > 16), columns extra_t = "
+                             "0..E, accuracy after t + extra_t steps.")] = None,
     json_out: JsonOpt = None,
 ) -> None:
     with errors_to_exit_codes():
         from rewrites.errors import Ann2SnnError, InputFileError
+        from sim.metrics import report_steps
         from sim.model import load_spiking
-        from sim.simulate import simulate
+        from sim.simulate import Analyses, simulate
+        from sim.simulate import sweep_extra_t as sweep_extra_t_table
         if max_drop is not None and ann is None:
             raise Ann2SnnError("--max-drop needs --ann", "give the ANN the model was converted from")
         T = steps or load_spiking(model).default_T or 32
         out = Output(json_out)
+        if sweep_extra_t is not None:
+            ts = list(range(1, T + 1)) if T <= 16 else report_steps(T)
+            grid = sweep_extra_t_table(model, data, ts, sweep_extra_t, engine, batch_size, limit, max_memory * 2**20)
+            render_sweep(out, grid)
+            out.emit_json({"sweep_extra_t": grid})
+            return
         with out.progress("simulating", 0) as progress:
             report = simulate(model, data, T, extra_t, engine, ann, batch_size, limit, progress,
-                              max_memory * 2**20)
+                              max_memory * 2**20, Analyses(layer_error, until_silent))
         render(out, report)
         result = report.to_json()
         failures = gate_failures(report, min_accuracy, max_drop)
@@ -87,6 +103,12 @@ def gate_failures(report, min_accuracy: float | None, max_drop: float | None) ->
     return failures
 
 
+def render_sweep(out: Output, grid: dict) -> None:
+    rows = [[t] + [percent(a) for a in accs] for t, accs in zip(grid["t"], grid["accuracy"])]
+    out.table(f"Accuracy after t + extra_t steps (silent input after t), {grid['samples']} samples",
+              ["t"] + [f"+{e}" for e in grid["extra_t"]], rows)
+
+
 def render(out: Output, report) -> None:
     columns = ["t"]
     if report.accuracy is not None:
@@ -119,3 +141,16 @@ def render(out: Output, report) -> None:
                   [["ANN, one inference", f"{e['ann_macs']:,.0f}", "-", f"{e['ann_energy_uJ']:.3g} uJ"],
                    [f"SNN, {report.T + report.extra_t} steps", f"{e['snn_macs']:,.0f}", f"{e['synops']:,.0f}",
                     f"{e['snn_energy_uJ']:.3g} uJ"]])
+    if report.until_silent:
+        u = report.until_silent
+        out.print(f"Until silent (at most {u['cap']} extra steps): accuracy {percent(u['accuracy'])}, agreement "
+                  f"{percent(u['agreement'])}, {u['mean_steps']:.1f} steps on average, {percent(u['share_capped'])} "
+                  f"of samples never fell silent")
+    if report.layer_error:
+        errors = report.layer_error
+        out.table(f"Conversion error per neuron layer at t = {errors['window']} (mean of ANN - SNN per neuron)",
+                  ["layer", "clipping", "quantisation", "unevenness", "total", "relative RMS"],
+                  [[r["node"], r.get("clipping"), r.get("quantisation"), r.get("unevenness"), r.get("mean_error"),
+                    r.get("relative_rms_error") if "skipped" not in r else r["skipped"]] for r in errors["layers"]])
+        if errors["worst_layer"]:
+            out.print(f"Worst layer (relative RMS error): {errors['worst_layer']}")
