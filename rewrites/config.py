@@ -13,6 +13,22 @@ DEFAULT_PERCENTILE = 99.0
 DEFAULT_NORM = f"percentile:{DEFAULT_PERCENTILE:g}"
 
 
+class Neuron(enum.Enum):
+    """Which neuron a ReLU becomes. IF: integrate-and-fire with soft reset, positive spikes only. SIGNED: the
+    two-type (positive and negative spike) IF neuron of seed 000 (QFFS, SpikeZIP-TF's ST-BIF), whose net spike
+    count is kept in [0, tmax] and which takes back spikes fired too early."""
+
+    IF = "if"
+    SIGNED = "signed"
+
+    @classmethod
+    def parse(cls, text: str) -> Neuron:
+        try:
+            return cls(text.strip().lower())
+        except ValueError:
+            raise Ann2SnnError(f"invalid --neuron {text!r}", "use 'if' or 'signed'") from None
+
+
 class Norm(enum.Enum):
     MAX = "max"
     PERCENTILE = "percentile"
@@ -50,9 +66,25 @@ class ConvertOptions:
     phi: float = 0.5
     default_T: int = 32
     skip_passes: tuple[str, ...] = ()
+    neuron: Neuron = Neuron.IF
+    tmax: int | None = None  # SIGNED only: the most net spikes a neuron may hold; None: default_T
+    weight_norm: bool = False  # fold thresholds into the weights (unit spikes, thresholds 1) where exact
+
+    @property
+    def effective_tmax(self) -> int:
+        """The signed neuron's spike budget: tmax, or the conversion's T when tmax is not given."""
+        return self.tmax if self.tmax is not None else self.default_T
 
     def __post_init__(self):
         if not 0.0 <= self.phi < 1.0:
             raise Ann2SnnError(f"invalid --phi {self.phi}", "the initial membrane fraction must be in [0, 1)")
         if self.default_T < 1:
             raise Ann2SnnError(f"invalid T {self.default_T}", "T must be at least 1")
+        if not isinstance(self.neuron, Neuron):
+            raise Ann2SnnError(f"invalid --neuron {self.neuron!r}", "use 'if' or 'signed'")
+        if self.tmax is not None:
+            if self.neuron is not Neuron.SIGNED:
+                raise Ann2SnnError(f"--tmax {self.tmax} given for --neuron {self.neuron.value}",
+                                   "--tmax only applies to --neuron signed")
+            if self.tmax < 1:
+                raise Ann2SnnError(f"invalid --tmax {self.tmax}", "the spike budget must be at least 1")

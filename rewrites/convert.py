@@ -112,6 +112,15 @@ def inspect_model(path: str | Path) -> ModelSummary:
     return summarize(load_model(path))
 
 
+def merge_layers(reports: list[PassReport]) -> list[dict]:
+    """One entry per node, in order of first appearance: a later pass's entry for the same node (weight_norm
+    on a neuron of relu_to_if) adds its keys to the earlier one."""
+    merged: dict[str, dict] = {}
+    for layer in (layer for r in reports for layer in r.layers):
+        merged.setdefault(layer["node"], {}).update(layer)
+    return list(merged.values())
+
+
 @dataclass
 class ConversionResult:
     model: onnx.ModelProto
@@ -140,7 +149,7 @@ def convert_model(model: onnx.ModelProto, calibration: Calibration, options: Con
         raise UnsupportedNodesError(f"{model_path}: {len(remaining)} node(s) cannot be converted: {listing}{more}",
                                     [(n.node, n.op_type, n.reason or n.conversion.value) for n in remaining],
                                     "run `ann2snn inspect` for the full table")
-    layers = [layer for r in reports for layer in r.layers]
+    layers = merge_layers(reports)
     snn = export_spiking(graph, model, options, layers, fp)
     ops_after = Counter(n.op_type for n in snn.graph.node)
     return ConversionResult(snn, reports, ops_before, ops_after, layers, error)

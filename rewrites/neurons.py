@@ -40,6 +40,20 @@ IF_NEURON = OperatorSpec(
     ),
 )
 
+SIGNED_IF_NEURON = OperatorSpec(
+    "SignedIFNeuron",
+    inputs=("X", "threshold", "fire_level", "unfire_level", "tmax"),
+    state=("v", "count"),
+    attributes=(),
+    doc=(
+        "Two-type (signed) integrate-and-fire neuron with soft reset, scaled output (seed 000's "
+        "TwotypeSpikeIFNode, ST-BIF). State v = membrane - v_init (v_init = phi*threshold), count = net "
+        "spikes so far. m = v + X; s = +1 if m >= fire_level (= threshold - v_init) and count < tmax, -1 if "
+        "m < unfire_level (= -v_init, the membrane is negative) and count > 0, else 0; Y = s * threshold; "
+        "v_next = m - Y; count_next = count + s."
+    ),
+)
+
 MAXPOOL_NEURON = OperatorSpec(
     "MaxPoolNeuron",
     inputs=("X",),
@@ -52,25 +66,49 @@ MAXPOOL_NEURON = OperatorSpec(
     ),
 )
 
-OPERATORS: dict[str, OperatorSpec] = {spec.op_type: spec for spec in (IF_NEURON, MAXPOOL_NEURON)}
+OPERATORS: dict[str, OperatorSpec] = {spec.op_type: spec for spec in (IF_NEURON, SIGNED_IF_NEURON,
+                                                                      MAXPOOL_NEURON)}
 
 
 def state_outputs(spec: OperatorSpec) -> tuple[str, ...]:
     return tuple(f"{s}_next" for s in spec.state)
 
 
-def _if_neuron_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
+def _at_least(a: str, b: str, out: str, opset: int) -> list[onnx.NodeProto]:
+    """out = a >= b: GreaterOrEqual from opset 12, Not(Less) before it."""
     if opset >= 12:
-        compare = [helper.make_node("GreaterOrEqual", ["m", "fire_level"], ["fired"])]
-    else:
-        compare = [helper.make_node("Less", ["m", "fire_level"], ["below"]),
-                   helper.make_node("Not", ["below"], ["fired"])]
+        return [helper.make_node("GreaterOrEqual", [a, b], [out])]
+    return [helper.make_node("Less", [a, b], [out + "_not"]), helper.make_node("Not", [out + "_not"], [out])]
+
+
+def _if_neuron_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
     nodes = [
         helper.make_node("Add", ["v", "X"], ["m"]),
-        *compare,
+        *_at_least("m", "fire_level", "fired", opset),
         helper.make_node("Cast", ["fired"], ["spike"], to=TensorProto.FLOAT),
         helper.make_node("Mul", ["spike", "threshold"], ["Y"]),
         helper.make_node("Sub", ["m", "Y"], ["v_next"]),
+    ]
+    return _function(spec, nodes, opset)
+
+
+def _signed_if_neuron_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    nodes = [
+        helper.make_node("Add", ["v", "X"], ["m"]),
+        *_at_least("m", "fire_level", "reached", opset),
+        helper.make_node("Less", ["count", "tmax"], ["room"]),
+        helper.make_node("And", ["reached", "room"], ["up"]),
+        helper.make_node("Less", ["m", "unfire_level"], ["negative"]),
+        helper.make_node("Constant", [], ["zero"], value=zero),
+        helper.make_node("Greater", ["count", "zero"], ["held"]),
+        helper.make_node("And", ["negative", "held"], ["down"]),
+        helper.make_node("Cast", ["up"], ["up_f"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["down"], ["down_f"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["up_f", "down_f"], ["spike"]),
+        helper.make_node("Mul", ["spike", "threshold"], ["Y"]),
+        helper.make_node("Sub", ["m", "Y"], ["v_next"]),
+        helper.make_node("Add", ["count", "spike"], ["count_next"]),
     ]
     return _function(spec, nodes, opset)
 
@@ -102,4 +140,5 @@ def _function(spec: OperatorSpec, nodes: list[onnx.NodeProto], opset: int) -> on
     )
 
 
-_BODIES = {"IFNeuron": _if_neuron_body, "MaxPoolNeuron": _maxpool_neuron_body}
+_BODIES = {"IFNeuron": _if_neuron_body, "SignedIFNeuron": _signed_if_neuron_body,
+           "MaxPoolNeuron": _maxpool_neuron_body}

@@ -35,6 +35,37 @@ def if_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[
     return out, counts
 
 
+def signed_if_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two-type IF neuron: +1 spike when the membrane reaches the threshold and the net count is below tmax,
+    -1 when the membrane is negative and the net count is positive. The spike count is the number of
+    non-zero spikes, positive and negative alike (each is a synaptic event)."""
+    x, threshold, fire_level, unfire_level, tmax = (np.asarray(a) for a in inputs[:5])
+    threshold, fire_level, unfire_level, tmax = (a.astype(np.float32, copy=False)
+                                                 for a in (threshold, fire_level, unfire_level, tmax))
+    out = np.empty((T,) + x.shape[1:], np.float32)
+    v = np.zeros(x.shape[1:], np.float32)
+    count = np.zeros_like(v)
+    m = np.empty_like(v)
+    up, down, gate = (np.empty(v.shape, np.bool_) for _ in range(3))
+    spike = np.empty_like(v)
+    events = np.zeros(v.shape, np.int32)
+    for t in range(T):
+        np.add(v, x[t if len(x) > 1 else 0], out=m)
+        np.greater_equal(m, fire_level, out=up)
+        np.less(count, tmax, out=gate)
+        up &= gate
+        np.less(m, unfire_level, out=down)
+        np.greater(count, np.float32(0.0), out=gate)
+        down &= gate
+        np.subtract(up, down, out=spike, dtype=np.float32)
+        np.multiply(spike, threshold, out=out[t])
+        np.subtract(m, out[t], out=v)
+        count += spike
+        events += up
+        events += down
+    return out, events
+
+
 def running_sum(x: np.ndarray, T: int) -> np.ndarray:
     """acc[t] = x[0] + ... + x[t] added in step order (x of length 1 repeats). A loop of whole-array adds:
     np.cumsum over the leading axis is about 15x slower."""
@@ -59,5 +90,6 @@ def maxpool_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> t
 NON_FIRING = frozenset({"MaxPoolNeuron"})  # operators that move spikes but do not fire themselves
 NEURON_KERNELS: dict[str, NeuronKernel] = {
     "IFNeuron": if_neuron,
+    "SignedIFNeuron": signed_if_neuron,
     "MaxPoolNeuron": maxpool_neuron,
 }

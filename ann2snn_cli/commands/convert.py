@@ -1,5 +1,6 @@
-"""Rewrite the ANN into a spiking network (ReLU -> IF neuron, MaxPool -> MaxPool neuron, linear ops kept)
-and export it as a one-step stateful ONNX model."""
+"""Rewrite the ANN into a spiking network (ReLU -> IF neuron or signed IF neuron, MaxPool -> MaxPool neuron,
+linear ops kept), optionally fold the thresholds into the weights, and export it as a one-step stateful ONNX
+model."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,6 +26,19 @@ def command(
                                        "(0.5: QCFS shift, 0: classic conversion).")] = 0.5,
     default_t: Annotated[int, typer.Option("--T", min=1, help="Default number of time steps recorded in the "
                                            "model for `simulate`.")] = 32,
+    neuron: Annotated[str, typer.Option(
+        "--neuron", metavar="if|signed",
+        help="Neuron that replaces each ReLU. 'if': integrate-and-fire with soft reset, positive spikes only. "
+             "'signed': two-type IF neuron (seed 000, QFFS/ST-BIF) that also fires negative spikes to take back "
+             "spikes fired too early; its net spike count stays in [0, --tmax].")] = "if",
+    tmax: Annotated[Optional[int], typer.Option(
+        "--tmax", min=1, help="Signed neuron only: the most net spikes one neuron may hold, which caps its "
+                              "decoded value at tmax*threshold/t (default: --T).")] = None,
+    weight_norm: Annotated[bool, typer.Option(
+        "--weight-norm", help="Layer-wise weight normalisation (seed 001): fold each neuron's threshold into "
+                              "the weights around it, so that it fires unit spikes at threshold 1. Same spikes "
+                              "as threshold balancing; neurons where it cannot be folded exactly are left "
+                              "threshold-balanced and listed with the reason.")] = False,
     skip_pass: Annotated[Optional[list[str]], typer.Option(
         "--skip-pass", help="Skip a normalising pass by name (repeatable).")] = None,
     no_check: Annotated[bool, typer.Option("--no-check", help="Skip the onnxruntime self-check of the "
@@ -33,7 +47,7 @@ def command(
 ) -> None:
     with errors_to_exit_codes():
         from rewrites.calibration.stats import Calibration
-        from rewrites.config import ConvertOptions, NormSpec
+        from rewrites.config import ConvertOptions, Neuron, NormSpec
         from rewrites.convert import convert_model
         from rewrites.errors import Ann2SnnError
         from rewrites.graph import load_model, save_model
@@ -45,7 +59,8 @@ def command(
             if name not in {p.name for p in NORMALISE}:
                 raise Ann2SnnError(f"pass {name!r} cannot be skipped", "only normalising passes can be skipped")
         calibration = Calibration.read(calib)
-        options = ConvertOptions(NormSpec.parse(norm or calibration.method), phi, default_t, skips)
+        options = ConvertOptions(NormSpec.parse(norm or calibration.method), phi, default_t, skips,
+                                 Neuron.parse(neuron), tmax, weight_norm)
         ann = load_model(model)
         result = convert_model(ann, calibration, options, model, calib, check=not no_check)
         target = output or model.with_name(model.stem + ".snn.onnx")
@@ -58,6 +73,8 @@ def command(
 def summary(result, target: Path, options) -> dict:
     return {
         "output": str(target), "norm": str(options.norm), "phi": options.phi, "default_T": options.default_T,
+        "neuron": options.neuron.value, "tmax": options.effective_tmax if options.neuron.value == "signed" else None,
+        "weight_norm": options.weight_norm,
         "normalise_max_error": result.normalise_error,
         "ops_before": dict(sorted(result.ops_before.items())), "ops_after": dict(sorted(result.ops_after.items())),
         "passes": [{"name": r.name, "converted": r.converted, "skipped": [{"node": n, "reason": why}
@@ -75,8 +92,17 @@ def render(out: Output, result, target: Path, options) -> None:
     out.table("Passes", ["pass", "changed", "left alone (why)"], rows)
     neurons = [l for l in result.layers if "threshold" in l]
     if neurons:
-        out.table(f"IF neurons ({options.norm}, phi {options.phi:g})", ["node", "from", "threshold", "calibrated max"],
-                  [[l["node"], l["from"], l["threshold"], l["calibrated_max"]] for l in neurons])
+        kind = "signed IF neurons" if options.neuron.value == "signed" else "IF neurons"
+        title = f"{kind} ({options.norm}, phi {options.phi:g}"
+        title += f", tmax {options.effective_tmax})" if options.neuron.value == "signed" else ")"
+        columns, rows = ["node", "from", "threshold", "calibrated max"], \
+            [[l["node"], l["from"], l["threshold"], l["calibrated_max"]] for l in neurons]
+        if options.weight_norm:
+            columns.append("weight norm")
+            for row, l in zip(rows, neurons):
+                row.append("folded (threshold 1)" if l.get("weight_norm") else
+                           f"kept: {l.get('weight_norm_skipped', 'not reached')}")
+        out.table(title, columns, rows)
     dead = [l["node"] for l in neurons if l.get("dead")]
     if dead:
         out.print(f"note: never active during calibration (threshold set to 1): {', '.join(dead)}")

@@ -1,6 +1,6 @@
 """The rewrite passes and the default pipeline: one explicit ordered tuple, no discovery."""
 from rewrites.passes import (eliminate_identity, fold_batchnorm, fold_constants, maxpool_to_neuron,
-                             name_nodes, relu_to_if)
+                             name_nodes, relu_to_if, weight_norm)
 from rewrites.passes.base import Pass, PassContext, PassReport, run_passes
 
 NORMALISE: tuple[Pass, ...] = (
@@ -12,6 +12,7 @@ NORMALISE: tuple[Pass, ...] = (
 SPIKING: tuple[Pass, ...] = (
     relu_to_if.PASS,
     maxpool_to_neuron.PASS,
+    weight_norm.PASS,  # does nothing unless options.weight_norm
 )
 DEFAULT_PIPELINE: tuple[Pass, ...] = NORMALISE + SPIKING
 PASSES: dict[str, Pass] = {p.name: p for p in DEFAULT_PIPELINE}

@@ -3,15 +3,17 @@
 Matches Relu, and Clip whose min is the constant 0 and whose max is a positive constant or absent.
 The threshold theta comes from the calibrated statistics of the node's input under the chosen norm
 (max, or a percentile of the post-ReLU distribution), capped at a for Clip(0, a). The neuron's initial
-membrane is phi * theta. Needs shapes: the state has the input's shape."""
+membrane is phi * theta. `options.neuron` picks the neuron: IFNeuron (positive spikes), or SignedIFNeuron
+(positive and negative spikes, net count in [0, tmax], tmax = options.tmax or the conversion's T).
+Needs shapes: the state has the input's shape."""
 from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from rewrites.config import Norm
+from rewrites.config import Neuron, Norm
 from rewrites.errors import CalibrationError
-from rewrites.neurons import IF_NEURON
+from rewrites.neurons import IF_NEURON, SIGNED_IF_NEURON
 from rewrites.optable import clip_bounds, is_relu_like
 from rewrites.passes.base import Pass, PassContext, PassReport
 from rewrites.passes.spiking import replace_node, spiking_node
@@ -30,6 +32,9 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     if ctx.calibration is None:
         raise CalibrationError("relu_to_if needs a calibration", "pass --calib FILE from `ann2snn calibrate`")
     phi = ctx.options.phi
+    signed = ctx.options.neuron is Neuron.SIGNED
+    spec = SIGNED_IF_NEURON if signed else IF_NEURON
+    tmax = ctx.options.effective_tmax if signed else None
     for node in [n for n in graph.nodes if is_relu_like(n)]:
         x, y = node.inputs[0], node.outputs[0]
         stats = ctx.calibration.stats(x.name, node.name)
@@ -42,13 +47,18 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
             theta = DEAD_THRESHOLD
         theta_c = gs.Constant(f"{node.name}.threshold", np.array(theta, np.float32))
         fire_c = gs.Constant(f"{node.name}.fire_level", np.array(theta * (1.0 - phi), np.float32))
-        neuron = spiking_node(IF_NEURON, node.name, [x, theta_c, fire_c], y, [y])
+        inputs = [x, theta_c, fire_c]
+        if signed:  # the membrane theta*phi + v is negative when the stored v is below -theta*phi
+            inputs += [gs.Constant(f"{node.name}.unfire_level", np.array(-theta * phi, np.float32)),
+                       gs.Constant(f"{node.name}.tmax", np.array(tmax, np.float32))]
+        neuron = spiking_node(spec, node.name, inputs, y, [y] * len(spec.state))
         replace_node(graph, node, neuron)
         report.converted.append(node.name)
-        report.layers.append({"node": node.name, "op": IF_NEURON.op_type, "from": node.op,
+        report.layers.append({"node": node.name, "op": spec.op_type, "from": node.op,
+                              "neuron": ctx.options.neuron.value, "tmax": tmax,
                               "threshold": theta, "phi": phi, "norm": str(ctx.options.norm),
                               "input": x.name, "calibrated_max": stats.maximum, "dead": dead})
     return report
 
 
-PASS = Pass("relu_to_if", run, spiking=True, doc="ReLU / Clip(0, a) -> IF neuron.")
+PASS = Pass("relu_to_if", run, spiking=True, doc="ReLU / Clip(0, a) -> IF neuron (or signed IF neuron).")
