@@ -74,6 +74,8 @@ def collect(session: Session, dataset: Dataset, stats: dict[str, TensorStats], b
     for batch in dataset.batches(batch_size):
         for name, value in zip(names, session.run(names, batch)):
             stats[name].update(value)
+            if value.ndim >= 2:  # channels on axis 1: [N, C], [N, C, L], [N, C, H, W] as Conv and Gemm write
+                stats[name].update_channels(value, 1)
         done += len(next(iter(batch.values())))
         if progress:
             progress(done, len(dataset))

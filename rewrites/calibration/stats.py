@@ -19,6 +19,7 @@ from rewrites.errors import Ann2SnnError, CalibrationError, InputFileError
 SCHEMA = "ann2snn.calibration"
 SCHEMA_VERSION = 1
 DEFAULT_BINS = 4096
+CHANNEL_BINS = 512
 
 
 @dataclass
@@ -31,6 +32,8 @@ class TensorStats:
     total: float = 0.0
     half_range: float = 0.0  # R; 0 until the first non-zero value
     counts: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    channel_axis: int | None = None  # per-channel statistics along this axis, when collected
+    channels: list[TensorStats] | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.bins % 4:
@@ -45,6 +48,18 @@ class TensorStats:
     @property
     def bin_width(self) -> float:
         return 2.0 * self.half_range / self.bins
+
+    def update_channels(self, values: np.ndarray, axis: int) -> None:
+        """Fold a batch into per-channel statistics (channel `axis` of `values`), besides the global ones."""
+        values = np.asarray(values)
+        by_channel = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+        if self.channels is None:
+            self.channel_axis = axis
+            self.channels = [TensorStats(f"{self.name}[{c}]", CHANNEL_BINS) for c in range(len(by_channel))]
+        elif len(self.channels) != len(by_channel):
+            raise CalibrationError(f"tensor '{self.name}' changed its channel count during calibration")
+        for stats, row in zip(self.channels, by_channel):
+            stats.update(row)
 
     def update(self, values: np.ndarray) -> None:
         x = np.asarray(values).reshape(-1)
@@ -98,11 +113,14 @@ class TensorStats:
 
     def to_json(self) -> dict:
         nonzero = np.flatnonzero(self.counts)
-        return {
+        body = {
             "count": self.count, "min": self.minimum, "max": self.maximum, "mean": self.mean,
             "histogram": {"bins": self.bins, "range": [-self.half_range, self.half_range],
                           "nonzero_bins": nonzero.tolist(), "counts": self.counts[nonzero].tolist()},
         }
+        if self.channels is not None:
+            body["channels"] = {"axis": self.channel_axis, "stats": [c.to_json() for c in self.channels]}
+        return body
 
     @classmethod
     def from_json(cls, name: str, data: dict) -> TensorStats:
@@ -113,8 +131,12 @@ class TensorStats:
         count = int(data["count"])
         if counts.sum() != count:
             raise ValueError("histogram counts do not add up to count")
-        return cls(name, bins, count, float(data["min"]), float(data["max"]), float(data["mean"]) * count,
-                   float(hist["range"][1]), counts)
+        stats = cls(name, bins, count, float(data["min"]), float(data["max"]), float(data["mean"]) * count,
+                    float(hist["range"][1]), counts)
+        if "channels" in data:
+            stats.channel_axis = int(data["channels"]["axis"])
+            stats.channels = [cls.from_json(f"{name}[{c}]", d) for c, d in enumerate(data["channels"]["stats"])]
+        return stats
 
 
 @dataclass
