@@ -32,6 +32,7 @@ class Neuron(enum.Enum):
 class Norm(enum.Enum):
     MAX = "max"
     PERCENTILE = "percentile"
+    MMSE = "mmse"
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,12 @@ class NormSpec:
 
     @classmethod
     def parse(cls, text: str) -> NormSpec:
-        """Parse 'max', 'percentile' or 'percentile:99.99'."""
+        """Parse 'max', 'mmse', 'percentile' or 'percentile:99.99'."""
         name, _, value = text.strip().lower().partition(":")
         if name == "max" and not value:
             return cls(Norm.MAX, 100.0)
+        if name == "mmse" and not value:
+            return cls(Norm.MMSE, 100.0)
         if name == "percentile":
             try:
                 q = float(value) if value else DEFAULT_PERCENTILE
@@ -54,10 +57,10 @@ class NormSpec:
                 q = -1.0
             if 0.0 < q <= 100.0:
                 return cls(Norm.PERCENTILE, q)
-        raise Ann2SnnError(f"invalid --norm {text!r}", "use 'max' or 'percentile:Q' with 0 < Q <= 100")
+        raise Ann2SnnError(f"invalid --norm {text!r}", "use 'max', 'mmse' or 'percentile:Q' with 0 < Q <= 100")
 
     def __str__(self) -> str:
-        return "max" if self.kind is Norm.MAX else f"percentile:{self.percentile:g}"
+        return f"percentile:{self.percentile:g}" if self.kind is Norm.PERCENTILE else self.kind.value
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class ConvertOptions:
     neuron: Neuron = Neuron.IF
     tmax: int | None = None  # SIGNED only: the most net spikes a neuron may hold; None: default_T
     weight_norm: bool = False  # fold thresholds into the weights (unit spikes, thresholds 1) where exact
+    per_channel: bool = False  # one threshold per channel (axis 1) from channel-wise calibration statistics
 
     @property
     def effective_tmax(self) -> int:

@@ -130,6 +130,7 @@ class ConversionResult:
     layers: list[dict]
     normalise_error: float
     kept_float: list[NodeConversion] = field(default_factory=list)
+    corrections: list = field(default_factory=list)  # bias corrections applied after export
 
 
 def convert_model(model: onnx.ModelProto, calibration: Calibration, options: ConvertOptions,

@@ -42,7 +42,11 @@ class SpikingModel:
 
 def load_spiking(path: str | Path) -> SpikingModel:
     path = Path(path)
-    model = load_model(path)
+    return spiking_from_proto(load_model(path), path)
+
+
+def spiking_from_proto(model: onnx.ModelProto, path: Path) -> SpikingModel:
+    """Check the contract of an exported model already in memory; `path` names it in errors."""
     outputs = [o.name for o in model.graph.output]
     state_inputs = [i.name for i in model.graph.input if i.name.startswith("state.")]
     for name in state_inputs:

@@ -21,7 +21,17 @@ def command(
                                        "for this model.")],
     output: OutOpt = None,
     norm: Annotated[Optional[str], typer.Option(
-        "--norm", help="Threshold rule: 'max' or 'percentile:Q' (default: the one recorded by calibrate).")] = None,
+        "--norm", help="Threshold rule: 'max', 'percentile:Q', or 'mmse' (minimise the squared error of the IF "
+        "neuron's output at --T steps over the calibration histogram) (default: the one recorded by calibrate).")] = None,
+    per_channel: Annotated[bool, typer.Option("--per-channel", help="One threshold per channel (axis 1) instead "
+                                              "of one per layer.")] = False,
+    bias_correction: Annotated[bool, typer.Option("--bias-correction", help="After conversion, shift each "
+                               "neuron layer's bias per channel by the mean gap between ANN activation and SNN "
+                               "rate at --T steps, measured layer by layer on --data.")] = False,
+    data: Annotated[Optional[Path], typer.Option("--data", metavar="FILE", help="Samples for --bias-correction "
+                    "(the calibration data).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="--bias-correction: use only the first N "
+                     "samples.")] = None,
     phi: Annotated[float, typer.Option("--phi", help="Initial membrane potential as a fraction of the threshold "
                                        "(0.5: QCFS shift, 0: classic conversion).")] = 0.5,
     default_t: Annotated[int, typer.Option("--T", min=1, help="Default number of time steps recorded in the "
@@ -58,23 +68,36 @@ def command(
                 raise Ann2SnnError(f"unknown pass {name!r}", f"passes: {', '.join(PASSES)}")
             if name not in {p.name for p in NORMALISE}:
                 raise Ann2SnnError(f"pass {name!r} cannot be skipped", "only normalising passes can be skipped")
+        if bias_correction and data is None:
+            raise Ann2SnnError("--bias-correction needs --data", "give the calibration data")
         calibration = Calibration.read(calib)
         options = ConvertOptions(NormSpec.parse(norm or calibration.method), phi, default_t, skips,
-                                 Neuron.parse(neuron), tmax, weight_norm)
+                                 Neuron.parse(neuron), tmax, weight_norm, per_channel)
         ann = load_model(model)
         result = convert_model(ann, calibration, options, model, calib, check=not no_check)
         target = output or model.with_name(model.stem + ".snn.onnx")
+        if bias_correction:
+            from sim.bias_correction import correct_with_data
+            result.model, result.corrections = correct_with_data(result.model, target, model, data, default_t,
+                                                                 limit)
         save_model(result.model, target)
         out = Output(json_out)
         render(out, result, target, options)
         out.emit_json(summary(result, target, options))
 
 
+def _threshold_text(value) -> str:
+    if isinstance(value, list):
+        return f"{min(value):.4g}..{max(value):.4g} ({len(value)} channels)"
+    return f"{value:.4g}"
+
+
 def summary(result, target: Path, options) -> dict:
     return {
         "output": str(target), "norm": str(options.norm), "phi": options.phi, "default_T": options.default_T,
         "neuron": options.neuron.value, "tmax": options.effective_tmax if options.neuron.value == "signed" else None,
-        "weight_norm": options.weight_norm,
+        "weight_norm": options.weight_norm, "per_channel": options.per_channel,
+        "bias_correction": [vars(c) for c in result.corrections],
         "normalise_max_error": result.normalise_error,
         "ops_before": dict(sorted(result.ops_before.items())), "ops_after": dict(sorted(result.ops_after.items())),
         "passes": [{"name": r.name, "converted": r.converted, "skipped": [{"node": n, "reason": why}
@@ -96,7 +119,7 @@ def render(out: Output, result, target: Path, options) -> None:
         title = f"{kind} ({options.norm}, phi {options.phi:g}"
         title += f", tmax {options.effective_tmax})" if options.neuron.value == "signed" else ")"
         columns, rows = ["node", "from", "threshold", "calibrated max"], \
-            [[l["node"], l["from"], l["threshold"], l["calibrated_max"]] for l in neurons]
+            [[l["node"], l["from"], _threshold_text(l["threshold"]), l["calibrated_max"]] for l in neurons]
         if options.weight_norm:
             columns.append("weight norm")
             for row, l in zip(rows, neurons):
@@ -107,4 +130,7 @@ def render(out: Output, result, target: Path, options) -> None:
     if dead:
         out.print(f"note: never active during calibration (threshold set to 1): {', '.join(dead)}")
     out.print(f"normalising passes checked with onnxruntime: max relative error {result.normalise_error:.2e}")
+    if result.corrections:
+        out.table(f"Bias correction at T = {options.default_T}", ["layer", "bias shifted", "mean shift"],
+                  [[c.node, c.bias or f"skipped: {c.skipped}", c.mean_shift] for c in result.corrections])
     out.print(f"wrote {target}")

@@ -1,8 +1,9 @@
 """relu_to_if: ReLU and Clip(0, a) (ReLU6 and the like) -> scaled integrate-and-fire neuron.
 
 Matches Relu, and Clip whose min is the constant 0 and whose max is a positive constant or absent.
-The threshold theta comes from the calibrated statistics of the node's input under the chosen norm
-(max, or a percentile of the post-ReLU distribution), capped at a for Clip(0, a). The neuron's initial
+The threshold theta comes from the calibrated statistics of the node's input under the chosen rule (max,
+a percentile of the post-ReLU distribution, or mmse; rewrites/thresholds.py), per layer or with
+--per-channel per channel, capped at a for Clip(0, a). The neuron's initial
 membrane is phi * theta. `options.neuron` picks the neuron: IFNeuron (positive spikes), or SignedIFNeuron
 (positive and negative spikes, net count in [0, tmax], tmax = options.tmax or the conversion's T).
 Needs shapes: the state has the input's shape."""
@@ -11,20 +12,30 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from rewrites.config import Neuron, Norm
+from rewrites.calibration.stats import TensorStats
+from rewrites.config import Neuron
 from rewrites.errors import CalibrationError
 from rewrites.neurons import IF_NEURON, SIGNED_IF_NEURON
 from rewrites.optable import clip_bounds, is_relu_like
 from rewrites.passes.base import Pass, PassContext, PassReport
 from rewrites.passes.spiking import replace_node, spiking_node
+from rewrites.thresholds import threshold
 
 DEAD_THRESHOLD = 1.0  # used when a ReLU never saw a positive input: it never fires, any theta works
 
 
-def threshold(stats, ctx: PassContext) -> float:
-    norm = ctx.options.norm
-    value = stats.maximum if norm.kind is Norm.MAX else stats.percentile(norm.percentile)
-    return max(float(value), 0.0)
+def thresholds(stats: TensorStats, ctx: PassContext, rank: int, node: str) -> np.ndarray:
+    """The layer's threshold (a scalar), or with --per-channel one per channel shaped to broadcast along
+    axis 1 of a tensor of rank `rank`."""
+    options = ctx.options
+    rule = (options.norm.kind.value, options.norm.percentile, options.default_T, options.phi)
+    if not options.per_channel:
+        return np.array(threshold(stats, *rule))
+    if stats.channels is None or stats.channel_axis != 1:
+        raise CalibrationError(f"calibration has no per-channel statistics for '{stats.name}' (node '{node}')",
+                               "recalibrate with this version of `ann2snn calibrate`")
+    values = np.array([threshold(c, *rule) for c in stats.channels])
+    return values.reshape((-1,) + (1,) * (rank - 2))
 
 
 def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
@@ -38,15 +49,14 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     for node in [n for n in graph.nodes if is_relu_like(n)]:
         x, y = node.inputs[0], node.outputs[0]
         stats = ctx.calibration.stats(x.name, node.name)
-        theta = threshold(stats, ctx)
+        theta = thresholds(stats, ctx, len(x.shape or ()), node.name)
         cap = clip_bounds(node)[1] if node.op == "Clip" else None
         if cap is not None:
-            theta = min(theta, cap)
+            theta = np.minimum(theta, cap)
         dead = theta <= 0.0
-        if dead:
-            theta = DEAD_THRESHOLD
-        theta_c = gs.Constant(f"{node.name}.threshold", np.array(theta, np.float32))
-        fire_c = gs.Constant(f"{node.name}.fire_level", np.array(theta * (1.0 - phi), np.float32))
+        theta = np.asarray(np.where(dead, DEAD_THRESHOLD, theta), np.float64)
+        theta_c = gs.Constant(f"{node.name}.threshold", np.asarray(theta, np.float32))
+        fire_c = gs.Constant(f"{node.name}.fire_level", np.asarray(theta * (1.0 - phi), np.float32))
         inputs = [x, theta_c, fire_c]
         if signed:  # the membrane theta*phi + v is negative when the stored v is below -theta*phi
             inputs += [gs.Constant(f"{node.name}.unfire_level", np.array(-theta * phi, np.float32)),
@@ -56,8 +66,10 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
         report.converted.append(node.name)
         report.layers.append({"node": node.name, "op": spec.op_type, "from": node.op,
                               "neuron": ctx.options.neuron.value, "tmax": tmax,
-                              "threshold": theta, "phi": phi, "norm": str(ctx.options.norm),
-                              "input": x.name, "calibrated_max": stats.maximum, "dead": dead})
+                              "threshold": float(theta) if theta.ndim == 0 else theta.reshape(-1).tolist(),
+                              "phi": phi, "norm": str(ctx.options.norm),
+                              "input": x.name, "calibrated_max": stats.maximum,
+                              "dead": bool(np.all(dead))})
     return report
 
 
