@@ -17,7 +17,7 @@ from rewrites.export import export_spiking
 from rewrites.graph import default_opset, fingerprint, infer_shapes, load_model
 from rewrites.optable import Conversion, NodeConversion, classify_graph
 from rewrites.passes import NORMALISE, SPIKING, PassContext, PassReport, run_passes
-from rewrites.passes import fold_constants as _quiet_gs  # noqa: F401  (sets graphsurgeon's log level)
+from rewrites.passes import fold_constants
 from rewrites.runtime import Session
 
 
@@ -104,6 +104,7 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
     inits = {t.name for t in model.graph.initializer}
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
     graph = import_graph(infer_shapes(model))
+    run_passes(graph, (fold_constants.PASS,), PassContext())  # Constant nodes become values the matchers read
     return ModelSummary(_io([i for i in model.graph.input if i.name not in inits]), _io(model.graph.output),
                         params, classify_graph(graph), default_opset(model))
 
@@ -119,6 +120,16 @@ def merge_layers(reports: list[PassReport]) -> list[dict]:
     for layer in (layer for r in reports for layer in r.layers):
         merged.setdefault(layer["node"], {}).update(layer)
     return list(merged.values())
+
+
+DEFAULT_T = 32
+
+
+def suggested_T(model: onnx.ModelProto) -> int:
+    """L for a network trained with QCFS activations of one L (zero expected error at T = L), else 32."""
+    from rewrites.passes.qcfs_to_if import qcfs_levels
+    graph, _ = normalise(model)
+    return qcfs_levels(graph) or DEFAULT_T
 
 
 @dataclass

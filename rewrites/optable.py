@@ -14,6 +14,7 @@ class Conversion(enum.Enum):
     LINEAR = "kept (linear)"
     STATIC = "kept (shape/constant computation)"
     IF_NEURON = "IF neuron"
+    QCFS = "IF neuron (QCFS activation, threshold from the model)"
     MAXPOOL_NEURON = "MaxPool neuron"
     SPIKING = "spiking operator"
     UGO = "nonlinearity: UGO subnet (not yet available)"
@@ -23,7 +24,7 @@ class Conversion(enum.Enum):
 
     @property
     def converts(self) -> bool:
-        return self in (Conversion.LINEAR, Conversion.STATIC, Conversion.IF_NEURON,
+        return self in (Conversion.LINEAR, Conversion.STATIC, Conversion.IF_NEURON, Conversion.QCFS,
                         Conversion.MAXPOOL_NEURON, Conversion.SPIKING)
 
 
@@ -128,6 +129,9 @@ def classify(node: gs.Node, dynamic: set[str]) -> NodeConversion:
 
 
 def classify_graph(graph: gs.Graph) -> list[NodeConversion]:
+    from rewrites.passes.qcfs_to_if import find_chains  # the pass imports this module
     graph.toposort()
     dynamic = dynamic_tensors(graph)
-    return [classify(node, dynamic) for node in graph.nodes]
+    in_qcfs = {id(n) for m in find_chains(graph)[0] for n in m.nodes}
+    return [NodeConversion(node.name, node.op, Conversion.QCFS) if id(node) in in_qcfs else classify(node, dynamic)
+            for node in graph.nodes]

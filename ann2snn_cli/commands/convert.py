@@ -34,8 +34,9 @@ def command(
                      "samples.")] = None,
     phi: Annotated[float, typer.Option("--phi", help="Initial membrane potential as a fraction of the threshold "
                                        "(0.5: QCFS shift, 0: classic conversion).")] = 0.5,
-    default_t: Annotated[int, typer.Option("--T", min=1, help="Default number of time steps recorded in the "
-                                           "model for `simulate`.")] = 32,
+    default_t: Annotated[Optional[int], typer.Option("--T", min=1, help="Number of time steps the conversion "
+                         "targets (mmse, bias correction, signed tmax) and records as the model's default for "
+                         "`simulate` (default: L for a QCFS-trained model, else 32).")] = None,
     neuron: Annotated[str, typer.Option(
         "--neuron", metavar="if|signed",
         help="Neuron that replaces each ReLU. 'if': integrate-and-fire with soft reset, positive spikes only. "
@@ -58,7 +59,7 @@ def command(
     with errors_to_exit_codes():
         from rewrites.calibration.stats import Calibration
         from rewrites.config import ConvertOptions, Neuron, NormSpec
-        from rewrites.convert import convert_model
+        from rewrites.convert import convert_model, suggested_T
         from rewrites.errors import Ann2SnnError
         from rewrites.graph import load_model, save_model
         from rewrites.passes import NORMALISE, PASSES
@@ -71,9 +72,10 @@ def command(
         if bias_correction and data is None:
             raise Ann2SnnError("--bias-correction needs --data", "give the calibration data")
         calibration = Calibration.read(calib)
+        ann = load_model(model)
+        default_t = default_t or suggested_T(ann)
         options = ConvertOptions(NormSpec.parse(norm or calibration.method), phi, default_t, skips,
                                  Neuron.parse(neuron), tmax, weight_norm, per_channel)
-        ann = load_model(model)
         result = convert_model(ann, calibration, options, model, calib, check=not no_check)
         target = output or model.with_name(model.stem + ".snn.onnx")
         if bias_correction:

@@ -1,6 +1,6 @@
 """The rewrite passes and the default pipeline: one explicit ordered tuple, no discovery."""
 from rewrites.passes import (eliminate_identity, fold_batchnorm, fold_constants, maxpool_to_neuron,
-                             name_nodes, relu_to_if, weight_norm)
+                             name_nodes, qcfs_to_if, relu_to_if, weight_norm)
 from rewrites.passes.base import Pass, PassContext, PassReport, run_passes
 
 NORMALISE: tuple[Pass, ...] = (
@@ -10,6 +10,7 @@ NORMALISE: tuple[Pass, ...] = (
     fold_batchnorm.PASS,
 )
 SPIKING: tuple[Pass, ...] = (
+    qcfs_to_if.PASS,  # before relu_to_if: a QCFS chain holds a ReLU-like Clip
     relu_to_if.PASS,
     maxpool_to_neuron.PASS,
     weight_norm.PASS,  # does nothing unless options.weight_norm
