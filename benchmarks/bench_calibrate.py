@@ -1,0 +1,345 @@
+"""Calibration cost: rewrites.calibration.collect.calibrate (max + histogram statistics) against plain
+onnxruntime inference of the same model over the same data with the same batch size (target: <= 1.3x), where
+its time goes, and its peak memory as the data grows 10x (run in a subprocess per size).
+
+usage: python benchmarks/bench_calibrate.py [--model M.onnx] [--data D.npz] [--batch-size 64] [--repeat 3]
+       [--scale 10] [--skip-memory]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+from common import EXAMPLE, MB, best_of, fmt_times, load_line, machine_lines  # noqa: E402
+from rewrites.calibration.collect import augment, calibrate, collect, observed_tensors  # noqa: E402
+from rewrites.calibration.data import input_specs, load_dataset  # noqa: E402
+from rewrites.calibration.stats import TensorStats  # noqa: E402
+from rewrites.convert import normalise, to_model  # noqa: E402
+from rewrites.graph import fingerprint, load_model  # noqa: E402
+from rewrites.runtime import Session  # noqa: E402
+
+
+def ort_session(model, optimize: bool = True) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def run_all(session: ort.InferenceSession, batches: list[dict], outputs: list[str] | None = None) -> None:
+    for batch in batches:
+        session.run(outputs, batch)
+
+
+def plain_end_to_end(model_path: Path, data_path: Path, batch_size: int) -> float:
+    """What inference of the data costs from files: read the data, open a session, run every batch."""
+    start = time.perf_counter()
+    with np.load(data_path) as z:
+        x = z["x"]
+    session = ort_session(str(model_path))
+    name = session.get_inputs()[0].name
+    for i in range(0, len(x), batch_size):
+        session.run(None, {name: x[i:i + batch_size]})
+    return time.perf_counter() - start
+
+
+def time_ratio(model_path: Path, data_path: Path, batch_size: int, repeat: int) -> None:
+    model = load_model(model_path)
+    dataset = load_dataset(data_path, input_specs(model))
+    batches = list(dataset.batches(batch_size))
+    n = len(dataset)
+    print(f"\n## calibrate() vs plain onnxruntime inference: {model_path.name}, {data_path.name} ({n} samples), "
+          f"batch size {batch_size}, best of {repeat}\n")
+
+    plain = ort_session(str(model_path))
+    run_all(plain, batches)  # warm-up
+    times = best_of({
+        "calibrate": lambda: calibrate(model_path, data_path, batch_size),
+        "plain_e2e": lambda: plain_end_to_end(model_path, data_path, batch_size),
+        "plain_runs": lambda: run_all(plain, batches),
+    }, repeat)
+    best = {k: min(v) for k, v in times.items()}
+    print("| run | seconds (best) | all runs (s) | ms per sample |")
+    print("|---|---:|---|---:|")
+    rows = [("calibrate() (read data, normalise, session, runs, statistics)", "calibrate"),
+            ("plain inference end to end (read data, session, runs)", "plain_e2e"),
+            ("plain inference, runs only (session open, data in memory)", "plain_runs")]
+    for label, key in rows:
+        print(f"| {label} | {best[key]:.3f} | {fmt_times(times[key])} | {1000 * best[key] / n:.3f} |")
+    ratio = best["calibrate"] / best["plain_e2e"]
+    print(f"\ncalibrate / plain inference end to end = {ratio:.2f} (target <= 1.3: {'met' if ratio <= 1.3 else 'MISSED'});"
+          f" calibrate / plain runs only = {best['calibrate'] / best['plain_runs']:.2f}")
+    breakdown(model_path, data_path, batch_size, repeat, best["plain_runs"])
+
+
+def breakdown(model_path: Path, data_path: Path, batch_size: int, repeat: int, plain_runs: float) -> None:
+    """calibrate() step by step (the same library calls in the same order, the loop being the library's own
+    collect()), with the loop split into session.run and the TensorStats methods; then session variants, and
+    TensorStats.update split into its reductions and its histogram binning."""
+    phases: dict[str, list[float]] = {}
+
+    def phase(name, fn):
+        start = time.perf_counter()
+        value = fn()
+        phases.setdefault(name, []).append(time.perf_counter() - start)
+        return value
+
+    for _ in range(repeat):
+        model = phase("load model", lambda: load_model(model_path))
+        dataset = phase("load + check data", lambda: load_dataset(data_path, input_specs(model)))
+        graph, _ = phase("normalise (passes, shape inference)", lambda: normalise(model))
+        tensors = observed_tensors(graph)
+        augmented = phase("augment", lambda: augment(to_model(graph, model), tensors))
+        session = phase("open session (optimize=False)", lambda: Session(augmented, str(model_path), optimize=False))
+        stats = {name: TensorStats(name) for name in tensors}
+        timed = _TimedSession(session)
+        with stats_timers() as spent:
+            start = time.perf_counter()
+            collect(timed, dataset, stats, batch_size)
+            loop = time.perf_counter() - start
+        phases.setdefault("collect(): session.run of the observed tensors", []).append(timed.seconds)
+        for method, secs in spent.items():
+            phases.setdefault(f"collect(): TensorStats.{method}{STATS_NOTES.get(method, '')}", []).append(secs)
+        phases.setdefault("collect(): rest (batch slicing, loop)", []).append(loop - timed.seconds
+                                                                              - sum(spent.values()))
+        phase("fingerprint of the model", lambda: fingerprint(model))
+    best = {k: min(v) for k, v in phases.items()}
+    total = sum(best.values())
+    n = len(dataset)
+    elements = sum(int(np.prod(v.shape)) for v in session.run(tensors, next(dataset.batches(1))))
+    channels = sum(len(getattr(s, "channels", None) or ()) for s in stats.values())
+    per_channel = f", {channels} per-channel statistics (one update call each per batch)" if channels else ""
+    print(f"\nwhere calibrate()'s time goes ({len(tensors)} observed tensors, {elements:,} values per sample, "
+          f"{elements * n / 1e6:.1f} M values in all{per_channel}; best of {repeat} per phase):\n")
+    print("| phase | seconds | share |")
+    print("|---|---:|---:|")
+    for name, secs in best.items():
+        print(f"| {name} | {secs:.3f} | {100 * secs / total:.0f}% |")
+    print(f"| sum | {total:.3f} | 100% |")
+
+    # session variants: what disabling optimisation and fetching the extra outputs cost
+    model = load_model(model_path)
+    dataset = load_dataset(data_path, input_specs(model))
+    batches = list(dataset.batches(batch_size))
+    graph, _ = normalise(model)
+    normalised = to_model(graph, model)
+    tensors = observed_tensors(graph)
+    augmented = augment(to_model(graph, model), tensors)
+    outputs = [o.name for o in normalised.graph.output]
+    variants = {
+        "original model, default optimisation (the baseline)": (ort_session(str(model_path)), None),
+        "normalised model, optimisation off, final output only": (ort_session(normalised, False), outputs),
+        "augmented model, optimisation off, observed tensors (what calibrate runs)": (
+            ort_session(augmented, False), tensors),
+        "augmented model, default optimisation, observed tensors": (ort_session(augmented, True), tensors),
+    }
+    for session, names in variants.values():
+        run_all(session, batches, names)
+    times = best_of({label: (lambda s=s, o=o: run_all(s, batches, o)) for label, (s, o) in variants.items()}, repeat)
+    base = min(times[next(iter(variants))])
+    (off, _), (on, _) = list(variants.values())[2:]
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(off.run(tensors, batches[0]), on.run(tensors, batches[0])))
+    print("\nsession.run over all batches, by session variant:\n")
+    print("| session | seconds (best) | all runs (s) | / baseline |")
+    print("|---|---:|---|---:|")
+    for label in variants:
+        print(f"| {label} | {min(times[label]):.3f} | {fmt_times(times[label])} | {min(times[label]) / base:.2f} |")
+    print(f"\n(observed tensors, optimisation off vs default, first batch: max |diff| {diff:.2e})")
+
+    # the collect loop alternates onnxruntime and NumPy work in one thread: compare with the session's worker
+    # threads told not to spin after each run
+    nospin = _NoSpinSession(augmented)
+
+    def collect_with(session):
+        stats = {name: TensorStats(name) for name in tensors}
+        collect(session, dataset, stats, batch_size)
+
+    library = Session(augmented, str(model_path), optimize=False)
+    loops = best_of({"library": lambda: collect_with(library), "nospin": lambda: collect_with(nospin)}, repeat)
+    print(f"\ncollect() loop (session.run + update), as calibrate() opens the session: {min(loops['library']):.3f} s "
+          f"({fmt_times(loops['library'])}); the same with session.intra_op.allow_spinning=0: "
+          f"{min(loops['nospin']):.3f} s ({fmt_times(loops['nospin'])})")
+
+    # TensorStats.update split: reductions (min, max, float64 sum) vs histogram binning, on one pass of outputs
+    session = ort_session(augmented, False)
+    t_reduce = t_bin = t_update = 0.0
+    for batch in batches:
+        for name, value in zip(tensors, session.run(tensors, batch)):
+            x = value.reshape(-1)
+            start = time.perf_counter()
+            float(x.min()), float(x.max()), float(x.sum(dtype=np.float64))
+            t_reduce += time.perf_counter() - start
+            stats = TensorStats(name)
+            stats._grow(float(np.abs(x).max()))
+            start = time.perf_counter()
+            if stats.half_range:
+                index = np.floor((x.astype(np.float64) + stats.half_range) / stats.bin_width).astype(np.int64)
+                np.clip(index, 0, stats.bins - 1, out=index)
+                np.bincount(index, minlength=stats.bins)
+            t_bin += time.perf_counter() - start
+            start = time.perf_counter()
+            stats.update(value)
+            t_update += time.perf_counter() - start
+    print(f"\nwhole-tensor TensorStats.update split (one pass; same arithmetic as stats.py): update {t_update:.3f} s = "
+          f"reductions (min, max, float64 sum) {t_reduce:.3f} s + histogram binning (float64 index, floor, clip, "
+          f"bincount) {t_bin:.3f} s + rest {max(t_update - t_reduce - t_bin, 0):.3f} s; "
+          f"plain runs {plain_runs:.3f} s for comparison")
+
+
+STATS_NOTES = {"update": " (whole tensor: min, max, sum, 4096-bin histogram)",
+               "update_channels": " (per channel along axis 1: a transposed copy, then one update per channel)"}
+
+
+class _TimedSession:
+    """Passes run() through to a Session, adding up the time spent in it."""
+
+    def __init__(self, session):
+        self.session = session
+        self.seconds = 0.0
+
+    def run(self, outputs, feeds):
+        start = time.perf_counter()
+        try:
+            return self.session.run(outputs, feeds)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def stats_timers():
+    """Time TensorStats.update and .update_channels (where the library has it) by their outermost calls
+    (update_channels' own update calls count as update_channels). Patches the class; restores it."""
+    spent: dict[str, float] = {}
+    depth = [0]
+    originals = {m: getattr(TensorStats, m) for m in ("update", "update_channels") if hasattr(TensorStats, m)}
+
+    def wrap(method, fn):
+        def timed(self, *args, **kwargs):
+            depth[0] += 1
+            start = time.perf_counter()
+            try:
+                return fn(self, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    spent[method] = spent.get(method, 0.0) + time.perf_counter() - start
+        return timed
+
+    for method, fn in originals.items():
+        setattr(TensorStats, method, wrap(method, fn))
+    try:
+        yield spent
+    finally:
+        for method, fn in originals.items():
+            setattr(TensorStats, method, fn)
+
+
+class _NoSpinSession:
+    """Like rewrites.runtime.Session(optimize=False), with the intra-op workers not spinning between runs."""
+
+    def __init__(self, model):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def run(self, outputs, feeds):
+        return self.session.run(outputs, feeds)
+
+
+# ------------------------------------------------------------------------------------------- peak memory
+
+
+CHILD = r"""
+import json, sys, time
+sys.path.insert(0, {repo!r})
+import numpy as np
+
+def hwm_kb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+
+from rewrites.calibration.collect import calibrate
+import onnxruntime, onnx_graphsurgeon  # noqa: F401  (imported before the baseline is read)
+base = hwm_kb()
+start = time.perf_counter()
+cal = calibrate({model!r}, {data!r}, {batch})
+seconds = time.perf_counter() - start
+print(json.dumps({{"baseline_kb": base, "peak_kb": hwm_kb(), "seconds": seconds,
+                  "samples": cal.samples}}))
+"""
+
+
+def memory(model_path: Path, data_path: Path, batch_size: int, scale: int) -> None:
+    with np.load(data_path) as z:
+        arrays = {k: z[k] for k in z.files}
+    n = len(arrays["x"])
+    print(f"\n## peak memory of calibrate(): {n} and {scale * n} samples (each in its own subprocess; "
+          f"data synthesised by tiling {data_path.name}, saved compressed like it)\n")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for factor in (1, scale):
+            path = Path(tmp) / f"calib_x{factor}.npz"
+            np.savez_compressed(path, **{k: np.concatenate([v] * factor) for k, v in arrays.items()})
+            code = CHILD.format(repo=str(Path(__file__).resolve().parents[1]), data=str(path), model=str(model_path),
+                                batch=batch_size)
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row["data_bytes"] = int(arrays["x"].nbytes) * factor  # the input array calibrate() holds
+            rows.append(row)
+    print("| samples | data array (MiB) | baseline RSS after imports (MiB) | peak RSS, VmHWM (MiB) | "
+          "peak - baseline (MiB) | peak - baseline - data (MiB) | calibrate (s) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        data, base, peak = r["data_bytes"] / MB, r["baseline_kb"] / 1024, r["peak_kb"] / 1024
+        print(f"| {r['samples']} | {data:.1f} | {base:.1f} | {peak:.1f} | {peak - base:.1f} | "
+              f"{peak - base - data:.1f} | {r['seconds']:.2f} |")
+    small, large = rows
+    grow = (large["peak_kb"] - small["peak_kb"]) / 1024
+    data_grow = (large["data_bytes"] - small["data_bytes"]) / MB
+    print(f"\npeak RSS grows {grow:.1f} MiB from {small['samples']} to {large['samples']} samples, of which the "
+          f"data array accounts for {data_grow:.1f} MiB; the rest, {grow - data_grow:.1f} MiB, is "
+          f"{(grow - data_grow) / data_grow:.2f} x the data growth. Time per sample: "
+          f"{1000 * small['seconds'] / small['samples']:.3f} ms vs {1000 * large['seconds'] / large['samples']:.3f} ms.")
+    # sanity: ru_maxrss of the children, the larger of the two
+    import resource
+    print(f"(not used: resource.getrusage(RUSAGE_CHILDREN).ru_maxrss = "
+          f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.1f} MiB, which counts this parent's own "
+          f"pages in the child between fork and exec; VmHWM is read inside the child after exec)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=EXAMPLE / "model.onnx")
+    ap.add_argument("--data", type=Path, default=EXAMPLE / "calib.npz")
+    ap.add_argument("--batch-size", type=int, default=64, help="calibrate()'s default")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N (default 3)")
+    ap.add_argument("--scale", type=int, default=10, help="the larger data set for the memory test, x the data")
+    ap.add_argument("--skip-memory", action="store_true")
+    args = ap.parse_args()
+    print("# bench_calibrate: " + " ".join(["python", "benchmarks/bench_calibrate.py"] + sys.argv[1:]))
+    for line in machine_lines():
+        print(line)
+    time_ratio(args.model, args.data, args.batch_size, args.repeat)
+    if not args.skip_memory:
+        memory(args.model, args.data, args.batch_size, args.scale)
+    print(load_line())
+
+
+if __name__ == "__main__":
+    main()
