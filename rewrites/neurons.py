@@ -66,8 +66,51 @@ MAXPOOL_NEURON = OperatorSpec(
     ),
 )
 
-OPERATORS: dict[str, OperatorSpec] = {spec.op_type: spec for spec in (IF_NEURON, SIGNED_IF_NEURON,
-                                                                      MAXPOOL_NEURON)}
+RUNNING_MEAN = OperatorSpec(
+    "RunningMean",
+    inputs=("X",),
+    state=("sum", "step"),
+    attributes=(),
+    doc=(
+        "The running mean of the input: the estimate of the ANN value that a float operator reads under "
+        "--nonlinear exact. sum_next = sum + X; step_next = step + 1 (shape [1]); Y = sum_next / step_next."
+    ),
+)
+
+RATE_CORRECT = OperatorSpec(
+    "RateCorrect",
+    inputs=("X",),
+    state=("emitted", "step"),
+    attributes=(),
+    doc=(
+        "Estimate-and-correct: X is f(running mean) at this step; emit what makes the running mean of the "
+        "output equal X. step_next = step + 1; total = X * step_next; Y = total - emitted; emitted_next = total."
+    ),
+)
+
+
+def _product_spec(op: str, how: str) -> OperatorSpec:
+    return OperatorSpec(
+        f"Spike{op}",
+        inputs=("A", "B"),
+        state=("sum_a", "sum_b", "emitted", "step"),
+        attributes=(),
+        doc=(
+            f"Spiking product (TCSA) of two signals, {how}: with running sums sum_a, sum_b, the increment "
+            f"delta = {op}(A, sum_b + B) + {op}(sum_a, B) = {op}(sum_a', sum_b') - {op}(sum_a, sum_b); "
+            "step_next = step + 1; Y = (delta - emitted) / step_next; emitted_next = emitted + Y. The outputs "
+            "up to step t sum to {op}(sum_a', sum_b') / t, so their running mean is the product of the inputs' "
+            "running means."
+        ).replace("{op}", op),
+    )
+
+
+SPIKE_MATMUL = _product_spec("MatMul", "a matrix product")
+SPIKE_MUL = _product_spec("Mul", "elementwise")
+
+OPERATORS: dict[str, OperatorSpec] = {spec.op_type: spec for spec in (
+    IF_NEURON, SIGNED_IF_NEURON, MAXPOOL_NEURON, RUNNING_MEAN, RATE_CORRECT, SPIKE_MATMUL, SPIKE_MUL)}
+STEP_STATE = "step"  # the per-node step counter, shape [1]
 
 
 def state_outputs(spec: OperatorSpec) -> tuple[str, ...]:
@@ -128,6 +171,47 @@ def _maxpool_neuron_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
     return _function(spec, nodes, opset)
 
 
+def _one() -> onnx.NodeProto:
+    return helper.make_node("Constant", [], ["one"], value=helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]))
+
+
+def _running_mean_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
+    nodes = [
+        helper.make_node("Add", ["sum", "X"], ["sum_next"]),
+        _one(),
+        helper.make_node("Add", ["step", "one"], ["step_next"]),
+        helper.make_node("Div", ["sum_next", "step_next"], ["Y"]),
+    ]
+    return _function(spec, nodes, opset)
+
+
+def _rate_correct_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
+    nodes = [
+        _one(),
+        helper.make_node("Add", ["step", "one"], ["step_next"]),
+        helper.make_node("Mul", ["X", "step_next"], ["emitted_next"]),
+        helper.make_node("Sub", ["emitted_next", "emitted"], ["Y"]),
+    ]
+    return _function(spec, nodes, opset)
+
+
+def _product_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
+    op = spec.op_type.removeprefix("Spike")
+    nodes = [
+        helper.make_node("Add", ["sum_a", "A"], ["sum_a_next"]),
+        helper.make_node("Add", ["sum_b", "B"], ["sum_b_next"]),
+        helper.make_node(op, ["A", "sum_b_next"], ["new_a"]),
+        helper.make_node(op, ["sum_a", "B"], ["new_b"]),
+        helper.make_node("Add", ["new_a", "new_b"], ["delta"]),
+        _one(),
+        helper.make_node("Add", ["step", "one"], ["step_next"]),
+        helper.make_node("Sub", ["delta", "emitted"], ["excess"]),
+        helper.make_node("Div", ["excess", "step_next"], ["Y"]),
+        helper.make_node("Add", ["emitted", "Y"], ["emitted_next"]),
+    ]
+    return _function(spec, nodes, opset)
+
+
 def _function(spec: OperatorSpec, nodes: list[onnx.NodeProto], opset: int) -> onnx.FunctionProto:
     return helper.make_function(
         DOMAIN, spec.op_type,
@@ -141,4 +225,5 @@ def _function(spec: OperatorSpec, nodes: list[onnx.NodeProto], opset: int) -> on
 
 
 _BODIES = {"IFNeuron": _if_neuron_body, "SignedIFNeuron": _signed_if_neuron_body,
-           "MaxPoolNeuron": _maxpool_neuron_body}
+           "MaxPoolNeuron": _maxpool_neuron_body, "RunningMean": _running_mean_body,
+           "RateCorrect": _rate_correct_body, "SpikeMatMul": _product_body, "SpikeMul": _product_body}

@@ -87,9 +87,55 @@ def maxpool_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> t
     return out, None
 
 
-NON_FIRING = frozenset({"MaxPoolNeuron"})  # operators that move spikes but do not fire themselves
+def _over_window(x: np.ndarray, T: int) -> np.ndarray:
+    return np.broadcast_to(x, (T,) + x.shape[1:]) if len(x) == 1 else x
+
+
+def _steps(T: int, rank: int) -> np.ndarray:
+    """1, 2, ..., T as float32, shaped to broadcast over [T, ...] of the given per-step rank."""
+    return np.arange(1, T + 1, dtype=np.float32).reshape((T,) + (1,) * rank)
+
+
+def running_mean(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, None]:
+    x = inputs[0]
+    return running_sum(x, T) / _steps(T, x.ndim - 1), None
+
+
+def rate_correct(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, None]:
+    x = _over_window(inputs[0], T)
+    total = x * _steps(T, x.ndim - 1)
+    out = np.empty_like(total)
+    out[0] = total[0]
+    np.subtract(total[1:], total[:-1], out=out[1:])
+    return out, None
+
+
+def _spike_product(op: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> NeuronKernel:
+    def kernel(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, None]:
+        a, b = (np.asarray(v, np.float32) for v in inputs[:2])
+        sum_b = running_sum(b, T)
+        sum_a_before = np.zeros((T,) + a.shape[1:], np.float32)
+        if T > 1:
+            sum_a_before[1:] = running_sum(a, T - 1)
+        delta = op(_over_window(a, T), sum_b)
+        delta += op(sum_a_before, _over_window(b, T))
+        out = np.empty_like(delta)
+        emitted = np.zeros(delta.shape[1:], np.float32)
+        for t in range(T):
+            np.subtract(delta[t], emitted, out=out[t])
+            out[t] /= np.float32(t + 1)
+            emitted += out[t]
+        return out, None
+    return kernel
+
+
+NON_FIRING = frozenset({"MaxPoolNeuron", "RunningMean", "RateCorrect", "SpikeMatMul", "SpikeMul"})
 NEURON_KERNELS: dict[str, NeuronKernel] = {
     "IFNeuron": if_neuron,
     "SignedIFNeuron": signed_if_neuron,
     "MaxPoolNeuron": maxpool_neuron,
+    "RunningMean": running_mean,
+    "RateCorrect": rate_correct,
+    "SpikeMatMul": _spike_product(np.matmul),
+    "SpikeMul": _spike_product(np.multiply),
 }
