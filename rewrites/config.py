@@ -29,6 +29,22 @@ class Neuron(enum.Enum):
             raise Ann2SnnError(f"invalid --neuron {text!r}", "use 'if' or 'signed'") from None
 
 
+class Nonlinear(enum.Enum):
+    """How nonlinearities other than ReLU and MaxPool convert. UGO: subnets of IF neurons (seed 002), nothing
+    floating-point left. EXACT: the float operator applied to the running mean of its input, corrected so
+    that the output's running mean is f(mean) (the accuracy ceiling UGO is measured against)."""
+
+    UGO = "ugo"
+    EXACT = "exact"
+
+    @classmethod
+    def parse(cls, text: str) -> Nonlinear:
+        try:
+            return cls(text.strip().lower())
+        except ValueError:
+            raise Ann2SnnError(f"invalid --nonlinear {text!r}", "use 'ugo' or 'exact'") from None
+
+
 class Norm(enum.Enum):
     MAX = "max"
     PERCENTILE = "percentile"
@@ -73,6 +89,9 @@ class ConvertOptions:
     tmax: int | None = None  # SIGNED only: the most net spikes a neuron may hold; None: default_T
     weight_norm: bool = False  # fold thresholds into the weights (unit spikes, thresholds 1) where exact
     per_channel: bool = False  # one threshold per channel (axis 1) from channel-wise calibration statistics
+    nonlinear: Nonlinear = Nonlinear.UGO
+    ugo_size: int | None = None  # hidden neurons per UGO; None: STA's size for the function
+    allow_float: tuple[str, ...] = ()  # op types kept as exact float operators when nothing else maps them
 
     @property
     def effective_tmax(self) -> int:
@@ -86,6 +105,8 @@ class ConvertOptions:
             raise Ann2SnnError(f"invalid T {self.default_T}", "T must be at least 1")
         if not isinstance(self.neuron, Neuron):
             raise Ann2SnnError(f"invalid --neuron {self.neuron!r}", "use 'if' or 'signed'")
+        if self.ugo_size is not None and self.ugo_size < 1:
+            raise Ann2SnnError(f"invalid --ugo-size {self.ugo_size}", "use at least 1 hidden neuron")
         if self.tmax is not None:
             if self.neuron is not Neuron.SIGNED:
                 raise Ann2SnnError(f"--tmax {self.tmax} given for --neuron {self.neuron.value}",

@@ -142,6 +142,7 @@ class ConversionResult:
     normalise_error: float
     kept_float: list[NodeConversion] = field(default_factory=list)
     corrections: list = field(default_factory=list)  # bias corrections applied after export
+    ugo_fits: list[dict] = field(default_factory=list)
 
 
 def convert_model(model: onnx.ModelProto, calibration: Calibration, options: ConvertOptions,
@@ -152,16 +153,21 @@ def convert_model(model: onnx.ModelProto, calibration: Calibration, options: Con
     ops_before = Counter(n.op_type for n in model.graph.node)
     graph, reports = normalise(model, options)
     error = self_check(model, to_model(graph, model), "normalising passes") if check else float("nan")
-    reports += run_passes(graph, SPIKING, PassContext(options, calibration))
-    remaining = [n for n in classify_graph(graph) if not n.conversion.converts]
+    ctx = PassContext(options, calibration)
+    reports += run_passes(graph, SPIKING, ctx)
+    done = (Conversion.LINEAR, Conversion.STATIC, Conversion.SPIKING, Conversion.FLOAT)
+    remaining = [n for n in classify_graph(graph, frozenset(ctx.kept_float)) if n.conversion not in done]
     if remaining:
         listing = "; ".join(f"{n.node} ({n.op_type}: {n.conversion.value}{', ' + n.reason if n.reason else ''})"
                             for n in remaining[:20])
         more = f" and {len(remaining) - 20} more" if len(remaining) > 20 else ""
+        ops = ",".join(sorted({n.op_type for n in remaining}))
         raise UnsupportedNodesError(f"{model_path}: {len(remaining)} node(s) cannot be converted: {listing}{more}",
                                     [(n.node, n.op_type, n.reason or n.conversion.value) for n in remaining],
-                                    "run `ann2snn inspect` for the full table")
+                                    f"run `ann2snn inspect` for the full table, or keep them as float operators "
+                                    f"with --allow-float {ops}")
     layers = merge_layers(reports)
     snn = export_spiking(graph, model, options, layers, fp)
     ops_after = Counter(n.op_type for n in snn.graph.node)
-    return ConversionResult(snn, reports, ops_before, ops_after, layers, error)
+    kept = [NodeConversion(n, "", Conversion.FLOAT) for n in ctx.kept_float]
+    return ConversionResult(snn, reports, ops_before, ops_after, layers, error, kept, ugo_fits=ctx.ugo_fits)

@@ -57,6 +57,7 @@ def export_spiking(graph: gs.Graph, source: onnx.ModelProto, options: ConvertOpt
         "ann2snn.default_T": str(options.default_T),
         "ann2snn.phi": str(options.phi),
         "ann2snn.norm": str(options.norm),
+        "ann2snn.nonlinear": options.nonlinear.value,
         "ann2snn.source_fingerprint": fingerprint,
         "ann2snn.layers": json.dumps(layers),
     })

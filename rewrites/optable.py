@@ -17,15 +17,15 @@ class Conversion(enum.Enum):
     QCFS = "IF neuron (QCFS activation, threshold from the model)"
     MAXPOOL_NEURON = "MaxPool neuron"
     SPIKING = "spiking operator"
-    UGO = "nonlinearity: UGO subnet (not yet available)"
-    PRODUCT = "variable x variable product: spiking product (not yet available)"
-    NORMALIZATION = "softmax/normalisation (not yet available)"
+    UGO = "nonlinearity: UGO subnet of IF neurons (exact float with --nonlinear exact)"
+    PRODUCT = "variable x variable product: spiking product (TCSA)"
+    NORMALIZATION = "softmax / LayerNorm: UGO subnets and spiking products"
+    FLOAT = "kept float (estimate-and-correct)"
     UNSUPPORTED = "unsupported"
 
     @property
     def converts(self) -> bool:
-        return self in (Conversion.LINEAR, Conversion.STATIC, Conversion.IF_NEURON, Conversion.QCFS,
-                        Conversion.MAXPOOL_NEURON, Conversion.SPIKING)
+        return self is not Conversion.UNSUPPORTED
 
 
 LINEAR_OPS = frozenset({
@@ -40,8 +40,7 @@ UGO_OPS = frozenset({
     "Gelu", "Erf", "Exp", "Sigmoid", "Tanh", "Softplus", "Elu", "Selu", "LeakyRelu", "PRelu", "HardSigmoid",
     "HardSwish", "Abs", "Reciprocal", "Sqrt", "Pow", "Log", "Mish", "Sin", "Cos", "Celu", "ThresholdedRelu",
 })
-NORMALIZATION_OPS = frozenset({"Softmax", "LogSoftmax", "LayerNormalization", "InstanceNormalization",
-                               "GroupNormalization", "LpNormalization"})
+NORMALIZATION_OPS = frozenset({"Softmax", "LayerNormalization"})  # decomposed by passes
 SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
 
 
@@ -122,16 +121,34 @@ def classify(node: gs.Node, dynamic: set[str]) -> NodeConversion:
     if op == "Clip":
         return result(Conversion.UGO, "Clip that is not ReLU-like (min != 0 or bounds not constant)")
     if op in UGO_OPS:
+        if op == "Pow" and not (len(ins) > 1 and not is_dynamic[1]):
+            return result(Conversion.UNSUPPORTED, "Pow with an exponent that depends on the input")
         return result(Conversion.UGO, "elementwise nonlinearity")
     if op in NORMALIZATION_OPS:
+        if op == "LayerNormalization" and len([o for o in node.outputs if o.name]) > 1:
+            return result(Conversion.UNSUPPORTED, "LayerNormalization with its Mean / InvStdDev outputs used")
         return result(Conversion.NORMALIZATION, "normalisation over features")
     return result(Conversion.UNSUPPORTED, f"no conversion of {op} on input-dependent tensors")
 
 
-def classify_graph(graph: gs.Graph) -> list[NodeConversion]:
+def classify_graph(graph: gs.Graph, kept_float: frozenset[str] = frozenset()) -> list[NodeConversion]:
+    """`kept_float`: nodes a pass kept as exact float operators (they convert, as float)."""
     from rewrites.passes.qcfs_to_if import find_chains  # the pass imports this module
+    from rewrites.regions import find_regions
     graph.toposort()
     dynamic = dynamic_tensors(graph)
     in_qcfs = {id(n) for m in find_chains(graph)[0] for n in m.nodes}
-    return [NodeConversion(node.name, node.op, Conversion.QCFS) if id(node) in in_qcfs else classify(node, dynamic)
-            for node in graph.nodes]
+    in_region = {id(n): r for r in find_regions(graph) for n in r.nodes}
+    out = []
+    for node in graph.nodes:
+        if id(node) in in_qcfs:
+            out.append(NodeConversion(node.name, node.op, Conversion.QCFS))
+        elif node.name in kept_float:
+            out.append(NodeConversion(node.name, node.op, Conversion.FLOAT))
+        elif id(node) in in_region:
+            region = in_region[id(node)]
+            out.append(NodeConversion(node.name, node.op, Conversion.UGO,
+                                      f"part of f({region.root.name}): {'/'.join(dict.fromkeys(region.ops))}"))
+        else:
+            out.append(classify(node, dynamic))
+    return out

@@ -1,4 +1,5 @@
 """Rewrite the ANN into a spiking network (ReLU -> IF neuron or signed IF neuron, MaxPool -> MaxPool neuron,
+GELU / exp / 1/sqrt / other nonlinearities -> UGO subnets, products of two signals -> spiking products,
 linear ops kept), optionally fold the thresholds into the weights, and export it as a one-step stateful ONNX
 model."""
 from __future__ import annotations
@@ -50,6 +51,18 @@ def command(
                               "the weights around it, so that it fires unit spikes at threshold 1. Same spikes "
                               "as threshold balancing; neurons where it cannot be folded exactly are left "
                               "threshold-balanced and listed with the reason.")] = False,
+    nonlinear: Annotated[str, typer.Option(
+        "--nonlinear", metavar="ugo|exact",
+        help="Nonlinearities other than ReLU/MaxPool (GELU, exp in softmax, 1/sqrt in LayerNorm, ...). 'ugo': "
+             "subnets of signed IF neurons fitted on the calibrated input range (no float nonlinearity left). "
+             "'exact': the float operator on the running mean, corrected each step (the accuracy ceiling).")] = "ugo",
+    ugo_size: Annotated[Optional[int], typer.Option(
+        "--ugo-size", min=1, help="Hidden neurons per UGO (default: STA's: 64 for GELU and most, 32 for exp, "
+                                  "64 for reciprocal, 8 for 1/sqrt).")] = None,
+    allow_float: Annotated[Optional[str], typer.Option(
+        "--allow-float", metavar="OP[,OP]", help="Keep nodes of these op types, which nothing else maps, as "
+        "float operators with estimate-and-correct semantics (listed in the report). Without it such nodes "
+        "make the conversion fail with the list.")] = None,
     skip_pass: Annotated[Optional[list[str]], typer.Option(
         "--skip-pass", help="Skip a normalising pass by name (repeatable).")] = None,
     no_check: Annotated[bool, typer.Option("--no-check", help="Skip the onnxruntime self-check of the "
@@ -58,7 +71,7 @@ def command(
 ) -> None:
     with errors_to_exit_codes():
         from rewrites.calibration.stats import Calibration
-        from rewrites.config import ConvertOptions, Neuron, NormSpec
+        from rewrites.config import ConvertOptions, Neuron, Nonlinear, NormSpec
         from rewrites.convert import convert_model, suggested_T
         from rewrites.errors import Ann2SnnError
         from rewrites.graph import load_model, save_model
@@ -75,7 +88,8 @@ def command(
         ann = load_model(model)
         default_t = default_t or suggested_T(ann)
         options = ConvertOptions(NormSpec.parse(norm or calibration.method), phi, default_t, skips,
-                                 Neuron.parse(neuron), tmax, weight_norm, per_channel)
+                                 Neuron.parse(neuron), tmax, weight_norm, per_channel, Nonlinear.parse(nonlinear),
+                                 ugo_size, parse_ops(allow_float))
         result = convert_model(ann, calibration, options, model, calib, check=not no_check)
         target = output or model.with_name(model.stem + ".snn.onnx")
         if bias_correction:
@@ -86,6 +100,18 @@ def command(
         out = Output(json_out)
         render(out, result, target, options)
         out.emit_json(summary(result, target, options))
+
+
+def parse_ops(text: str | None) -> tuple[str, ...]:
+    import onnx.defs
+    from rewrites.errors import Ann2SnnError
+    ops = tuple(op.strip() for op in (text or "").split(",") if op.strip())
+    known = {s.name for s in onnx.defs.get_all_schemas()}
+    for op in ops:
+        if op not in known:
+            raise Ann2SnnError(f"--allow-float: unknown ONNX op type {op!r}", "op types are case-sensitive, "
+                               "e.g. --allow-float ReduceMax,Floor")
+    return ops
 
 
 def _threshold_text(value) -> str:
@@ -105,6 +131,9 @@ def summary(result, target: Path, options) -> dict:
         "passes": [{"name": r.name, "converted": r.converted, "skipped": [{"node": n, "reason": why}
                                                                         for n, why in r.skipped]}
                    for r in result.reports],
+        "nonlinear": options.nonlinear.value,
+        "ugo": result.ugo_fits,
+        "kept_float": [n.node for n in result.kept_float],
         "layers": result.layers,
     }
 
@@ -131,6 +160,13 @@ def render(out: Output, result, target: Path, options) -> None:
     dead = [l["node"] for l in neurons if l.get("dead")]
     if dead:
         out.print(f"note: never active during calibration (threshold set to 1): {', '.join(dead)}")
+    if result.ugo_fits:
+        out.table("UGO subnets (fit on the calibrated input distribution)",
+                  ["node", "function", "input range", "hidden", "max |error|", "mean |error|"],
+                  [[f["node"], f["op"], f"{f['range'][0]:.4g}..{f['range'][1]:.4g}", f["size"],
+                    f"{f['max_error']:.3g}", f"{f['mean_error']:.3g}"] for f in result.ugo_fits])
+    if result.kept_float:
+        out.print(f"kept as float operators (estimate-and-correct): {', '.join(n.node for n in result.kept_float)}")
     out.print(f"normalising passes checked with onnxruntime: max relative error {result.normalise_error:.2e}")
     if result.corrections:
         out.table(f"Bias correction at T = {options.default_T}", ["layer", "bias shifted", "mean shift"],

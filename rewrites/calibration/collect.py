@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from rewrites import __version__
 from rewrites.calibration.data import Dataset, input_specs, load_dataset
@@ -15,16 +17,19 @@ from rewrites.convert import normalise, to_model
 from rewrites.errors import DataError
 from rewrites.graph import fingerprint, load_model
 from rewrites.optable import Conversion, classify_graph
+from rewrites.passes._emit import Emitter, reduce
+from rewrites.passes.softmax_to_spiking import LSE_SUFFIX, softmax_axes
+from rewrites.regions import family_root, find_regions
 from rewrites.runtime import Session
 
 Progress = Callable[[int, int], None]  # (samples done, samples total)
 
-OBSERVED = {Conversion.IF_NEURON: (0,), Conversion.MAXPOOL_NEURON: (0,), Conversion.UGO: (0,),
-            Conversion.NORMALIZATION: (0,), Conversion.PRODUCT: (0, 1)}
+OBSERVED = {Conversion.IF_NEURON: (0,), Conversion.MAXPOOL_NEURON: (0,), Conversion.NORMALIZATION: (0,)}
 
 
 def observed_tensors(graph) -> list[str]:
-    """Inputs of every node a rewrite will need statistics for, in graph order."""
+    """Inputs of every node a rewrite will need statistics for, in graph order: neuron inputs, the input of
+    every elementwise function of one signal (its UGO's range), Softmax inputs and their log-sum-exp."""
     by_name = {n.name: n for n in graph.nodes}
     names: list[str] = []
     for conv in classify_graph(graph):
@@ -32,7 +37,23 @@ def observed_tensors(graph) -> list[str]:
             node = by_name[conv.node]
             if i < len(node.inputs) and node.inputs[i].name and node.inputs[i].name not in names:
                 names.append(node.inputs[i].name)
+    for region in find_regions(graph):
+        if region.root.name not in names:
+            names.append(region.root.name)
+    for node in [n for n in graph.nodes if n.op == "Softmax"]:  # exp's UGO reads the root of its input
+        root = family_root(graph, node.inputs[0]).name
+        names += [root] if root not in names else []
+        names.append(node.name + LSE_SUFFIX)
     return names
+
+
+def add_logsumexp(graph) -> None:
+    """Expose ReduceLogSumExp of every Softmax input over the Softmax axes, as `<node>.logsumexp`."""
+    for node in [n for n in graph.nodes if n.op == "Softmax"]:
+        x = node.inputs[0]
+        emit = Emitter(graph, node.name)
+        reduce(emit, "ReduceLogSumExp", x, softmax_axes(node, len(x.shape), graph.opset), "lse", graph.opset,
+               out=gs.Variable(node.name + LSE_SUFFIX, dtype=np.float32))
 
 
 def augment(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
@@ -60,6 +81,7 @@ def calibrate(model_path: str | Path, data_path: str | Path, batch_size: int = 6
     dataset = load_dataset(data_path, input_specs(model), limit)
     graph, _ = normalise(model)
     tensors = observed_tensors(graph)
+    add_logsumexp(graph)
     augmented = augment(to_model(graph, model), tensors)
     session = Session(augmented, str(model_path), optimize=False)
     stats = {name: TensorStats(name, bins) for name in tensors}

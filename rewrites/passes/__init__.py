@@ -1,6 +1,8 @@
 """The rewrite passes and the default pipeline: one explicit ordered tuple, no discovery."""
-from rewrites.passes import (eliminate_identity, fold_batchnorm, fold_constants, maxpool_to_neuron,
-                             name_nodes, qcfs_to_if, relu_to_if, weight_norm)
+from rewrites.passes import (allow_float, canonical_products, decompose_layernorm, eliminate_identity,
+                             fold_batchnorm, fold_constants, fuse_softmax, maxpool_to_neuron, name_nodes,
+                             nonlinear_to_spiking, products_to_spiking, qcfs_to_if, relu_to_if,
+                             softmax_to_spiking, weight_norm)
 from rewrites.passes.base import Pass, PassContext, PassReport, run_passes
 
 NORMALISE: tuple[Pass, ...] = (
@@ -8,11 +10,18 @@ NORMALISE: tuple[Pass, ...] = (
     eliminate_identity.PASS,
     fold_constants.PASS,
     fold_batchnorm.PASS,
+    fuse_softmax.PASS,  # before canonical_products rewrites its Div
+    decompose_layernorm.PASS,
+    canonical_products.PASS,
 )
 SPIKING: tuple[Pass, ...] = (
+    softmax_to_spiking.PASS,  # its Exp and Reciprocal are then elementwise functions like any other
     qcfs_to_if.PASS,  # before relu_to_if: a QCFS chain holds a ReLU-like Clip
+    nonlinear_to_spiking.PASS,  # before relu_to_if: a ReLU-like node inside a function is part of it
     relu_to_if.PASS,
     maxpool_to_neuron.PASS,
+    products_to_spiking.PASS,
+    allow_float.PASS,
     weight_norm.PASS,  # does nothing unless options.weight_norm
 )
 DEFAULT_PIPELINE: tuple[Pass, ...] = NORMALISE + SPIKING

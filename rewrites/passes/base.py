@@ -27,6 +27,9 @@ class PassReport:
 class PassContext:
     options: ConvertOptions = field(default_factory=ConvertOptions)
     calibration: Calibration | None = None
+    distributions: dict = field(default_factory=dict)  # tensor made by a pass -> samples of its values
+    kept_float: list[str] = field(default_factory=list)  # nodes kept as exact float operators
+    ugo_fits: list[dict] = field(default_factory=list)  # one entry per UGO: function, range, size, errors
 
 
 @dataclass(frozen=True)

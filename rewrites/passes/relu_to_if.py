@@ -46,7 +46,7 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     signed = ctx.options.neuron is Neuron.SIGNED
     spec = SIGNED_IF_NEURON if signed else IF_NEURON
     tmax = ctx.options.effective_tmax if signed else None
-    for node in [n for n in graph.nodes if is_relu_like(n)]:
+    for node in [n for n in graph.nodes if is_relu_like(n) and n.name not in ctx.kept_float]:
         x, y = node.inputs[0], node.outputs[0]
         stats = ctx.calibration.stats(x.name, node.name)
         theta = thresholds(stats, ctx, len(x.shape or ()), node.name)

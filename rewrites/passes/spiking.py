@@ -32,3 +32,38 @@ def replace_node(graph: gs.Graph, old: gs.Node, new: gs.Node) -> None:
     old.inputs.clear()
     old.outputs.clear()
     graph.nodes.append(new)
+
+
+def step_like() -> gs.Variable:
+    """A stand-in shaped like the per-node step counter (state of shape [1])."""
+    return gs.Variable("step", np.float32, [1])
+
+
+def shaped_like(name: str, like: gs.Tensor) -> gs.Variable:
+    return gs.Variable(name, np.float32, list(like.shape) if like.shape is not None else None)
+
+
+def wrap_exact(graph: gs.Graph, name: str, nodes: list[gs.Node], inputs: list[gs.Variable],
+               outputs: list[gs.Variable]) -> None:
+    """Estimate-and-correct around float nodes: they read the running means of `inputs` and their `outputs`
+    are replaced, for every reader, by the corrected stream whose running mean is the float value."""
+    from rewrites.neurons import RATE_CORRECT, RUNNING_MEAN
+    members = {id(n) for n in nodes}
+    for k, x in enumerate(inputs):
+        mean = shaped_like(f"{name}.mean{k}", x)
+        graph.nodes.append(spiking_node(RUNNING_MEAN, f"{name}.mean{k}", [x], mean, [x, step_like()]))
+        for n in nodes:
+            _replace_input(n, x, mean)
+    for k, y in enumerate(outputs):
+        value = shaped_like(f"{name}.float{k}", y)
+        producer = y.inputs[0]
+        producer.outputs[producer.outputs.index(y)] = value
+        for reader in [r for r in y.outputs if id(r) in members]:
+            _replace_input(reader, y, value)
+        graph.nodes.append(spiking_node(RATE_CORRECT, f"{name}.correct{k}", [value], y, [y, step_like()]))
+
+
+def _replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
+    for k, t in enumerate(node.inputs):
+        if t is old:
+            node.inputs[k] = new

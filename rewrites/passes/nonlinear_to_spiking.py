@@ -1,0 +1,102 @@
+"""nonlinear_to_spiking: every elementwise function of one signal (rewrites/regions.py) -> a UGO subnet of
+signed IF neurons (--nonlinear ugo), or one exact float operator with estimate-and-correct (--nonlinear exact).
+
+UGO for y = f(x), fitted by rewrites/ugo.py on the calibrated distribution of x: z = x - k (the N left knots,
+a new last axis), h = SignedIFNeuron(z) with thresholds k_{j+1} - k_j, initial membrane theta/2 and no count
+bound but the step count (a hidden unit is a ReLU clipped at its threshold), y = h @ slopes + f(k_0). The
+signed neurons take back spikes fired early, so their rates follow clip(mean z, 0, theta) whatever the order
+of the input. Runs before relu_to_if: a ReLU-like node inside a region is part of its function."""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from rewrites.config import Nonlinear
+from rewrites.errors import CalibrationError, PassError
+from rewrites.neurons import SIGNED_IF_NEURON
+from rewrites.passes._emit import Emitter
+from rewrites.passes.base import Pass, PassContext, PassReport
+from rewrites.passes.spiking import shaped_like, spiking_node, wrap_exact
+from rewrites.regions import Region, find_regions
+from rewrites.runtime import Session
+from rewrites.ugo import default_size, fit, samples_from_stats
+
+SAMPLES = 20000
+NO_COUNT_BOUND = 2.0 ** 24  # float32 counts stay exact below it
+PHI = 0.5
+
+
+def _function(region: Region, output: gs.Variable, opset: int):
+    session = Session(region.function_model(output, opset), f"the function of region '{region.name}'",
+                      optimize=False)
+    return lambda x: session.run(None, {region.root.name: np.asarray(x, np.float32).reshape(-1)})[0] \
+        .astype(np.float64).reshape(np.shape(x))
+
+
+def _samples(region: Region, ctx: PassContext) -> np.ndarray:
+    if region.root.name in ctx.distributions:
+        return ctx.distributions[region.root.name]
+    if ctx.calibration is None:
+        raise CalibrationError("nonlinear_to_spiking needs a calibration", "pass --calib FILE")
+    stats = ctx.calibration.stats(region.root.name, region.name)
+    return samples_from_stats(stats, SAMPLES, np.random.default_rng(0))
+
+
+def _unsqueeze_last(emit: Emitter, x: gs.Tensor, opset: int) -> gs.Variable:
+    shape = list(x.shape) + [1]
+    if opset >= 13:
+        return emit("Unsqueeze", [x, np.array([-1], np.int64)], "unsqueeze", shape=shape)
+    return emit("Unsqueeze", [x], "unsqueeze", shape=shape, axes=[len(x.shape)])
+
+
+def build_ugo(graph: gs.Graph, name: str, x: gs.Variable, y: gs.Variable, result) -> None:
+    emit = Emitter(graph, name)
+    hidden_shape = list(x.shape) + [result.size]
+    z = emit("Sub", [_unsqueeze_last(emit, x, graph.opset), result.knots[:-1].astype(np.float32)], "hidden_input",
+             shape=hidden_shape)
+    theta = result.thresholds
+    h = shaped_like(f"{name}.hidden.out", z)
+    neuron_inputs = [z] + [gs.Constant(f"{name}.hidden.{k}", np.asarray(v, np.float32)) for k, v in (
+        ("threshold", theta), ("fire_level", theta * (1 - PHI)), ("unfire_level", -theta * PHI),
+        ("tmax", np.array(NO_COUNT_BOUND)))]
+    graph.nodes.append(spiking_node(SIGNED_IF_NEURON, f"{name}.hidden", neuron_inputs, h, [z, z]))
+    total = emit("MatMul", [h, result.slopes.astype(np.float32)], "output", shape=list(x.shape))
+    emit("Add", [total, np.array(result.values[0], np.float32)], "offset", out=y)
+
+
+def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
+    report = PassReport("nonlinear_to_spiking")
+    exact = ctx.options.nonlinear is Nonlinear.EXACT
+    for region in find_regions(graph):
+        x = region.root
+        if not x.shape or any(not isinstance(d, int) for d in list(x.shape)[1:]):
+            raise PassError(f"node '{region.name}': the shape of '{x.name}' is not static ({x.shape})",
+                            "export the model with static non-batch dimensions")
+        entry = {"node": region.name, "op": "+".join(dict.fromkeys(region.ops)), "input": x.name,
+                 "nonlinear": "exact" if exact else "ugo"}
+        if exact:
+            wrap_exact(graph, region.name, region.nodes, [x], region.outputs)
+            ctx.kept_float.extend(n.name for n in region.nodes)
+        else:
+            samples = _samples(region, ctx)
+            size = ctx.options.ugo_size or default_size(region.ops)
+            for k, y in enumerate(region.outputs):
+                result = fit(_function(region, y, graph.opset), samples, size)
+                name = region.name if len(region.outputs) == 1 else f"{region.name}.out{k}"
+                build_ugo(graph, name, x, y, result)
+                fit_entry = {**entry, "node": name, "output": y.name, "size": result.size,
+                             "range": [float(result.knots[0]), float(result.knots[-1])],
+                             "max_error": result.max_error, "mean_error": result.mean_error}
+                ctx.ugo_fits.append(fit_entry)
+                report.layers.append(fit_entry)
+            for node in region.nodes:
+                node.inputs.clear()
+                node.outputs.clear()
+        if exact:
+            report.layers.append(entry)
+        report.converted.extend(n.name for n in region.nodes)
+    return report
+
+
+PASS = Pass("nonlinear_to_spiking", run, spiking=True,
+            doc="Elementwise nonlinearities -> UGO subnets of signed IF neurons, or exact float operators.")

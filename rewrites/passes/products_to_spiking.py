@@ -1,0 +1,40 @@
+"""products_to_spiking: MatMul / Mul of two signals -> SpikeMatMul / SpikeMul (TCSA, seed 002).
+
+The spiking product keeps the running sums of both operands and emits at each step what makes the running
+mean of its output equal the product of the operands' running means (rewrites/neurons.py), computed from the
+increments. Needs no calibration. Products with a constant operand stay linear."""
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from rewrites.errors import PassError
+from rewrites.neurons import SPIKE_MATMUL, SPIKE_MUL
+from rewrites.optable import dynamic_tensors
+from rewrites.passes.base import Pass, PassContext, PassReport
+from rewrites.passes.spiking import replace_node, spiking_node, step_like
+
+SPECS = {"MatMul": SPIKE_MATMUL, "Mul": SPIKE_MUL}
+
+
+def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
+    report = PassReport("products_to_spiking")
+    graph.toposort()
+    dynamic = dynamic_tensors(graph)
+    for node in [n for n in graph.nodes if n.op in SPECS and n.domain in (None, "", "ai.onnx")]:
+        a, b = node.inputs[:2]
+        if node.name in ctx.kept_float or not (a.name in dynamic and b.name in dynamic):
+            continue
+        y = node.outputs[0]
+        for t in (a, b, y):
+            if not t.shape or any(not isinstance(d, int) for d in list(t.shape)[1:]):
+                raise PassError(f"node '{node.name}': the shape of '{t.name}' is not static ({t.shape})",
+                                "export the model with static non-batch dimensions")
+        spec = SPECS[node.op]
+        replace_node(graph, node, spiking_node(spec, node.name, [a, b], y, [a, b, y, step_like()]))
+        report.converted.append(node.name)
+        report.layers.append({"node": node.name, "op": spec.op_type, "from": node.op,
+                              "inputs": [a.name, b.name]})
+    return report
+
+
+PASS = Pass("products_to_spiking", run, spiking=True, doc="Variable x variable MatMul / Mul -> spiking product.")

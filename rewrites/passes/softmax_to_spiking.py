@@ -1,0 +1,60 @@
+"""softmax_to_spiking: Softmax over calibrated ranges.
+
+--nonlinear ugo: Softmax(x) = e * Reciprocal(ReduceSum(e)) with e = Exp(x - c), c the calibrated max of x
+(softmax is shift-invariant, so exp sees at most 0). The later passes turn Exp(x - c) and the Reciprocal into
+UGOs and the product into a spiking product; the Reciprocal's input distribution comes from the calibrated
+log-sum-exp of x: sum = exp(lse - c).
+--nonlinear exact: the Softmax reads the running mean of x and its output is corrected (one float operator)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from rewrites.config import Nonlinear
+from rewrites.errors import CalibrationError
+from rewrites.passes._emit import Emitter, reduce
+from rewrites.passes.base import Pass, PassContext, PassReport
+from rewrites.passes.spiking import wrap_exact
+from rewrites.ugo import samples_from_stats
+
+LSE_SUFFIX = ".logsumexp"  # calibration tensor: ReduceLogSumExp of the Softmax input over its axes
+SAMPLES = 20000
+
+
+def softmax_axes(node: gs.Node, rank: int, opset: int) -> list[int]:
+    axis = node.attrs.get("axis", -1 if opset >= 13 else 1) % rank
+    return [axis] if opset >= 13 else list(range(axis, rank))
+
+
+def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
+    report = PassReport("softmax_to_spiking")
+    for node in [n for n in graph.nodes if n.op == "Softmax"]:
+        x, y = node.inputs[0], node.outputs[0]
+        if ctx.options.nonlinear is Nonlinear.EXACT:
+            wrap_exact(graph, node.name, [node], [x], [y])
+            ctx.kept_float.append(node.name)
+            report.converted.append(node.name)
+            report.layers.append({"node": node.name, "op": "Softmax", "nonlinear": "exact"})
+            continue
+        if ctx.calibration is None:
+            raise CalibrationError("softmax_to_spiking needs a calibration", "pass --calib FILE")
+        stats = ctx.calibration.stats(x.name, node.name)
+        lse = ctx.calibration.stats(node.name + LSE_SUFFIX, node.name)
+        shift = float(stats.maximum)
+        rng = np.random.default_rng(0)
+        axes = softmax_axes(node, len(x.shape), graph.opset)
+        node.inputs.clear()
+        node.outputs.clear()
+        emit = Emitter(graph, node.name)
+        shape = list(x.shape)
+        e = emit("Exp", [emit("Sub", [x, np.array(shift, np.float32)], "shift", shape=shape)], "exp", shape=shape)
+        total = reduce(emit, "ReduceSum", e, axes, "sum", graph.opset)
+        ctx.distributions[total.name] = np.exp(samples_from_stats(lse, SAMPLES, rng) - shift)
+        emit("Mul", [e, emit("Reciprocal", [total], "reciprocal", shape=total.shape)], "normalise", out=y)
+        report.converted.append(node.name)
+        report.layers.append({"node": node.name, "op": "Softmax", "nonlinear": "ugo", "shift": shift,
+                              "sum_range": [float(np.exp(lse.minimum - shift)), float(np.exp(lse.maximum - shift))]})
+    return report
+
+
+PASS = Pass("softmax_to_spiking", run, spiking=True, doc="Softmax -> exp UGO, sum, reciprocal UGO, product.")

@@ -1,0 +1,148 @@
+"""UGO (seed 002's Universal Group Operator): y = f(x) elementwise as y = b2 + sum_j w2_j * h_j with
+h_j = IF(x - k_j) hidden neurons of threshold k_{j+1} - k_j.
+
+A 1 -> N -> 1 net of clipped ReLUs is a piecewise-linear function, so the fit is a construction, not a
+descent: knots k_0 < ... < k_N over the calibrated input range, placed where the input is frequent and f
+bends (density ~ p^(1/5) |f''|^(2/5), the L2-optimal spacing of linear interpolation, mixed half and half
+with uniform spacing as STA mixes its synthetic samples), kinks of a piecewise-linear f found on a fine grid
+and made knots (so Clip, LeakyReLU, Abs, HardSigmoid come out exact), then the knot values by least
+squares over samples of the calibrated distribution mixed with a uniform over the range. Outside
+[k_0, k_N] the function is held at its end values: a hidden neuron cannot fire more than once a step."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from rewrites.calibration.stats import TensorStats
+
+GRID = 4097
+DEFAULT_SIZE = 64
+# STA's sizes: GELU 64, exp 32, reciprocal 64, 1/sqrt 8
+SIZES = (({"Sqrt", "Reciprocal"}, 8), ({"Reciprocal"}, 64), ({"Exp"}, 32))
+
+
+def default_size(ops: list[str]) -> int:
+    present = set(ops)
+    for needed, size in SIZES:
+        if needed <= present:
+            return size
+    return DEFAULT_SIZE
+
+
+@dataclass
+class UgoFit:
+    knots: np.ndarray  # [N + 1], increasing
+    values: np.ndarray  # [N + 1], the function at the knots
+    max_error: float = 0.0  # on samples of the calibrated input distribution
+    mean_error: float = 0.0
+
+    @property
+    def size(self) -> int:
+        return len(self.knots) - 1
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        return np.diff(self.knots)
+
+    @property
+    def slopes(self) -> np.ndarray:
+        return np.diff(self.values) / np.diff(self.knots)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.interp(x, self.knots, self.values)
+
+    def hidden_sum(self, x: np.ndarray) -> np.ndarray:
+        """The net as the spiking graph writes it (rates of clipped hidden units), for checks."""
+        h = np.clip(np.asarray(x, np.float64)[..., None] - self.knots[:-1], 0.0, self.thresholds)
+        return self.values[0] + h @ self.slopes
+
+
+def samples_from_stats(stats: TensorStats, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Draws from the calibrated histogram (uniform within a bin), inside the observed [min, max]."""
+    if stats.count == 0 or stats.half_range == 0.0 or stats.counts.sum() == 0:
+        return np.full(n, stats.minimum if np.isfinite(stats.minimum) else 0.0)
+    p = stats.counts / stats.counts.sum()
+    bins = rng.choice(len(p), size=n, p=p)
+    x = -stats.half_range + (bins + rng.random(n)) * stats.bin_width
+    return np.clip(x, stats.minimum, stats.maximum)
+
+
+def _kinks(grid: np.ndarray, fg: np.ndarray) -> np.ndarray | None:
+    """Kink positions when f is piecewise linear on the grid (else None): where the slope changes, found
+    exactly by intersecting the straight pieces on either side."""
+    slope = np.diff(fg) / np.diff(grid)
+    scale = max(float(np.abs(slope).max()), 1e-12)
+    bends = np.flatnonzero(np.abs(np.diff(slope)) > 1e-5 * scale)  # between slope i and i + 1
+    if len(bends) == 0:
+        return np.array([])
+    if len(bends) > GRID // 100:
+        return None
+    kinks = []
+    for group in np.split(bends, np.flatnonzero(np.diff(bends) > 1) + 1):
+        left, right = group[0], group[-1] + 1  # straight pieces: slope[left], slope[right]
+        if left - 1 < 0 or right + 1 >= len(slope):
+            continue
+        s1, s2 = slope[left - 1], slope[right + 1]
+        x1, y1, x2, y2 = grid[left], fg[left], grid[right + 1], fg[right + 1]
+        if abs(s1 - s2) < 1e-12 * scale or len(group) > 3:
+            return None
+        kinks.append((y2 - y1 + s1 * x1 - s2 * x2) / (s1 - s2))
+    return np.array(kinks)
+
+
+def _density_knots(grid, fg, samples, lo, hi, count) -> np.ndarray:
+    width = hi - lo
+    p, _ = np.histogram(samples, bins=len(grid) - 1, range=(lo, hi))
+    p = np.convolve(p.astype(np.float64), np.ones(33) / 33, mode="same")
+    curvature = np.abs(np.gradient(np.gradient(fg, grid), grid))
+    curvature = 0.5 * (curvature[1:] + curvature[:-1])
+    q = (p / max(p.max(), 1e-12) + 1e-3) ** 0.2 * (curvature / max(curvature.max(), 1e-12) + 1e-3) ** 0.4
+    q = 0.5 * q / q.mean() + 0.5
+    cdf = np.concatenate([[0.0], np.cumsum(q)])
+    cdf /= cdf[-1]
+    return np.interp(np.linspace(0.0, 1.0, count), cdf, np.linspace(lo, hi, len(cdf))) if width > 0 else \
+        np.array([lo])
+
+
+def fit(f: Callable[[np.ndarray], np.ndarray], samples: np.ndarray, size: int,
+        lo: float | None = None, hi: float | None = None, seed: int = 0) -> UgoFit:
+    """Fit f on the range of `samples` (or [lo, hi]) with `size` hidden neurons."""
+    samples = np.asarray(samples, np.float64).reshape(-1)
+    lo = float(samples.min()) if lo is None else lo
+    hi = float(samples.max()) if hi is None else hi
+    if not hi > lo:
+        hi = lo + max(abs(lo), 1.0) * 1e-3
+    grid = np.linspace(lo, hi, GRID)
+    fg = np.asarray(f(grid), np.float64)
+    kinks = _kinks(grid, fg)
+    if kinks is not None and len(kinks) <= size - 1:
+        knots = np.unique(np.concatenate([[lo, hi], kinks]))
+        extra = size + 1 - len(knots)
+        if extra > 0:  # finer units on the busiest pieces: each unit quantises to its own threshold / T
+            dense = _density_knots(grid, fg, samples, lo, hi, extra + 2)[1:-1]
+            knots = np.unique(np.concatenate([knots, dense]))
+    else:
+        knots = _density_knots(grid, fg, samples, lo, hi, size + 1)
+    knots = np.unique(knots)
+    rng = np.random.default_rng(seed)
+    train = np.concatenate([samples[rng.permutation(len(samples))[:8192]], rng.uniform(lo, hi, 4096), knots])
+    values = _least_squares(knots, train, np.asarray(f(train), np.float64))
+    result = UgoFit(knots, values)
+    inside = samples[(samples >= lo) & (samples <= hi)]
+    err = np.abs(result(inside) - np.asarray(f(inside), np.float64)) if len(inside) else np.zeros(1)
+    result.max_error, result.mean_error = float(err.max()), float(err.mean())
+    return result
+
+
+def _least_squares(knots: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Values at the knots of the piecewise-linear interpolant closest to (x, y) (hat-function basis)."""
+    i = np.clip(np.searchsorted(knots, x, side="right") - 1, 0, len(knots) - 2)
+    w = np.clip((x - knots[i]) / (knots[i + 1] - knots[i]), 0.0, 1.0)
+    basis = np.zeros((len(x), len(knots)))
+    rows = np.arange(len(x))
+    basis[rows, i] = 1.0 - w
+    basis[rows, i + 1] += w
+    values, *_ = np.linalg.lstsq(basis, y, rcond=None)
+    return values
