@@ -6,7 +6,10 @@ it), when its input is made of spikes: each spike is one accumulate per outgoing
 operator fed by the analog input (direct coding: the first layer) stays dense and costs MACs at every step.
 The path from a neuron to a weighted operator may pass through operators that only move, pool or add spikes
 (reshapes, padding, max/average pooling, Add, Concat). Energy: 45 nm figures of Horowitz (ISSCC 2014),
-4.6 pJ per 32-bit float MAC and 0.9 pJ per accumulate."""
+4.6 pJ per 32-bit float MAC and 0.9 pJ per accumulate.
+Spiking products (SpikeMatMul, SpikeMul) compute two products of their increment per step and are counted
+as dense MACs (2 x the ANN product's MACs per step); outputs of the estimate-and-correct operators are analog,
+so what they feed is dense too."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,6 +22,8 @@ from sim.model import SPIKING_DOMAIN, SpikingModel
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+PRODUCTS = frozenset({"SpikeMatMul", "SpikeMul"})
+ANALOG_SPIKING = PRODUCTS | {"RunningMean", "RateCorrect"}  # ai.ann2snn operators that emit non-spikes
 TRANSPARENT = frozenset({"Flatten", "Reshape", "Pad", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout",
                          "AveragePool", "GlobalAveragePool", "MaxPool", "MaxPoolNeuron", "Add", "Sum", "Concat",
                          "Slice", "Split", "ReduceMean", "ReduceSum"})
@@ -43,6 +48,8 @@ def _shape(model: onnx.ModelProto, name: str) -> list[int] | None:
 def _macs(model: SpikingModel, node: onnx.NodeProto) -> int:
     out = _shape(model.proto, node.output[0])
     weight = model.constants.get(node.input[1]) if len(node.input) > 1 else None
+    if out is not None and node.op_type in PRODUCTS:
+        weight = np.zeros(0)
     if out is None or weight is None:
         return 0
     per_sample_out = int(np.prod(out[1:]))
@@ -51,6 +58,9 @@ def _macs(model: SpikingModel, node: onnx.NodeProto) -> int:
     if node.op_type == "ConvTranspose":
         x = _shape(model.proto, node.input[0])
         return int(np.prod(x[1:])) * int(np.prod(weight.shape[1:])) if x else 0
+    if node.op_type in PRODUCTS:
+        a = _shape(model.proto, node.input[0])
+        return per_sample_out * (a[-1] if node.op_type == "SpikeMatMul" and a else 1)
     if node.op_type == "Gemm":
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return per_sample_out * int(weight.shape[1 if trans_b else 0])
@@ -70,6 +80,8 @@ def weighted_layers(model: SpikingModel) -> list[WeightedLayer]:
         node = producers.get(tensor)
         if node is None:
             return None if tensor in data_inputs else []
+        if node.domain == SPIKING_DOMAIN and node.op_type in ANALOG_SPIKING:
+            return None
         if node.domain == SPIKING_DOMAIN and node.op_type != "MaxPoolNeuron":
             return [node.name]
         if node.op_type not in TRANSPARENT:
@@ -90,6 +102,8 @@ def weighted_layers(model: SpikingModel) -> list[WeightedLayer]:
             if node.op_type == "MatMul" and node.input[1] not in model.constants:
                 continue
             layers.append(WeightedLayer(node.name, node.op_type, _macs(model, node), sources(node.input[0], set())))
+        elif node.op_type in PRODUCTS and node.domain == SPIKING_DOMAIN:
+            layers.append(WeightedLayer(node.name, node.op_type, _macs(model, node), None))
     return layers
 
 
@@ -118,7 +132,7 @@ def estimate(model: SpikingModel, spikes_per_neuron: dict[str, tuple[int, int]],
     for layer in weighted_layers(model):
         ann_macs += layer.macs
         if layer.sources is None:
-            dense = layer.macs * steps
+            dense = layer.macs * steps * (2 if layer.op in PRODUCTS else 1)
             snn_macs += dense
             rows.append({"node": layer.node, "op": layer.op, "macs": layer.macs, "input": "analog",
                          "snn_macs": dense, "synops": 0.0})

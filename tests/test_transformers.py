@@ -140,3 +140,19 @@ def test_unmapped_ops_are_refused_with_the_list_then_kept_float_when_allowed(tmp
     ann = _run(model, {"input": x})
     out = NumpyEngine(snn).run({"input": x}, 8).outputs[snn.outputs[0]]
     assert _errors(out, ann).max() < 1e-5  # constant input: the estimate is exact from t = 1
+
+
+def test_energy_counts_spiking_products_as_dense_macs(tmp_path):
+    """x [N, 4, 8] -> q = x Wq, k = x Wk -> q k^T: ANN MACs 2*4*8*8 + 4*4*8. Over T steps the input layers are
+    dense (direct coding) and the spiking product does two products per step."""
+    from sim.energy import estimate
+    b = ModelBuilder(opset=17)
+    q = b.node("MatMul", ["input", b.const(np.ones((8, 8), np.float32))])
+    k = b.node("MatMul", ["input", b.const(np.ones((8, 8), np.float32))])
+    model = b.build({"input": [4, 8]}, [b.node("MatMul", [q, b.node("Transpose", [k], perm=[0, 2, 1])])])
+    x = np.random.default_rng(0).normal(size=(8, 4, 8)).astype(np.float32)
+    snn, _ = _convert(model, x, tmp_path)
+    report = estimate(snn, {}, samples=8, steps=10)
+    assert report.ann_macs == 2 * 4 * 8 * 8 + 4 * 4 * 8
+    assert report.snn_macs == 10 * (2 * 4 * 8 * 8 + 2 * 4 * 4 * 8)
+    assert report.synops == 0
