@@ -17,7 +17,7 @@ from rewrites.export import export_spiking
 from rewrites.graph import default_opset, fingerprint, infer_shapes, load_model
 from rewrites.optable import Conversion, NodeConversion, classify_graph
 from rewrites.passes import NORMALISE, SPIKING, PassContext, PassReport, run_passes
-from rewrites.passes import fold_constants
+from rewrites.passes import fold_constants, fuse_softmax
 from rewrites.runtime import Session
 
 
@@ -104,7 +104,8 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
     inits = {t.name for t in model.graph.initializer}
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
     graph = import_graph(infer_shapes(model))
-    run_passes(graph, (fold_constants.PASS,), PassContext())  # Constant nodes become values the matchers read
+    # Constant nodes become values the matchers read; the exp/sum/divide softmax loses its ReduceMax guard
+    run_passes(graph, (fold_constants.PASS, fuse_softmax.PASS), PassContext())
     return ModelSummary(_io([i for i in model.graph.input if i.name not in inits]), _io(model.graph.output),
                         params, classify_graph(graph), default_opset(model))
 

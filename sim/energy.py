@@ -64,7 +64,7 @@ def _macs(model: SpikingModel, node: onnx.NodeProto) -> int:
     if node.op_type == "Gemm":
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return per_sample_out * int(weight.shape[1 if trans_b else 0])
-    return per_sample_out * int(weight.shape[-2]) if weight.ndim >= 2 else 0
+    return per_sample_out * int(weight.shape[-2] if weight.ndim >= 2 else weight.shape[0])
 
 
 def weighted_layers(model: SpikingModel) -> list[WeightedLayer]:
@@ -129,8 +129,10 @@ def estimate(model: SpikingModel, spikes_per_neuron: dict[str, tuple[int, int]],
     ann_macs = snn_macs = 0
     synops = 0.0
     rows = []
+    added = {f"{layer['node']}.output" for layer in model.layers if layer.get("nonlinear") == "ugo"}
     for layer in weighted_layers(model):
-        ann_macs += layer.macs
+        if layer.node not in added:  # a UGO's output sum is no layer of the ANN
+            ann_macs += layer.macs
         if layer.sources is None:
             dense = layer.macs * steps * (2 if layer.op in PRODUCTS else 1)
             snn_macs += dense
