@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -19,9 +20,14 @@ def _one_line(text: str) -> str:
 
 @contextmanager
 def errors_to_exit_codes() -> Iterator[None]:
-    """Library errors -> `error: ...` on stderr and exit 2; unexpected ones -> exit 3. Tracebacks with --debug."""
+    """Library errors -> `error: ...` on stderr and exit 2; unexpected ones -> exit 3. Tracebacks with --debug.
+    NumPy's RuntimeWarnings (overflow, invalid value) are silenced unless --debug: a broken model reports
+    through its error, not through warning lines around it."""
     try:
-        yield
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.simplefilter("ignore", RuntimeWarning)
+            yield
     except typer.Exit:
         raise
     except Ann2SnnError as exc:

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
-from onnx import numpy_helper
+from onnx import external_data_helper, numpy_helper
 
 from rewrites.errors import InputFileError, ModelError
 
@@ -16,29 +18,287 @@ MIN_OPSET = 11
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read and check an ONNX model, with its external data; every failure names the file."""
+    """Read and check an ONNX model, with its external data; every failure names the file.
+
+    Declared sizes are checked against the bytes present before anything is allocated from them, and
+    external data must be regular files inside the model's folder: anything else is refused, never read."""
     path = Path(path)
     if not path.exists():
         raise InputFileError(f"{path}: no such file")
     if not path.is_file():
         raise InputFileError(f"{path}: not a file")
     try:
-        model = onnx.load(str(path), load_external_data=True)
-    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf and onnx raise several unrelated types on damaged files
         raise InputFileError(f"{path}: not a readable ONNX model ({_first_line(exc)})",
                              "is the file complete? re-export it") from exc
     if not model.graph.node:
         raise InputFileError(f"{path}: no graph nodes: not an ONNX model or an empty one",
                              "re-export the model")
     try:
+        check_text(model)
+    except ValueError as exc:
+        raise InputFileError(f"{path}: {exc}", "the file is damaged; re-export it") from exc
+    for tensor in all_tensors(model):
+        check_tensor_size(tensor, path)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            check_external_data(tensor, path)
+    check_input_sizes(model, path)
+    if uses_external_data(model):
+        try:
+            external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:  # checked above; this catches what the file system does in between
+            raise InputFileError(f"{path}: cannot read external data ({_first_line(exc)})") from exc
+    check_edges(model, path)
+    check_types(model, path)
+    try:
         onnx.checker.check_model(model)
-    except (onnx.checker.ValidationError, ValueError) as exc:
-        raise ModelError(f"{path}: invalid ONNX model: {_first_line(exc)}") from exc
+    except Exception as exc:  # ValidationError, ValueError, and protobuf errors on odd fields
+        raise ModelError(f"{path}: invalid ONNX model: {_first_line(exc)}", "re-export the model") from exc
     opset = default_opset(model)
     if opset < MIN_OPSET:
         raise ModelError(f"{path}: opset {opset} is older than {MIN_OPSET}",
                          f"re-export with opset_version >= {MIN_OPSET}")
+    check_finite_weights(model, path)
+    try:
+        shapes = onnx.shape_inference.infer_shapes(without_weights(model), strict_mode=False, data_prop=True)
+    except Exception as exc:  # shape inference raises several unrelated types
+        raise ModelError(f"{path}: shape inference failed: {_first_line(exc)}", "re-export the model") from exc
+    check_inferred_sizes(shapes, path)
     return model
+
+
+WEIGHTLESS_ABOVE = 1024  # bytes; smaller tensors (shapes, axes, scalars) stay for shape inference to read
+
+
+def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model whose large initializers keep name, type and dims but no data (marked as external
+    data at a location that does not exist), for shape inference and other structural work without a
+    second copy of the weights."""
+    skeleton = onnx.ModelProto()
+    _copy_fields(model, skeleton, skip={"graph"})
+    _copy_fields(model.graph, skeleton.graph, skip={"initializer"})
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL and tensor.ByteSize() <= WEIGHTLESS_ABOVE:
+            skeleton.graph.initializer.add().CopyFrom(tensor)
+            continue
+        stub = skeleton.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value="(weights left out)")
+    return skeleton
+
+
+def _copy_fields(source, target, skip: set[str]) -> None:
+    for field, value in source.ListFields():
+        if field.name in skip:
+            continue
+        if field.is_repeated:
+            getattr(target, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+# A tensor of more elements than this (per sample, for graph inputs) is refused before anything is
+# allocated for it: 2**31 float32 values are 8 GiB.
+MAX_ELEMENTS = 2**31
+
+
+def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Initializers and tensor attributes of the graph, its subgraphs and its functions."""
+    def in_nodes(nodes) -> Iterator[onnx.TensorProto]:
+        for node in nodes:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    yield from in_graph(sub)
+
+    def in_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+        yield from graph.initializer
+        yield from (s.values for s in graph.sparse_initializer)
+        yield from in_nodes(graph.node)
+
+    yield from in_graph(model.graph)
+    for function in model.functions:
+        yield from in_nodes(function.node)
+
+
+def check_text(message, where: str = "model") -> None:
+    """Every string field must be valid UTF-8 (protobuf hands a damaged one back as bytes, which fails much
+    later, deep inside a rewrite). Raises ValueError naming the field. Tensors' data is not touched."""
+    if isinstance(message, onnx.TensorProto):
+        fields = [("name", [message.name]), ("doc_string", [message.doc_string]),
+                  ("external_data", [e.key for e in message.external_data] + [e.value for e in message.external_data])]
+    else:
+        fields = [(f.name, list(v) if f.is_repeated else [v]) for f, v in message.ListFields()]
+        for field, value in message.ListFields():
+            if field.type == field.TYPE_MESSAGE:
+                for item in (value if field.is_repeated else [value]):
+                    check_text(item, f"{where}.{field.name}")
+    for name, values in fields:
+        for value in values:
+            if isinstance(value, bytes) and message.DESCRIPTOR.fields_by_name[name].type == 9:  # TYPE_STRING
+                raise ValueError(f"{where}.{name} {value[:40]!r} is not valid UTF-8")
+
+
+def uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in all_tensors(model))
+
+
+_TYPED_FIELD = {onnx.TensorProto.FLOAT: "float_data", onnx.TensorProto.DOUBLE: "double_data",
+                onnx.TensorProto.INT64: "int64_data", onnx.TensorProto.UINT64: "uint64_data",
+                onnx.TensorProto.UINT32: "uint64_data"}
+_INT32_STORED = {onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8, onnx.TensorProto.UINT16,
+                 onnx.TensorProto.UINT8, onnx.TensorProto.BOOL, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
+
+def tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes the declared dims and type need, or None for types without a fixed item size."""
+    if tensor.data_type not in _TYPED_FIELD and tensor.data_type not in _INT32_STORED:
+        return None
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return math.prod(tensor.dims) * itemsize
+
+
+def check_tensor_size(tensor: onnx.TensorProto, path: Path) -> None:
+    """Declared dims must be non-negative, not enormous, and match the data held in the file."""
+    where = f"{path}: tensor '{tensor.name}'"
+    dims = list(tensor.dims)
+    if any(d < 0 for d in dims):
+        raise ModelError(f"{where} declares negative dims {dims}", "re-export the model")
+    count = math.prod(dims)
+    if count > MAX_ELEMENTS:
+        raise ModelError(f"{where} declares {count:,} elements (dims {dims}), more than {MAX_ELEMENTS:,}",
+                         "the file is damaged or not a model this tool can hold in memory")
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return
+    nbytes = tensor_nbytes(tensor)
+    if tensor.HasField("raw_data"):
+        if nbytes is not None and len(tensor.raw_data) != nbytes:
+            raise ModelError(f"{where} declares dims {dims} ({nbytes:,} bytes) but holds "
+                             f"{len(tensor.raw_data):,} bytes", "the file is damaged; re-export the model")
+        return
+    field = _TYPED_FIELD.get(tensor.data_type, "int32_data" if tensor.data_type in _INT32_STORED else None)
+    if field is not None and len(getattr(tensor, field)) != count:
+        raise ModelError(f"{where} declares dims {dims} ({count:,} values) but holds "
+                         f"{len(getattr(tensor, field)):,}", "the file is damaged; re-export the model")
+
+
+def check_external_data(tensor: onnx.TensorProto, path: Path) -> None:
+    """External data must be a regular file inside the model's folder (no absolute path, no '..' out of it,
+    no symbolic link), and hold the declared bytes. Checked before onnx reads anything."""
+    where = f"{path}: external data of tensor '{tensor.name}'"
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    location = info.get("location", "")
+    hint = "keep the weights file beside the model, referenced by a relative name"
+    if not location:
+        raise ModelError(f"{where} has no location", hint)
+    relative = Path(location)
+    if relative.is_absolute() or location.startswith(("/", "\\")) or relative.drive:
+        raise ModelError(f"{where} points to an absolute path '{location}': refused, not read", hint)
+    folder = path.parent.resolve()
+    target = folder
+    for part in relative.parts:
+        if part in ("..", ""):
+            raise ModelError(f"{where} points outside the model's folder ('{location}'): refused, not read", hint)
+        target = target / part
+        if target.is_symlink():
+            raise ModelError(f"{where} is a symbolic link ('{location}'): refused, not read", hint)
+    if not target.resolve().is_relative_to(folder):
+        raise ModelError(f"{where} points outside the model's folder ('{location}'): refused, not read", hint)
+    if not target.is_file():
+        raise InputFileError(f"{where}: no such file '{target}'", "copy the weights file beside the model")
+    try:
+        offset = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else None
+    except ValueError as exc:
+        raise ModelError(f"{where} has a non-numeric offset or length", "re-export the model") from exc
+    size = target.stat().st_size
+    if offset < 0 or (length is not None and length < 0):
+        raise ModelError(f"{where} has a negative offset or length", "re-export the model")
+    available = size - offset if length is None else length
+    if offset + available > size:
+        raise ModelError(f"{where} needs bytes {offset:,}..{offset + available:,} of '{location}', which has "
+                         f"{size:,}", "the weights file is truncated or belongs to another model")
+    nbytes = tensor_nbytes(tensor)
+    if nbytes is not None and available != nbytes:
+        raise ModelError(f"{where} declares dims {list(tensor.dims)} ({nbytes:,} bytes) but '{location}' holds "
+                         f"{available:,} for it", "the weights file is truncated or belongs to another model")
+
+
+def check_input_sizes(model: onnx.ModelProto, path: Path) -> None:
+    """Graph inputs whose declared shape (per sample) is enormous would make us allocate it: refuse them."""
+    for vi in model.graph.input:
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
+        if any(d < 0 for d in dims) or math.prod(dims[1:] if len(dims) > 1 else dims) > MAX_ELEMENTS:
+            raise ModelError(f"{path}: input '{vi.name}' declares dims {dims}, more than {MAX_ELEMENTS:,} "
+                             "elements per sample", "the file is damaged; re-export the model")
+
+
+def check_edges(model: onnx.ModelProto, path: Path) -> None:
+    """Every node input is provided by an input, an initializer or a node, and the nodes form no cycle:
+    said in our words, with the node and tensor, before the checker's less specific message."""
+    graph = model.graph
+    available = {vi.name for vi in graph.input} | {t.name for t in graph.initializer} | {""}
+    available |= {t.values.name for t in graph.sparse_initializer}
+    producer = {o: node for node in graph.node for o in node.output if o}
+    for node in graph.node:
+        for name in node.input:
+            if name not in available and name not in producer:
+                raise ModelError(f"{path}: node '{node.name}' ({node.op_type}) reads tensor '{name}', which no "
+                                 "node, graph input or initializer provides (a dangling input)",
+                                 "re-export the model; a weight may be missing")
+    # Kahn's algorithm over node indices: whatever cannot be ordered lies on or after a cycle
+    nodes = list(graph.node)
+    waiting = [sum(1 for i in set(n.input) if i in producer) for n in nodes]
+    readers: dict[str, list[int]] = {}
+    for k, node in enumerate(nodes):
+        for name in set(node.input):
+            if name in producer:
+                readers.setdefault(name, []).append(k)
+    ready = [k for k, count in enumerate(waiting) if count == 0]
+    done = 0
+    while ready:
+        k = ready.pop()
+        done += 1
+        for name in nodes[k].output:
+            for reader in readers.pop(name, []) if name else []:
+                waiting[reader] -= 1
+                if waiting[reader] == 0:
+                    ready.append(reader)
+    if done < len(nodes):
+        stuck = [n for n, count in zip(nodes, waiting) if count > 0]
+        raise ModelError(f"{path}: the graph has a cycle through node '{stuck[0].name}' ({stuck[0].op_type}) "
+                         f"and {len(stuck) - 1} node(s) after it", "an ONNX graph must be acyclic; re-export it")
+
+
+_KNOWN_TYPES = frozenset(onnx.TensorProto.DataType.values())
+
+
+def check_types(model: onnx.ModelProto, path: Path) -> None:
+    """Element types must be ones this onnx knows (the checker lets unknown numbers through value_info)."""
+    graph = model.graph
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type not in _KNOWN_TYPES:
+            raise ModelError(f"{path}: tensor '{vi.name}' has unknown element type {vi.type.tensor_type.elem_type}",
+                             "the file is damaged; re-export the model")
+    for tensor in graph.initializer:
+        if tensor.data_type not in _KNOWN_TYPES or tensor.data_type == onnx.TensorProto.UNDEFINED:
+            raise ModelError(f"{path}: initializer '{tensor.name}' has unknown element type {tensor.data_type}",
+                             "the file is damaged; re-export the model")
+
+
+def check_finite_weights(model: onnx.ModelProto, path: Path) -> None:
+    for tensor in model.graph.initializer:
+        if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+            values = numpy_helper.to_array(tensor)
+            bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+            if bad:
+                raise ModelError(f"{path}: weight '{tensor.name}' holds {bad} NaN or infinite value(s)",
+                                 "the file is damaged or the training diverged; re-export the model")
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -65,9 +325,26 @@ def fingerprint(model: onnx.ModelProto) -> str:
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:  # shape inference raises several unrelated types
         raise ModelError(f"shape inference failed: {_first_line(exc)}") from exc
+    check_inferred_sizes(inferred)
+    return inferred
+
+
+def check_inferred_sizes(model: onnx.ModelProto, path: Path | str | None = None) -> None:
+    """Refuse a tensor whose inferred static shape is enormous (a ConstantOfShape or Expand of a constant
+    shape, say) before constant folding or a runtime allocates it."""
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            count = math.prod(d.dim_value for d in dims)
+            if count > MAX_ELEMENTS:
+                producer = next((f"node '{n.name}' ({n.op_type})" for n in model.graph.node if vi.name in n.output),
+                                "the graph")
+                where = f"{path}: " if path else ""
+                raise ModelError(f"{where}tensor '{vi.name}' written by {producer} would hold {count:,} elements, more "
+                                 f"than {MAX_ELEMENTS:,}", "the model is damaged or far too large to convert")
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:

@@ -8,12 +8,16 @@ import onnxruntime as ort
 from rewrites.errors import DataError, ModelError
 
 
+# onnxruntime also logs every failure it raises, straight to stderr; the raised error is reported instead.
+ort.set_default_logger_severity(4)
+
+
 class Session:
     """A CPU session; `optimize=False` keeps every tensor (fusions cannot remove an observed output)."""
 
     def __init__(self, model: onnx.ModelProto, name: str, optimize: bool = True):
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4
         if not optimize:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         self.name = name

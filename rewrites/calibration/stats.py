@@ -124,19 +124,47 @@ class TensorStats:
 
     @classmethod
     def from_json(cls, name: str, data: dict) -> TensorStats:
+        """Read one tensor's statistics, checking every field a hand edit could break (ValueError)."""
         hist = data["histogram"]
-        bins = int(hist["bins"])
+        bins = _integer(hist["bins"], "bins")
+        if not 4 <= bins <= MAX_BINS or bins % 4:
+            raise ValueError(f"tensor '{name}': {bins} bins (a multiple of 4 up to {MAX_BINS} expected)")
+        index = np.asarray(hist["nonzero_bins"])
+        values = np.asarray(hist["counts"])
+        if index.ndim != 1 or index.shape != values.shape or (index.size and (
+                index.dtype.kind not in "iu" or values.dtype.kind not in "iu")):
+            raise ValueError(f"tensor '{name}': nonzero_bins and counts must be integer lists of one length")
+        if index.size and (index.min() < 0 or index.max() >= bins or values.min() < 0):
+            raise ValueError(f"tensor '{name}': bin index outside 0..{bins - 1} or a negative count")
         counts = np.zeros(bins, np.int64)
-        counts[np.asarray(hist["nonzero_bins"], np.int64)] = np.asarray(hist["counts"], np.int64)
-        count = int(data["count"])
+        counts[index.astype(np.int64)] = values.astype(np.int64)
+        count = _integer(data["count"], "count")
         if counts.sum() != count:
-            raise ValueError("histogram counts do not add up to count")
-        stats = cls(name, bins, count, float(data["min"]), float(data["max"]), float(data["mean"]) * count,
-                    float(hist["range"][1]), counts)
+            raise ValueError(f"tensor '{name}': histogram counts do not add up to count")
+        minimum, maximum, mean = (_finite(data[k], k) for k in ("min", "max", "mean"))
+        half_range = _finite(hist["range"][1], "range")
+        if (count and minimum > maximum) or half_range < 0:
+            raise ValueError(f"tensor '{name}': min > max or a negative range")
+        stats = cls(name, bins, count, minimum, maximum, mean * count, half_range, counts)
         if "channels" in data:
-            stats.channel_axis = int(data["channels"]["axis"])
+            stats.channel_axis = _integer(data["channels"]["axis"], "axis")
             stats.channels = [cls.from_json(f"{name}[{c}]", d) for c, d in enumerate(data["channels"]["stats"])]
         return stats
+
+
+MAX_BINS = 2**20  # a histogram read from a file is allocated, so its size is bounded
+
+
+def _integer(value, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key} must be a non-negative integer, not {value!r}")
+    return value
+
+
+def _finite(value, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, not {value!r}")
+    return float(value)
 
 
 @dataclass
@@ -184,9 +212,9 @@ class Calibration:
         try:
             tensors = {name: TensorStats.from_json(name, t) for name, t in data["tensors"].items()}
             result = cls(str(data["model"]["fingerprint"]), str(data["model"].get("path", "")),
-                         int(data["samples"]), tensors, str(data.get("tool_version", "")),
+                         _integer(data["samples"], "samples"), tensors, str(data.get("tool_version", "")),
                          str(data.get("method", DEFAULT_NORM)), str(path))
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
             raise CalibrationError(f"{path}: malformed calibration file ({type(exc).__name__}: {exc})",
                                    "recalibrate") from exc
         try:
