@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 from rewrites.calibration.data import input_specs
 from rewrites.calibration.stats import Calibration
 from rewrites.config import ConvertOptions
-from rewrites.errors import PassError, UnsupportedNodesError
+from rewrites.errors import PassError, UnsupportedNode, UnsupportedNodesError
 from rewrites.export import export_spiking
 from rewrites.graph import default_opset, fingerprint, infer_shapes, load_model
 from rewrites.optable import Conversion, NodeConversion, classify_graph
@@ -146,6 +146,19 @@ class ConversionResult:
     ugo_fits: list[dict] = field(default_factory=list)
 
 
+def unsupported_nodes(graph: gs.Graph, remaining: list[NodeConversion]) -> list[UnsupportedNode]:
+    """Name, op type, input shapes (from shape inference) and reason of each node left unconverted."""
+    by_name = {n.name: n for n in graph.nodes}
+
+    def shape(tensor) -> list | None:
+        return None if tensor.shape is None else [d if isinstance(d, int) else str(d) for d in tensor.shape]
+
+    return [UnsupportedNode(n.node, n.op_type,
+                            [shape(i) for i in by_name[n.node].inputs if i.name] if n.node in by_name else [],
+                            n.reason or n.conversion.value)
+            for n in remaining]
+
+
 def convert_model(model: onnx.ModelProto, calibration: Calibration, options: ConvertOptions,
                   model_path: str | Path = "model", calib_path: str | Path = "calibration",
                   check: bool = True) -> ConversionResult:
@@ -159,12 +172,12 @@ def convert_model(model: onnx.ModelProto, calibration: Calibration, options: Con
     done = (Conversion.LINEAR, Conversion.STATIC, Conversion.SPIKING, Conversion.FLOAT)
     remaining = [n for n in classify_graph(graph, frozenset(ctx.kept_float)) if n.conversion not in done]
     if remaining:
-        listing = "; ".join(f"{n.node} ({n.op_type}: {n.conversion.value}{', ' + n.reason if n.reason else ''})"
-                            for n in remaining[:20])
-        more = f" and {len(remaining) - 20} more" if len(remaining) > 20 else ""
+        unsupported = unsupported_nodes(graph, remaining)
+        listing = "; ".join(n.describe() for n in unsupported[:20])
+        more = f" and {len(remaining) - 20} more (all in --json)" if len(remaining) > 20 else ""
         ops = ",".join(sorted({n.op_type for n in remaining}))
         raise UnsupportedNodesError(f"{model_path}: {len(remaining)} node(s) cannot be converted: {listing}{more}",
-                                    [(n.node, n.op_type, n.reason or n.conversion.value) for n in remaining],
+                                    unsupported,
                                     f"run `ann2snn inspect` for the full table, or keep them as float operators "
                                     f"with --allow-float {ops}")
     layers = merge_layers(reports)

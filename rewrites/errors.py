@@ -2,6 +2,9 @@
 exists, the next thing to do. The CLI maps each type to a one-line message and an exit code."""
 
 
+from dataclasses import asdict, dataclass
+
+
 class Ann2SnnError(Exception):
     """Base of every error the library raises on bad input."""
 
@@ -30,12 +33,27 @@ class CalibrationError(Ann2SnnError):
     """A calibration file is malformed, of another version, or made for another model."""
 
 
-class UnsupportedNodesError(Ann2SnnError):
-    """Nodes remain that no pass converts; `nodes` lists (name, op_type, reason)."""
+@dataclass(frozen=True)
+class UnsupportedNode:
+    node: str
+    op_type: str
+    input_shapes: list[list[int | str] | None]  # per input; None where unknown, a dim name where symbolic
+    reason: str
 
-    def __init__(self, message: str, nodes: list[tuple[str, str, str]], hint: str | None = None):
+    def describe(self) -> str:
+        shapes = ", ".join("?" if s is None else "[" + ", ".join(map(str, s)) + "]" for s in self.input_shapes)
+        return f"{self.node} ({self.op_type} on {shapes or 'no inputs'}: {self.reason})"
+
+
+class UnsupportedNodesError(Ann2SnnError):
+    """Nodes remain that no pass converts; `nodes` lists every one of them (the message only the first)."""
+
+    def __init__(self, message: str, nodes: list[UnsupportedNode], hint: str | None = None):
         super().__init__(message, hint)
         self.nodes = nodes
+
+    def to_json(self) -> dict:
+        return {"error": self.message, "hint": self.hint, "unsupported_nodes": [asdict(n) for n in self.nodes]}
 
 
 class PassError(Ann2SnnError):

@@ -73,7 +73,7 @@ def command(
         from rewrites.calibration.stats import Calibration
         from rewrites.config import ConvertOptions, Neuron, Nonlinear, NormSpec
         from rewrites.convert import convert_model, suggested_T
-        from rewrites.errors import Ann2SnnError
+        from rewrites.errors import Ann2SnnError, UnsupportedNodesError
         from rewrites.graph import load_model, save_model
         from rewrites.passes import NORMALISE, PASSES
         skips = tuple(skip_pass or ())
@@ -90,7 +90,11 @@ def command(
         options = ConvertOptions(NormSpec.parse(norm or calibration.method), phi, default_t, skips,
                                  Neuron.parse(neuron), tmax, weight_norm, per_channel, Nonlinear.parse(nonlinear),
                                  ugo_size, parse_ops(allow_float))
-        result = convert_model(ann, calibration, options, model, calib, check=not no_check)
+        try:
+            result = convert_model(ann, calibration, options, model, calib, check=not no_check)
+        except UnsupportedNodesError as exc:  # the message lists 20 nodes; --json gets every one
+            Output(json_out).emit_json(exc.to_json())
+            raise
         target = output or model.with_name(model.stem + ".snn.onnx")
         if bias_correction:
             from sim.bias_correction import correct_with_data
