@@ -44,17 +44,18 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             check_external_data(tensor, path)
     check_input_sizes(model, path)
+    check_edges(model, path)
+    check_types(model, path)
+    try:  # given the path, the checker reads the file itself: no 2 GB limit, no serialised copy here
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # ValidationError, ValueError, and protobuf errors on odd fields
+        raise ModelError(f"{path}: invalid ONNX model: {_first_line(exc)}", "re-export the model") from exc
     if uses_external_data(model):
         try:
             external_data_helper.load_external_data_for_model(model, str(path.parent))
         except Exception as exc:  # checked above; this catches what the file system does in between
             raise InputFileError(f"{path}: cannot read external data ({_first_line(exc)})") from exc
-    check_edges(model, path)
-    check_types(model, path)
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:  # ValidationError, ValueError, and protobuf errors on odd fields
-        raise ModelError(f"{path}: invalid ONNX model: {_first_line(exc)}", "re-export the model") from exc
+        _set_meta(model, EXTERNAL_DATA_KEY, "true")
     opset = default_opset(model)
     if opset < MIN_OPSET:
         raise ModelError(f"{path}: opset {opset} is older than {MIN_OPSET}",
@@ -347,18 +348,84 @@ def check_inferred_sizes(model: onnx.ModelProto, path: Path | str | None = None)
                                  f"than {MAX_ELEMENTS:,}", "the model is damaged or far too large to convert")
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write to a temporary file beside the target, then rename: never a half-written model."""
+# Recorded in the metadata of a model read with external data; export copies the source's metadata, so
+# the converted model is saved with external data too.
+EXTERNAL_DATA_KEY = "ann2snn.external_data"
+EXTERNAL_ABOVE = 2**30  # bytes of weights from which a model is always saved with external data
+ALIGN = 4096  # offset alignment of tensors in the data file (lets a runtime map them)
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> None:
+    """Write to temporary files beside the target, then rename: never a half-written model. With external
+    data (default: when the model was read with it or its weights reach EXTERNAL_ABOVE bytes) the weights
+    go to `<name>.data` beside the model; the data file is renamed into place before the model that
+    references it. The model in memory is left unchanged and its weights are not copied as a whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if external_data is None:
+        external_data = _meta(model, EXTERNAL_DATA_KEY) == "true" or \
+            sum(t.ByteSize() for t in model.graph.initializer) >= EXTERNAL_ABOVE
+    temps: list[Path] = []
+    try:
+        if external_data:
+            data_name = path.name + ".data"
+            data_tmp = _temp_beside(path.parent / data_name, temps)
+            skeleton = _write_external(model, data_tmp, data_name)
+            model_tmp = _temp_beside(path, temps)
+            model_tmp.write_bytes(skeleton.SerializeToString())
+            data_path = path.parent / data_name
+            if not data_path.exists():
+                temps.append(data_path)  # ours to remove if the model cannot be put in place
+            os.replace(data_tmp, data_path)
+            os.replace(model_tmp, path)
+        else:
+            model_tmp = _temp_beside(path, temps)
+            onnx.save(model, str(model_tmp))
+            os.replace(model_tmp, path)
+    except BaseException:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _temp_beside(path: Path, temps: list[Path]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    temps.append(Path(tmp))
+    return Path(tmp)
+
+
+def _write_external(model: onnx.ModelProto, data_file: Path, location: str) -> onnx.ModelProto:
+    """Write each initializer over WEIGHTLESS_ABOVE bytes into `data_file` (one tensor in memory at a time)
+    and return a weightless copy of the model that references them at `location`."""
+    skeleton = without_weights(model)
+    stubs = {t.name: t for t in skeleton.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+    with open(data_file, "wb") as f:
+        for tensor in model.graph.initializer:
+            stub = stubs.get(tensor.name)
+            if stub is None:
+                continue
+            offset = -f.tell() % ALIGN + f.tell()
+            f.seek(offset)
+            raw = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+            f.write(raw)
+            del stub.external_data[:]
+            for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
+                stub.external_data.add(key=key, value=value)
+            del raw
+    return skeleton
+
+
+def _meta(model: onnx.ModelProto, key: str) -> str | None:
+    return next((p.value for p in model.metadata_props if p.key == key), None)
+
+
+def _set_meta(model: onnx.ModelProto, key: str, value: str) -> None:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    model.metadata_props.add(key=key, value=value)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
