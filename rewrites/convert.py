@@ -14,15 +14,21 @@ from rewrites.calibration.stats import Calibration
 from rewrites.config import ConvertOptions
 from rewrites.errors import PassError, UnsupportedNode, UnsupportedNodesError
 from rewrites.export import export_spiking
-from rewrites.graph import default_opset, fingerprint, infer_shapes, load_model
+from rewrites.graph import default_opset, fingerprint, load_model, with_inferred_types
 from rewrites.optable import Conversion, NodeConversion, classify_graph
 from rewrites.passes import NORMALISE, SPIKING, PassContext, PassReport, run_passes
 from rewrites.passes import fold_constants, fuse_softmax
 from rewrites.runtime import Session
 
 
-def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    graph = gs.import_onnx(model)
+def import_graph(model: onnx.ModelProto, infer: bool = False) -> gs.Graph:
+    """The model as a graph; its weights stay in `model` and are read lazily. `infer` first runs shape
+    inference (on a weightless copy) so that every tensor has its type and shape."""
+    if infer:
+        with with_inferred_types(model):
+            graph = gs.import_onnx(model)
+    else:
+        graph = gs.import_onnx(model)
     graph.toposort()
     return graph
 
@@ -38,9 +44,9 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
 def normalise(model: onnx.ModelProto, options: ConvertOptions | None = None
               ) -> tuple[gs.Graph, list[PassReport]]:
     """Run the normalising passes (same function, simpler graph) and re-infer shapes."""
-    graph = import_graph(infer_shapes(model))
+    graph = import_graph(model, infer=True)
     reports = run_passes(graph, NORMALISE, PassContext(options or ConvertOptions()))
-    return import_graph(infer_shapes(to_model(graph, model))), reports
+    return import_graph(to_model(graph, model), infer=True), reports
 
 
 def self_check(original: onnx.ModelProto, rewritten: onnx.ModelProto, what: str, seed: int = 0,
@@ -103,7 +109,7 @@ def _io(values) -> list[dict]:
 def summarize(model: onnx.ModelProto) -> ModelSummary:
     inits = {t.name for t in model.graph.initializer}
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-    graph = import_graph(infer_shapes(model))
+    graph = import_graph(model, infer=True)
     # Constant nodes become values the matchers read; the exp/sum/divide softmax loses its ReduceMax guard
     run_passes(graph, (fold_constants.PASS, fuse_softmax.PASS), PassContext())
     return ModelSummary(_io([i for i in model.graph.input if i.name not in inits]), _io(model.graph.output),

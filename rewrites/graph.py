@@ -5,6 +5,7 @@ import hashlib
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -325,12 +326,35 @@ def fingerprint(model: onnx.ModelProto) -> str:
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model's value_info and output types as shape inference finds them, computed on a weightless copy
+    (inference reads only small constant tensors), so no copy of the weights is made. The result holds
+    no large weights: use it for types and shapes (see `with_inferred_types`), not to run."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(without_weights(model), strict_mode=False, data_prop=True)
     except Exception as exc:  # shape inference raises several unrelated types
         raise ModelError(f"shape inference failed: {_first_line(exc)}") from exc
     check_inferred_sizes(inferred)
     return inferred
+
+
+@contextmanager
+def with_inferred_types(model: onnx.ModelProto) -> Iterator[onnx.ModelProto]:
+    """The model itself, its value_info and output types replaced by inferred ones for the duration of the
+    block and restored after it: the weights are neither copied nor touched."""
+    inferred = infer_shapes(model)
+    graph = model.graph
+    saved_info, saved_outputs = list(graph.value_info), list(graph.output)
+    graph.ClearField("value_info")
+    graph.value_info.extend(inferred.graph.value_info)
+    graph.ClearField("output")
+    graph.output.extend(inferred.graph.output)
+    try:
+        yield model
+    finally:
+        graph.ClearField("value_info")
+        graph.value_info.extend(saved_info)
+        graph.ClearField("output")
+        graph.output.extend(saved_outputs)
 
 
 def check_inferred_sizes(model: onnx.ModelProto, path: Path | str | None = None) -> None:

@@ -4,12 +4,20 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 from rewrites.errors import DataError, ModelError
+from rewrites.graph import without_weights
 
 
 # onnxruntime also logs every failure it raises, straight to stderr; the raised error is reported instead.
 ort.set_default_logger_severity(4)
+
+
+# Unoptimised sessions of models with more weights than this take them as inputs fed from NumPy arrays
+# (onnxruntime reads a contiguous array in place), instead of from a serialised copy of the model that it
+# parses and copies again: one copy of the weights instead of three.
+WEIGHTS_AS_INPUTS_ABOVE = 64 * 2**20
 
 
 class Session:
@@ -21,20 +29,38 @@ class Session:
         if not optimize:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         self.name = name
+        self.weights: dict[str, np.ndarray] = {}
+        if not optimize and sum(t.ByteSize() for t in model.graph.initializer) > WEIGHTS_AS_INPUTS_ABOVE:
+            model, self.weights = weights_as_inputs(model)
         try:
             self.session = ort.InferenceSession(model.SerializeToString(), options,
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises untyped errors
             raise ModelError(f"{name}: onnxruntime cannot load it: {_first_line(exc)}") from exc
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_names = [i.name for i in self.session.get_inputs() if i.name not in self.weights]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
-            return self.session.run(outputs, feeds)
+            return self.session.run(outputs, {**feeds, **self.weights} if self.weights else feeds)
         except Exception as exc:  # onnxruntime raises untyped errors
             raise DataError(f"{self.name}: onnxruntime failed on the data: {_first_line(exc)}",
                             "check the data's shape against `ann2snn inspect`") from exc
+
+
+def weights_as_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A weightless copy of the model whose large initializers are graph inputs, and their values."""
+    skeleton = without_weights(model)
+    moved = [t for t in skeleton.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    names = {t.name for t in moved}
+    kept = [t for t in skeleton.graph.initializer if t.name not in names]
+    listed = {i.name for i in skeleton.graph.input}  # IR < 4 lists initializers as inputs too
+    skeleton.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                                for t in moved if t.name not in listed)
+    skeleton.graph.ClearField("initializer")
+    skeleton.graph.initializer.extend(kept)
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in names}
+    return skeleton, weights
 
 
 def _first_line(exc: BaseException) -> str:

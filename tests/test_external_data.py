@@ -115,3 +115,24 @@ def test_converted_model_from_external_input_is_saved_external_by_default(tmp_pa
     w = numpy_helper.to_array(next(t for t in load_model(tmp_path / "s.onnx").graph.initializer
                                    if t.name == model.graph.initializer[0].name))
     assert w.shape == (128, 64)
+
+
+def test_weights_as_inputs_session_gives_the_same_results(tmp_path, monkeypatch):
+    """Large models run unoptimised sessions with their weights fed as inputs (one copy instead of three);
+    forced here on a small model, calibration and conversion must come out identical."""
+    import rewrites.runtime as runtime
+    from rewrites.calibration.collect import calibrate
+    from rewrites.config import ConvertOptions, NormSpec
+    from rewrites.convert import convert_model
+    onnx.save(mlp(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((8, 64)).astype(np.float32))
+    options = ConvertOptions(NormSpec.parse("max"), 0.5, 8)
+    results = []
+    for threshold in (runtime.WEIGHTS_AS_INPUTS_ABOVE, 0):
+        monkeypatch.setattr(runtime, "WEIGHTS_AS_INPUTS_ABOVE", threshold)
+        session = runtime.Session(mlp(), "m", optimize=False)
+        assert session.input_names == ["x"] and len(session.weights) == (3 if threshold == 0 else 0)
+        calibration = calibrate(tmp_path / "m.onnx", tmp_path / "d.npz")
+        converted = convert_model(mlp(), calibration, options)
+        results.append((calibration.to_json(), converted.model.SerializeToString(), converted.normalise_error))
+    assert results[0] == results[1]
