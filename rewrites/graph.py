@@ -16,6 +16,7 @@ from onnx import external_data_helper, numpy_helper
 from rewrites.errors import InputFileError, ModelError
 
 MIN_OPSET = 11
+SPIKING_DOMAIN = "ai.ann2snn"
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -62,10 +63,14 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelError(f"{path}: opset {opset} is older than {MIN_OPSET}",
                          f"re-export with opset_version >= {MIN_OPSET}")
     check_finite_weights(model, path)
+    # Our own exports passed strict inference when written, so a spiking model must pass it again; for
+    # other models, strict mode could refuse files onnxruntime runs.
+    strict = any(op.domain == SPIKING_DOMAIN for op in model.opset_import)
     try:
-        shapes = onnx.shape_inference.infer_shapes(without_weights(model), strict_mode=False, data_prop=True)
+        shapes = onnx.shape_inference.infer_shapes(without_weights(model), strict_mode=strict, data_prop=True)
     except Exception as exc:  # shape inference raises several unrelated types
-        raise ModelError(f"{path}: shape inference failed: {_first_line(exc)}", "re-export the model") from exc
+        raise ModelError(f"{path}: shape inference failed: {_first_line(exc)}",
+                         "the file is damaged; convert the model again" if strict else "re-export the model") from exc
     check_inferred_sizes(shapes, path)
     return model
 
