@@ -239,9 +239,11 @@ def check_external_data(tensor: onnx.TensorProto, path: Path) -> None:
 def check_input_sizes(model: onnx.ModelProto, path: Path) -> None:
     """Graph inputs whose declared shape (per sample) is enormous would make us allocate it: refuse them."""
     for vi in model.graph.input:
-        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
         if any(d < 0 for d in dims) or math.prod(dims[1:] if len(dims) > 1 else dims) > MAX_ELEMENTS:
-            raise ModelError(f"{path}: input '{vi.name}' declares dims {dims}, more than {MAX_ELEMENTS:,} "
+            shown = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?"
+                     for d in vi.type.tensor_type.shape.dim]
+            raise ModelError(f"{path}: input '{vi.name}' declares dims {shown}, more than {MAX_ELEMENTS:,} "
                              "elements per sample", "the file is damaged; re-export the model")
 
 

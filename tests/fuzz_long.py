@@ -47,7 +47,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         data = fuzzing.write_data(folder)
-        for case in fuzzing.cases(args.cases, args.seed):
+        for done, case in enumerate(fuzzing.cases(args.cases, args.seed)):
+            if done and done % 1000 == 0:
+                print(f"{done} cases, {sum(len(v) for v in crashes.values())} crashes, "
+                      f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
             signal.alarm(args.time_limit)
             try:
                 outcome = fuzzing.run_case(case, folder, data)
