@@ -156,3 +156,18 @@ def test_energy_counts_spiking_products_as_dense_macs(tmp_path):
     assert report.ann_macs == 2 * 4 * 8 * 8 + 4 * 4 * 8
     assert report.snn_macs == 10 * (2 * 4 * 8 * 8 + 2 * 4 * 4 * 8)
     assert report.synops == 0
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model_opset13.onnx", "model_dynamo.onnx"])
+def test_bundled_vit_exports_convert_and_match_the_ann_in_exact_mode(tmp_path, name):
+    """The ViT has no ReLU: with --nonlinear exact every estimate is the ANN value from t = 1 on, whichever
+    exporter wrote it (Constant nodes, opset-13 LayerNorm spelling, dynamo's opset 18)."""
+    from pathlib import Path
+    from rewrites.graph import load_model
+    folder = Path(__file__).resolve().parents[1] / "examples"
+    model = load_model(folder / "fmnist_vit" / name)
+    x = np.load(folder / "fmnist_cnn" / "calib.npz", allow_pickle=False)["x"][:16]
+    snn, result = _convert(model, x, tmp_path, nonlinear=Nonlinear.EXACT)
+    ann = _run(model, {snn.inputs[0].name: x[:4]})
+    out = NumpyEngine(snn).run({snn.inputs[0].name: x[:4]}, 6).outputs[snn.outputs[0]]
+    assert _errors(out, ann).max() < 1e-4
