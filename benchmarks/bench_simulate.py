@@ -7,7 +7,7 @@ that time is not measured. Every figure is the best of --repeat wall-clock runs,
 The project's target: numpy/dense <= 1.5 at T = 32.
 
 usage: python benchmarks/bench_simulate.py [--T 32] [--batch 200] [--repeat 3] [--model M.onnx --data D.npz
-       [--calib C.npz]] [--budgets 8,32,128,1024] [--no-resnet] [--breakdown] [--ort-threads N]
+       [--calib C.npz]] [--budgets 2,8,32,128] [--no-resnet] [--breakdown] [--ort-threads N] [--workers N]
 """
 from __future__ import annotations
 
@@ -58,12 +58,14 @@ def convert(model_path: Path, calib_path: Path, out: Path) -> tuple[float, float
 
 
 @contextlib.contextmanager
-def op_timers():
+def op_timers(engine: NumpyEngine | None = None):
     """Time every NumPy kernel call by op type (top-level calls only: a neuron kernel's own MaxPool call is
-    part of the neuron's time). Patches the kernel registries in this process and restores them."""
+    part of the neuron's time), and the onnxruntime kernels of `engine`'s delegated nodes as "<op> (onnxruntime)".
+    Patches the kernel registries and the engine in this process and restores them."""
     totals: dict[str, float] = defaultdict(float)
     depth = [0]
     saved = [(registry, dict(registry)) for registry in (sim_ops.KERNELS, sim_neurons.NEURON_KERNELS)]
+    delegated = dict(engine.delegated) if engine is not None else {}
 
     def wrap(op, fn):
         def timed(*args, **kwargs):
@@ -80,16 +82,20 @@ def op_timers():
     for registry, original in saved:
         for op, fn in original.items():
             registry[op] = wrap(op, fn)
+    for i, fn in delegated.items():
+        engine.delegated[i] = wrap(f"{engine.nodes[i].op_type} (onnxruntime)", fn)
     try:
         yield totals
     finally:
         for registry, original in saved:
             registry.clear()
             registry.update(original)
+        if engine is not None:
+            engine.delegated.update(delegated)
 
 
 def bench_model(label: str, model_path: Path, calib_path: Path, feeds: dict[str, np.ndarray], T: int, repeat: int,
-                budgets: list[int], breakdown: bool, tmp: Path, threads: int = 0) -> dict:
+                budgets: list[int], breakdown: bool, tmp: Path, threads: int = 0, workers: int | None = None) -> dict:
     batch = len(next(iter(feeds.values())))
     snn_path = tmp / f"{label}.snn.onnx"
     t_cal, t_conv = convert(model_path, calib_path, snn_path)
@@ -101,7 +107,8 @@ def bench_model(label: str, model_path: Path, calib_path: Path, feeds: dict[str,
           f"{len(spiking.nodes)} nodes in the spiking model, {n_neurons} of them spiking operators")
 
     session = dense_session(model_path, threads)
-    numpy_engine = NumpyEngine(spiking)
+    numpy_engine = NumpyEngine(spiking, workers=workers)
+    pure_engine = NumpyEngine(spiking, workers=workers, linear="numpy")
     ort_engine = OrtEngine(spiking, threads) if threads else OrtEngine(spiking)
 
     def dense():
@@ -112,38 +119,42 @@ def bench_model(label: str, model_path: Path, calib_path: Path, feeds: dict[str,
     # warm-up, and a check that the three compute the same thing
     ann_out = dense()[0]
     np_out = numpy_engine.run(feeds, T).outputs[spiking.outputs[0]]
+    pure_out = pure_engine.run(feeds, T).outputs[spiking.outputs[0]]
     ort_out = ort_engine.run(feeds, T).outputs[spiking.outputs[0]]
     ann_pred = ann_out.argmax(-1)
     np_mean = np.asarray(np_out, np.float64).mean(0)  # decoded output at t = T: mean of the step outputs
     ort_mean = np.asarray(ort_out, np.float64).mean(0)
     print(f"check: numpy vs onnxruntime engine max |diff| of the decoded output at t = T "
-          f"{np.abs(np_mean - ort_mean).max():.2e}; "
+          f"{np.abs(np_mean - ort_mean).max():.2e} (linear ops in NumPy: "
+          f"{np.abs(np.asarray(pure_out, np.float64).mean(0) - ort_mean).max():.2e}); "
           f"agreement with the ANN at t = T: numpy {100 * np.mean(np_mean.argmax(-1) == ann_pred):.1f}%, "
           f"onnxruntime {100 * np.mean(ort_mean.argmax(-1) == ann_pred):.1f}%")
 
     times = best_of({"dense": dense,
                      "numpy": lambda: numpy_engine.run(feeds, T),
+                     "pure": lambda: pure_engine.run(feeds, T),
                      "ort": lambda: ort_engine.run(feeds, T)}, repeat)
     best = {k: min(v) for k, v in times.items()}
     sample_steps = batch * T
     print()
     print("| run | seconds (best) | all runs (s) | ms per sample-step | / dense |")
     print("|---|---:|---|---:|---:|")
-    names = {"dense": f"dense limit: ANN x {T} (onnxruntime)", "numpy": "NumpyEngine.run (default budget)",
-             "ort": "OrtEngine.run"}
-    for key in ("dense", "numpy", "ort"):
+    names = {"dense": f"dense limit: ANN x {T} (onnxruntime)",
+             "numpy": "NumpyEngine.run (defaults: linear ops under onnxruntime)",
+             "pure": "NumpyEngine.run, linear=\"numpy\"", "ort": "OrtEngine.run"}
+    for key in ("dense", "numpy", "pure", "ort"):
         print(f"| {names[key]} | {best[key]:.3f} | {fmt_times(times[key])} | "
               f"{1000 * best[key] / sample_steps:.4f} | {best[key] / best['dense']:.2f} |")
     ratio = best["numpy"] / best["dense"]
     print(f"\nnumpy/dense = {ratio:.2f} (target <= 1.5: {'met' if ratio <= 1.5 else 'MISSED'}), "
-          f"ort/dense = {best['ort'] / best['dense']:.2f}")
+          f"pure numpy/dense = {best['pure'] / best['dense']:.2f}, ort/dense = {best['ort'] / best['dense']:.2f}")
 
     sj = spikingjelly_time(model_path, calib_path, feeds, T, repeat)
     if sj is not None:
         print(f"spikingjelly (multi-step, CPU): {sj:.3f} s, {sj / best['dense']:.2f} x dense")
 
     # memory budget sweep of the NumPy engine
-    engines = {mb: NumpyEngine(spiking, mb * MB) for mb in budgets}
+    engines = {mb: NumpyEngine(spiking, mb * MB, workers) for mb in budgets}
     sweep = best_of({mb: (lambda e=e: e.run(feeds, T)) for mb, e in engines.items()}, repeat)
     print(f"\nNumPy engine memory budget sweep (per-sample size of the largest activation "
           f"{numpy_engine.sample_bytes / 1024:.0f} KiB, x T = {numpy_engine.sample_bytes * T / MB:.2f} MiB per sample):")
@@ -151,13 +162,13 @@ def bench_model(label: str, model_path: Path, calib_path: Path, feeds: dict[str,
     print("| memory_budget | batch slice | seconds (best) | all runs (s) | / dense |")
     print("|---:|---:|---:|---|---:|")
     for mb in budgets:
-        step = min(batch, max(1, mb * MB // (engines[mb].sample_bytes * T)))
+        step = min(batch, max(1, mb * MB // (engines[mb].sample_bytes * T)), -(-batch // engines[mb].workers))
         default = " (default)" if mb * MB == numpy_engine.memory_budget else ""
         print(f"| {mb} MiB{default} | {step} | {min(sweep[mb]):.3f} | {fmt_times(sweep[mb])} | "
               f"{min(sweep[mb]) / best['dense']:.2f} |")
 
     if breakdown:
-        with op_timers() as totals:
+        with op_timers(numpy_engine) as totals:
             start = time.perf_counter()
             numpy_engine.run(feeds, T)
             total = time.perf_counter() - start
@@ -347,7 +358,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=EXAMPLE / "test.npz", help="the batch is its first --batch samples")
     ap.add_argument("--calib", type=Path, help="calibration data (default: calib.npz beside the bundled model, "
                                                "else --data)")
-    ap.add_argument("--budgets", default="8,32,128,1024", help="NumPy engine memory budgets to sweep, MiB")
+    ap.add_argument("--workers", type=int, help="NumPy engine worker threads (default: one per CPU)")
+    ap.add_argument("--budgets", default="2,8,32,128", help="NumPy engine memory budgets to sweep, MiB")
     ap.add_argument("--no-resnet", action="store_true", help="skip the ResNet-style graph")
     ap.add_argument("--resnet-calib", type=int, default=64, help="random calibration images for the ResNet graph")
     ap.add_argument("--breakdown", action="store_true", help="also time the NumPy engine by op type")
@@ -370,20 +382,20 @@ def main() -> None:
         dataset = load_dataset(args.data, input_specs(model), args.batch)
         results.append(bench_model(args.model.stem if args.model != EXAMPLE / "model.onnx" else "fmnist_cnn",
                                    args.model, calib, dataset.inputs, args.T, args.repeat, budgets, args.breakdown,
-                                   tmp, args.ort_threads))
+                                   tmp, args.ort_threads, args.workers))
         if not args.no_resnet:
             resnet_path, resnet_calib = tmp / "resnet.onnx", tmp / "resnet_calib.npz"
             onnx.save(resnet_model(seed=0), resnet_path)
             np.savez(resnet_calib, x=random_images(args.resnet_calib, (3, 32, 32), seed=1))
             feeds = {"input": random_images(args.batch, (3, 32, 32), seed=2)}
             results.append(bench_model("resnet_cifar_style", resnet_path, resnet_calib, feeds, args.T, args.repeat,
-                                       budgets, args.breakdown, tmp, args.ort_threads))
+                                       budgets, args.breakdown, tmp, args.ort_threads, args.workers))
     print("\n## summary\n")
-    print("| model | dense (s) | numpy (s) | ort (s) | numpy/dense | ort/dense |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| model | dense (s) | numpy (s) | pure numpy (s) | ort (s) | numpy/dense | pure numpy/dense | ort/dense |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['label']} | {r['dense']:.3f} | {r['numpy']:.3f} | {r['ort']:.3f} | "
-              f"{r['numpy'] / r['dense']:.2f} | {r['ort'] / r['dense']:.2f} |")
+        print(f"| {r['label']} | {r['dense']:.3f} | {r['numpy']:.3f} | {r['pure']:.3f} | {r['ort']:.3f} | "
+              f"{r['numpy'] / r['dense']:.2f} | {r['pure'] / r['dense']:.2f} | {r['ort'] / r['dense']:.2f} |")
     print(load_line())
 
 

@@ -4,14 +4,23 @@ Every tensor that depends on the input is a sequence [T_in, B, ...] where T_in i
 same at every step (under direct coding the input and everything before the first neuron) and T otherwise.
 A stateless operator runs once on a time-invariant input; otherwise elementwise operators broadcast over
 the time axis, batch-first operators (Conv, Gemm, pooling, ...) run once with time folded into the batch,
-and anything else runs step by step. Spiking operators scan over time in their native kernels."""
+and anything else runs step by step. Spiking operators scan over time in their native kernels.
+
+The heavy stateless linear operators (Conv, ConvTranspose, Gemm, MatMul with constant weights) run under
+onnxruntime by default, one small session per node fed the folded [T*B, ...] tensor: its convolution is 2-3x
+faster than the NumPy kernel. `linear="numpy"` keeps everything in NumPy. Batch slices run on a thread pool
+(NumPy and onnxruntime release the GIL)."""
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from rewrites.errors import SpikingModelError
 from sim.model import SPIKING_DOMAIN, SpikingModel
@@ -28,6 +37,8 @@ BATCH_FIRST = frozenset({
     "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
     "BatchNormalization", "LRN", "InstanceNormalization", "DepthToSpace", "SpaceToDepth",
 })
+DELEGATED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # run under onnxruntime by default
+LINEAR_BACKENDS = ("onnxruntime", "numpy")
 AXIS_OPS = frozenset({"Flatten", "Softmax", "LogSoftmax", "Concat", "Split", "LayerNormalization", "ArgMax",
                       "Gather"})
 
@@ -102,12 +113,15 @@ class WindowResult:
 
 class NumpyEngine:
     """`memory_budget` bounds the bytes of one sequence tensor: the batch is run in slices small enough that
-    [T, slice, largest activation] fits, which also keeps the working set in cache (measured: batch slices
-    of 10 run the example 1.6x faster than slices of 200)."""
+    [T, slice, largest activation] fits, which also keeps the working set in cache. `workers` slices run at
+    once (default: one per CPU). `linear` picks the backend of the stateless linear operators."""
 
     name = "numpy"
 
-    def __init__(self, model: SpikingModel, memory_budget: int = 32 * 2**20):
+    def __init__(self, model: SpikingModel, memory_budget: int = 8 * 2**20, workers: int | None = None,
+                 linear: str = "onnxruntime"):
+        if linear not in LINEAR_BACKENDS:
+            raise SpikingModelError(f"unknown linear backend {linear!r}", f"choose one of {', '.join(LINEAR_BACKENDS)}")
         self.model = model
         self.nodes = model.nodes
         self.attrs = [attributes(n) for n in self.nodes]
@@ -118,6 +132,12 @@ class NumpyEngine:
                                         "use --engine onnxruntime")
         self.last_use = _last_use(self.nodes, model.outputs)
         self.memory_budget = memory_budget
+        self.workers = max(1, workers or _cpus())
+        self.linear = linear
+        threads = 1 if self.workers > 1 else 0
+        # node index -> its onnxruntime kernel; the other standard nodes use KERNELS
+        self.delegated = {i: OrtNode(model, node, threads) for i, node in enumerate(self.nodes)
+                          if linear == "onnxruntime" and _delegable(model, node)}
         self.sample_bytes = 4 * max([_per_sample_size(vi) for vi in list(model.proto.graph.input)
                                      + list(model.proto.graph.value_info)] + [1])
 
@@ -126,10 +146,15 @@ class NumpyEngine:
         also returns each firing layer's output summed over that many leading steps, and per-step activity."""
         batch = len(next(iter(feeds.values())))
         step = max(1, self.memory_budget // (self.sample_bytes * (T + extra_t)))
+        if self.workers > 1:
+            step = min(step, -(-batch // self.workers))
         if batch <= step:
             return self._run(feeds, T, extra_t, observe)
-        return WindowResult.concat([self._run({k: v[i:i + step] for k, v in feeds.items()}, T, extra_t, observe)
-                                    for i in range(0, batch, step)])
+        slices = [{k: v[i:i + step] for k, v in feeds.items()} for i in range(0, batch, step)]
+        if self.workers == 1:
+            return WindowResult.concat([self._run(f, T, extra_t, observe) for f in slices])
+        with ThreadPoolExecutor(min(self.workers, len(slices))) as pool:
+            return WindowResult.concat(list(pool.map(lambda f: self._run(f, T, extra_t, observe), slices)))
 
     def _run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int, observe: int) -> WindowResult:
         steps = T + extra_t
@@ -149,7 +174,7 @@ class NumpyEngine:
             if node.domain == SPIKING_DOMAIN:
                 outs = self._neuron(node, attrs, inputs, steps, result, observe)
             else:
-                outs = self._standard(node, attrs, inputs, steps)
+                outs = self._standard(self.delegated.get(i) or KERNELS[node.op_type], node, attrs, inputs, steps)
             for name, value in zip(node.output, outs):
                 if name:
                     env[name] = value
@@ -174,9 +199,8 @@ class NumpyEngine:
                 result.observe(node.name, out, observe)
         return [Seq(out)] + [None] * (len(node.output) - 1)
 
-    def _standard(self, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int) -> list:
+    def _standard(self, kernel, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int) -> list:
         op = node.op_type
-        kernel = KERNELS[op]
         seqs = [v for v in inputs if isinstance(v, Seq)]
         if not seqs:
             return kernel(inputs, attrs)
@@ -213,6 +237,64 @@ class NumpyEngine:
         per_step = [kernel([v.step(t) if isinstance(v, Seq) else v for v in inputs], attrs)
                     for t in range(steps)]
         return [Seq(np.stack([outs[k] for outs in per_step])) for k in range(len(per_step[0]))]
+
+
+class OrtNode:
+    """One stateless linear node as a one-node onnxruntime session with its constant inputs baked in, called
+    like a NumPy kernel. The session is built on first use. Inputs other than float32, and a node that
+    onnxruntime cannot load (`reason` says why), go to the NumPy kernel."""
+
+    def __init__(self, model: SpikingModel, node: onnx.NodeProto, threads: int):
+        self.model, self.node, self.threads = model, node, threads
+        self.fallback = KERNELS[node.op_type]
+        self.session: ort.InferenceSession | None = None
+        self.reason = ""
+        self.lock = threading.Lock()
+
+    def __call__(self, inputs: list, attrs: dict) -> list:
+        x = inputs[0]
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.size == 0:
+            return self.fallback(inputs, attrs)
+        with self.lock:
+            if self.session is None and not self.reason:
+                self._build(x.ndim)
+        if self.session is None:
+            return self.fallback(inputs, attrs)
+        return self.session.run(None, {self.node.input[0]: np.ascontiguousarray(x)})
+
+    def _build(self, rank: int) -> None:
+        node, constants = self.node, self.model.constants
+        inits = [onnx.numpy_helper.from_array(constants[n], n) for n in dict.fromkeys(node.input[1:]) if n]
+        graph = onnx.helper.make_graph(
+            [node], node.name or node.op_type,
+            [onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, [None] * rank)],
+            [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in node.output], inits)
+        opsets = [o for o in self.model.proto.opset_import if o.domain in ("", "ai.onnx")]
+        proto = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=self.model.proto.ir_version)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        try:
+            self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises untyped errors
+            self.reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
+def _delegable(model: SpikingModel, node: onnx.NodeProto) -> bool:
+    """A default-domain linear node whose inputs after the first are all initializers."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in DELEGATED or len(node.output) != 1:
+        return False
+    if not node.input or node.input[0] in model.constants:
+        return False
+    return all(n in model.constants for n in node.input[1:] if n)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _broadcasts_over_time(inputs: list) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from rewrites.errors import SpikingModelError
 from sim import ops
+from sim.engine import NumpyEngine
+from sim.model import load_spiking
+from sim.ort import OrtEngine
 
 RNG = np.random.default_rng(20240611)
 
@@ -740,3 +745,84 @@ def test_attributes_decoding():
 def test_split_without_sizes_uses_output_count():
     node = helper.make_node("Split", ["x"], ["a", "b", "c"], axis=0)
     assert ops.attributes(node)["num_outputs"] == 3
+
+
+# ------------------------------------------- Conv in cache-sized chunks, and the engine's linear backends
+
+CHUNK_CASES = [
+    ((5, 6, 11, 9), (9, 2, 3, 2), {"group": 3, "strides": [3, 2], "dilations": [2, 1], "pads": [2, 0, 1, 3]}),
+    ((5, 4, 10, 10), (6, 4, 3, 3), {"strides": [2, 3], "dilations": [3, 2], "pads": [3, 1, 0, 2]}),
+    ((5, 4, 7, 7), (6, 4, 1, 1), {"strides": [2, 2]}),
+    ((5, 3, 13), (4, 3, 4), {"strides": [3], "dilations": [2], "pads": [1, 2]}),
+]
+
+
+@pytest.mark.parametrize("limit", [1, 600, 10**9])
+@pytest.mark.parametrize("x_shape, w_shape, attrs", CHUNK_CASES)
+def test_conv_chunks_match_onnxruntime(monkeypatch, limit, x_shape, w_shape, attrs):
+    """Column buffers of one sample, of a few (with a partial last chunk), and of the whole batch."""
+    monkeypatch.setattr(ops, "IM2COL_BYTES_LIMIT", limit)
+    check("Conv", [Var(normal(*x_shape)), Const(normal(*w_shape, scale=0.3)), Const(normal(w_shape[0]))], attrs)
+
+
+def _linear_snn(tmp_path):
+    """input [N,4,9,9] -> Conv(4->6, group 2, stride 2) -> Relu -> Conv(6->8, dilation 2) -> Relu -> Flatten
+    -> MatMul(const) -> Relu -> Gemm(3): every op the NumPy engine hands to onnxruntime."""
+    from builders import ModelBuilder
+    from spiking_helpers import convert_with_data
+
+    b = ModelBuilder(seed=5)
+    x = b.node("Relu", [b.conv("input", 4, 6, stride=2, group=2)])
+    x = b.node("Relu", [b.node("Conv", [x, b.const(b.rng.normal(0, 0.4, (8, 6, 3, 3)), "w")], kernel_shape=[3, 3],
+                                dilations=[2, 2], pads=[2, 2, 2, 2])])
+    x = b.node("Flatten", [x])
+    x = b.node("Relu", [b.node("MatMul", [x, b.const(b.rng.normal(0, 0.1, (8 * 5 * 5, 7)), "m")])])
+    model = b.build({"input": [4, 9, 9]}, [b.gemm(x, 7, 3)])
+    data = np.random.default_rng(6).random((40, 4, 9, 9)).astype(np.float32)
+    return load_spiking(convert_with_data(model, data, tmp_path, norm="max")[0]), data
+
+
+def test_engine_linear_backends_agree_with_onnxruntime_engine(tmp_path):
+    model, x = _linear_snn(tmp_path)
+    delegated = NumpyEngine(model)
+    assert sorted(model.nodes[i].op_type for i in delegated.delegated) == ["Conv", "Conv", "Gemm", "MatMul"]
+    reference = OrtEngine(model).run({"input": x}, 16, 2)
+    for engine in (delegated, NumpyEngine(model, linear="numpy")):
+        result = engine.run({"input": x}, 16, 2)
+        np.testing.assert_allclose(result.outputs[model.outputs[0]], reference.outputs[model.outputs[0]],
+                                   rtol=1e-5, atol=1e-5)
+        assert {k: v.spikes for k, v in result.spikes.items()} == {k: v.spikes for k, v in reference.spikes.items()}
+    assert all(n.session is not None and not n.reason for n in delegated.delegated.values())
+
+
+def test_engine_slices_on_workers_equal_one_slice(tmp_path):
+    model, x = _linear_snn(tmp_path)
+    whole = NumpyEngine(model, memory_budget=2**40, workers=1).run({"input": x}, 8, observe=8)
+    sliced = NumpyEngine(model, memory_budget=1, workers=3).run({"input": x}, 8, observe=8)
+    np.testing.assert_array_equal(sliced.outputs[model.outputs[0]], whole.outputs[model.outputs[0]])
+    assert {k: vars(v) for k, v in sliced.spikes.items()} == {k: vars(v) for k, v in whole.spikes.items()}
+    np.testing.assert_array_equal(sliced.active, whole.active)
+
+
+def test_ort_node_falls_back_to_numpy():
+    """float64 data, and a node onnxruntime refuses (float64 weights on float32 data), use the NumPy kernel."""
+    from sim.engine import OrtNode
+
+    w = normal(3, 2, 3, 3)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])
+    model = SimpleNamespace(constants={"w": w}, proto=helper.make_model(helper.make_graph([node], "g", [], [])),
+                            path="m.onnx")
+    x = normal(2, 2, 5, 5)
+    want = ops.KERNELS["Conv"]([x.astype(np.float64), w], {})[0]
+    np.testing.assert_array_equal(OrtNode(model, node, 1)([x.astype(np.float64), w], {})[0], want)
+    model.constants["w"] = w.astype(np.float64)
+    refused = OrtNode(model, node, 1)
+    got = refused([x, w.astype(np.float64)], {})[0]
+    assert refused.session is None and refused.reason
+    np.testing.assert_array_equal(got, ops.KERNELS["Conv"]([x, w.astype(np.float64)], {})[0])
+
+
+def test_unknown_linear_backend_is_refused(tmp_path):
+    model, _ = _linear_snn(tmp_path)
+    with pytest.raises(SpikingModelError, match="linear backend"):
+        NumpyEngine(model, linear="blas")
