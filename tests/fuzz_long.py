@@ -1,4 +1,4 @@
-"""The long fuzz run (not collected by pytest): python tests/fuzz_long.py [--cases N] [--seed S].
+"""The long fuzz run (not collected by pytest): python tests/fuzz_long.py [--cases N] [--seed S] [--spiking].
 
 Mutates the seed corpus (tests/fuzz_corpus) N times, runs each mutated model through inspect, calibrate,
 convert and simulate, and reports how many inputs it tried, how they ended, and every crash (an exception
@@ -36,6 +36,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--time-limit", type=int, default=60, help="seconds per case")
     parser.add_argument("--memory-limit-gb", type=float, default=8.0)
+    parser.add_argument("--spiking", action="store_true", help="mutate the exported spiking models instead and "
+                        "run simulate on them with both engines")
     args = parser.parse_args()
     limit = int(args.memory_limit_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -47,13 +49,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         data = fuzzing.write_data(folder)
+        seeds = fuzzing.spiking_seeds(folder, data) if args.spiking else {}
         for done, case in enumerate(fuzzing.cases(args.cases, args.seed)):
             if done and done % 1000 == 0:
                 print(f"{done} cases, {sum(len(v) for v in crashes.values())} crashes, "
                       f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
             signal.alarm(args.time_limit)
             try:
-                outcome = fuzzing.run_case(case, folder, data)
+                outcome = fuzzing.run_spiking_case(case, folder, data, seeds) if args.spiking \
+                    else fuzzing.run_case(case, folder, data)
             except Hang as exc:
                 outcome = fuzzing.Outcome(case, "", f"Hang: {exc}", True, float(args.time_limit))
             finally:
@@ -66,7 +70,8 @@ def main() -> int:
                 crashes[outcome.error.split("\n")[0][:120]].append(outcome)
             slowest = max(slowest, (outcome.seconds, str(case)))
     seconds = time.perf_counter() - start
-    print(f"tried {args.cases} mutated models (seed {args.seed}) in {seconds:.0f} s; slowest case "
+    what = "spiking models" if args.spiking else "models"
+    print(f"tried {args.cases} mutated {what} (seed {args.seed}) in {seconds:.0f} s; slowest case "
           f"{slowest[0]:.2f} s ({slowest[1]})")
     for outcome, count in sorted(stages.items(), key=lambda kv: -kv[1]):
         print(f"  {count:6d}  {outcome}")

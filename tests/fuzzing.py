@@ -256,9 +256,9 @@ class Case:
         return f"{self.seed_model}/{self.kind}/{self.seed}"
 
 
-def make_case(case: Case, folder: Path) -> Path:
-    """Write the mutated model of `case` into `folder` and return its path."""
-    source = corpus_models()[case.seed_model]
+def make_case(case: Case, folder: Path, source: Path | None = None) -> Path:
+    """Write the mutated model of `case` (of `source`, default its seed model) into `folder`; return its path."""
+    source = source or corpus_models()[case.seed_model]
     rng = np.random.default_rng(case.seed)
     target = folder / f"{case.seed_model}.{case.kind}.{case.seed}.onnx"
     if case.kind in BYTE_MUTATIONS:
@@ -333,6 +333,29 @@ def run_case(case: Case, folder: Path, data: dict[str, Path], full: bool = True)
     try:
         stage = run_pipeline(path, data[case.seed_model], folder, full)
         return Outcome(case, stage, "", False, time.perf_counter() - start)
+    except Ann2SnnError as exc:
+        return Outcome(case, "", f"{type(exc).__name__}: {exc}", False, time.perf_counter() - start)
+    except Exception as exc:  # noqa: BLE001 - a crash is what we are looking for
+        return Outcome(case, "", f"{type(exc).__name__}: {str(exc)[:300]}", True, time.perf_counter() - start,
+                       traceback.format_exc())
+
+
+def spiking_seeds(folder: Path, data: dict[str, Path]) -> dict[str, Path]:
+    """The seed models converted (T = 4), as mutation sources for the simulator."""
+    for name, path in corpus_models().items():
+        run_pipeline(path, data[name], folder)
+    return {name: folder / f"{name}.snn.onnx" for name in corpus_models()}
+
+
+def run_spiking_case(case: Case, folder: Path, data: dict[str, Path], seeds: dict[str, Path]) -> Outcome:
+    """Mutate the exported spiking model and simulate it with both engines."""
+    from sim.simulate import simulate
+    path = make_case(case, folder, seeds[case.seed_model])
+    start = time.perf_counter()
+    try:
+        for engine in ("numpy", "onnxruntime"):
+            simulate(path, data[case.seed_model], 3, engine=engine, batch_size=4)
+        return Outcome(case, "simulate", "", False, time.perf_counter() - start)
     except Ann2SnnError as exc:
         return Outcome(case, "", f"{type(exc).__name__}: {exc}", False, time.perf_counter() - start)
     except Exception as exc:  # noqa: BLE001 - a crash is what we are looking for

@@ -41,6 +41,7 @@ def test_corpus_is_valid_and_converts(tmp_path, fuzz_data):
         assert fuzzing.run_pipeline(path, fuzz_data[name], tmp_path) == "simulate", name
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow in mutated weights; the CLI silences it
 def test_bounded_fuzz_models(tmp_path, fuzz_data):
     crashes, slow, kinds_refused = [], [], set()
     for case in fuzzing.cases(FUZZ_CASES, seed=0):
