@@ -317,11 +317,23 @@ def default_opset(model: onnx.ModelProto) -> int:
     return 0
 
 
+def _without_value_names(node: onnx.NodeProto) -> onnx.NodeProto:
+    """A Constant node with its value's tensor name cleared: the name means nothing, and onnx-graphsurgeon
+    sets it in place when it exports a graph that shares the tensor, so the same model would hash twice."""
+    if node.op_type != "Constant" or not any(a.t.name for a in node.attribute):
+        return node
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    for attr in copy.attribute:
+        attr.t.ClearField("name")
+    return copy
+
+
 def fingerprint(model: onnx.ModelProto) -> str:
     """A content hash of the graph and its weights, independent of how the file was serialised."""
     h = hashlib.sha256()
     for node in model.graph.node:
-        h.update(node.SerializeToString(deterministic=True))
+        h.update(_without_value_names(node).SerializeToString(deterministic=True))
     for init in sorted(model.graph.initializer, key=lambda t: t.name):
         arr = numpy_helper.to_array(init)
         h.update(init.name.encode())

@@ -171,3 +171,18 @@ def test_bundled_vit_exports_convert_and_match_the_ann_in_exact_mode(tmp_path, n
     ann = _run(model, {snn.inputs[0].name: x[:4]})
     out = NumpyEngine(snn).run({snn.inputs[0].name: x[:4]}, 6).outputs[snn.outputs[0]]
     assert _errors(out, ann).max() < 1e-4
+
+
+def test_converting_the_same_model_twice_accepts_its_calibration(tmp_path):
+    """Normalising must not change the model's fingerprint (the ViT holds Constant nodes, whose value names
+    onnx-graphsurgeon writes in place)."""
+    from pathlib import Path
+    from rewrites.graph import fingerprint, load_model
+    folder = Path(__file__).resolve().parents[1] / "examples"
+    model = load_model(folder / "fmnist_vit" / "model.onnx")
+    before = fingerprint(model)
+    x = np.load(folder / "fmnist_cnn" / "calib.npz", allow_pickle=False)["x"][:8]
+    _convert(model, x, tmp_path, nonlinear=Nonlinear.EXACT)
+    assert fingerprint(model) == before
+    calibration = calibrate(tmp_path / "m.onnx", tmp_path / "d.npz")
+    convert_model(model, calibration, ConvertOptions(nonlinear=Nonlinear.EXACT))
