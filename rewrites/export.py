@@ -19,11 +19,23 @@ from onnx import helper
 from rewrites import __version__
 from rewrites.config import ConvertOptions
 from rewrites.errors import ModelError
-from rewrites.graph import default_opset
+from rewrites.graph import default_opset, without_weights
 from rewrites.neurons import DOMAIN, DOMAIN_VERSION, OPERATORS
 
 CONTRACT = ("one time step per call; inputs state.* start at zero and take their .next outputs at the next "
             "step; the first non-state output is the step's value, decoded as the running mean over steps")
+
+
+def _weights_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its large initializers turned into graph inputs of the same type and shape: the checker
+    sees the same graph without a copy of the weights."""
+    skeleton = without_weights(model)
+    large = [t for t in skeleton.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    kept = [t for t in skeleton.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
+    del skeleton.graph.initializer[:]
+    skeleton.graph.initializer.extend(kept)
+    skeleton.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in large)
+    return skeleton
 
 
 def spiking_nodes(graph: gs.Graph) -> list[gs.Node]:
@@ -64,10 +76,12 @@ def export_spiking(graph: gs.Graph, source: onnx.ModelProto, options: ConvertOpt
     del model.metadata_props[:]
     for key in sorted(meta):
         model.metadata_props.add(key=key, value=meta[key])
-    try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-        onnx.checker.check_model(model, full_check=True)
+    try:  # on a copy without the weights: both serialise the whole model otherwise
+        skeleton = onnx.shape_inference.infer_shapes(_weights_as_inputs(model), strict_mode=True)
+        onnx.checker.check_model(skeleton, full_check=True)
     except Exception as exc:  # the checker raises several types
         raise ModelError(f"the exported spiking model failed the ONNX check: {str(exc).splitlines()[0]}",
                          "rerun with --debug and report it") from exc
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(skeleton.graph.value_info)
     return model
