@@ -38,22 +38,24 @@ def if_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[
 def signed_if_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, np.ndarray]:
     """Two-type IF neuron: +1 spike when the membrane reaches the threshold and the net count is below tmax,
     -1 when the membrane is negative and the net count is positive. The spike count is the number of
-    non-zero spikes, positive and negative alike (each is a synaptic event)."""
+    non-zero spikes, positive and negative alike (each is a synaptic event): net count + 2 x negative ones."""
     x, threshold, fire_level, unfire_level, tmax = (np.asarray(a) for a in inputs[:5])
     threshold, fire_level, unfire_level, tmax = (a.astype(np.float32, copy=False)
                                                  for a in (threshold, fire_level, unfire_level, tmax))
+    bounded = bool(np.any(tmax < T))  # else the count (at most one spike a step) never reaches tmax
     out = np.empty((T,) + x.shape[1:], np.float32)
     v = np.zeros(x.shape[1:], np.float32)
     count = np.zeros_like(v)
     m = np.empty_like(v)
     up, down, gate = (np.empty(v.shape, np.bool_) for _ in range(3))
     spike = np.empty_like(v)
-    events = np.zeros(v.shape, np.int32)
+    taken_back = np.zeros(v.shape, np.int32)
     for t in range(T):
         np.add(v, x[t if len(x) > 1 else 0], out=m)
         np.greater_equal(m, fire_level, out=up)
-        np.less(count, tmax, out=gate)
-        up &= gate
+        if bounded:
+            np.less(count, tmax, out=gate)
+            up &= gate
         np.less(m, unfire_level, out=down)
         np.greater(count, np.float32(0.0), out=gate)
         down &= gate
@@ -61,9 +63,8 @@ def signed_if_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) ->
         np.multiply(spike, threshold, out=out[t])
         np.subtract(m, out[t], out=v)
         count += spike
-        events += up
-        events += down
-    return out, events
+        taken_back += down
+    return out, count.astype(np.int32) + 2 * taken_back
 
 
 def running_sum(x: np.ndarray, T: int) -> np.ndarray:
