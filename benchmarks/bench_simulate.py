@@ -109,6 +109,7 @@ def bench_model(label: str, model_path: Path, calib_path: Path, feeds: dict[str,
     session = dense_session(model_path, threads)
     numpy_engine = NumpyEngine(spiking, workers=workers)
     pure_engine = NumpyEngine(spiking, workers=workers, linear="numpy")
+    _set_threads(numpy_engine, threads)
     ort_engine = OrtEngine(spiking, threads) if threads else OrtEngine(spiking)
 
     def dense():
@@ -155,6 +156,8 @@ def bench_model(label: str, model_path: Path, calib_path: Path, feeds: dict[str,
 
     # memory budget sweep of the NumPy engine
     engines = {mb: NumpyEngine(spiking, mb * MB, workers) for mb in budgets}
+    for engine in engines.values():
+        _set_threads(engine, threads)
     sweep = best_of({mb: (lambda e=e: e.run(feeds, T)) for mb, e in engines.items()}, repeat)
     print(f"\nNumPy engine memory budget sweep (per-sample size of the largest activation "
           f"{numpy_engine.sample_bytes / 1024:.0f} KiB, x T = {numpy_engine.sample_bytes * T / MB:.2f} MiB per sample):")
@@ -192,6 +195,13 @@ def bench_model(label: str, model_path: Path, calib_path: Path, feeds: dict[str,
               f"({100 * timed.seconds / total:.0f}%) + Python-side state feeding and spike counting "
               f"{total - timed.seconds:.2f} s")
     return {"label": label, **best, "sweep": {mb: min(v) for mb, v in sweep.items()}}
+
+
+def _set_threads(engine: NumpyEngine, threads: int) -> None:
+    """--ort-threads also sets the intra-op threads of the engine's onnxruntime kernels (before first use)."""
+    if threads:
+        for node in engine.delegated.values():
+            node.threads = threads
 
 
 class _TimedRun:
@@ -364,7 +374,8 @@ def main() -> None:
     ap.add_argument("--resnet-calib", type=int, default=64, help="random calibration images for the ResNet graph")
     ap.add_argument("--breakdown", action="store_true", help="also time the NumPy engine by op type")
     ap.add_argument("--ort-threads", type=int, default=0,
-                    help="intra-op threads of the dense and OrtEngine sessions (default: onnxruntime's choice); "
+                    help="intra-op threads of the dense and OrtEngine sessions and of the NumPy engine's onnxruntime "
+                         "kernels (default: onnxruntime's choice, one per NumPy engine worker when it has several); "
                          "set OPENBLAS_NUM_THREADS in the environment for NumPy's matmul")
     args = ap.parse_args()
     calib = args.calib or (EXAMPLE / "calib.npz" if args.model == EXAMPLE / "model.onnx" else args.data)

@@ -114,7 +114,8 @@ class WindowResult:
 class NumpyEngine:
     """`memory_budget` bounds the bytes of one sequence tensor: the batch is run in slices small enough that
     [T, slice, largest activation] fits, which also keeps the working set in cache. `workers` slices run at
-    once (default: one per CPU). `linear` picks the backend of the stateless linear operators."""
+    once (default: one per CPU, one with linear="numpy"). `linear` picks the backend of the stateless linear
+    operators: "onnxruntime" or "numpy"."""
 
     name = "numpy"
 
@@ -132,7 +133,8 @@ class NumpyEngine:
                                         "use --engine onnxruntime")
         self.last_use = _last_use(self.nodes, model.outputs)
         self.memory_budget = memory_budget
-        self.workers = max(1, workers or _cpus())
+        # OpenBLAS threads the NumPy matmuls itself: more workers would oversubscribe the CPUs
+        self.workers = max(1, workers or (_cpus() if linear == "onnxruntime" else 1))
         self.linear = linear
         threads = 1 if self.workers > 1 else 0
         # node index -> its onnxruntime kernel; the other standard nodes use KERNELS
