@@ -109,11 +109,6 @@ def find_regions(graph: gs.Graph) -> list[Region]:
     return regions
 
 
-def family_root(graph: gs.Graph, tensor: gs.Tensor) -> gs.Tensor:
-    """The root of a tensor's family (itself when it is a root)."""
-    return _families(graph)[0].get(tensor.name, tensor)
-
-
 def _families(graph: gs.Graph) -> tuple[dict[str, gs.Variable], dict[str, list[gs.Node]]]:
     graph.toposort()
     dynamic = dynamic_tensors(graph)

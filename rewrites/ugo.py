@@ -35,8 +35,10 @@ def default_size(ops: list[str]) -> int:
 class UgoFit:
     knots: np.ndarray  # [N + 1], increasing
     values: np.ndarray  # [N + 1], the function at the knots
-    max_error: float = 0.0  # on samples of the calibrated input distribution
+    max_error: float = 0.0  # absolute, on samples of the calibrated input distribution
     mean_error: float = 0.0
+    relative: bool = False  # fitted for relative error
+    max_relative_error: float = 0.0  # to |f| when relative, else to max |f| over the range
 
     @property
     def size(self) -> int:
@@ -92,18 +94,45 @@ def _kinks(grid: np.ndarray, fg: np.ndarray) -> np.ndarray | None:
     return np.array(kinks)
 
 
-def _density_knots(grid, fg, samples, lo, hi, count) -> np.ndarray:
-    width = hi - lo
-    p, _ = np.histogram(samples, bins=len(grid) - 1, range=(lo, hi))
-    p = np.convolve(p.astype(np.float64), np.ones(33) / 33, mode="same")
-    curvature = np.abs(np.gradient(np.gradient(fg, grid), grid))
-    curvature = 0.5 * (curvature[1:] + curvature[:-1])
-    q = (p / max(p.max(), 1e-12) + 1e-3) ** 0.2 * (curvature / max(curvature.max(), 1e-12) + 1e-3) ** 0.4
-    q = 0.5 * q / q.mean() + 0.5
-    cdf = np.concatenate([[0.0], np.cumsum(q)])
+def _grid(lo: float, hi: float) -> np.ndarray:
+    """Evaluation grid: geometric for a positive range over two decades (a reciprocal's input), else even."""
+    if lo > 0 and hi / lo > 100:
+        return np.geomspace(lo, hi, GRID)
+    return np.linspace(lo, hi, GRID)
+
+
+def _relative(fg: np.ndarray) -> bool:
+    """Fit for relative error when f keeps one sign and spans more than two decades (exp, 1/x, 1/sqrt):
+    what follows multiplies it, so its small values matter as much as its large ones."""
+    magnitude = np.abs(fg)
+    return bool((np.all(fg > 0) or np.all(fg < 0)) and magnitude.max() > 100 * magnitude.min())
+
+
+def _density_knots(grid, fg, samples, count, relative) -> np.ndarray:
+    """`count` knots spread by the density p^(1/5) |f''|^(2/5) (L2-optimal for linear interpolation), half
+    mixed with an even spread; for relative error (|f''|/|f|)^(1/2) (relative L-infinity optimal)."""
+    lo, hi = grid[0], grid[-1]
+    if not hi > lo:
+        return np.array([lo])
+    widths = np.diff(grid)
+    p, _ = np.histogram(samples, bins=grid)
+    p = np.convolve(p / widths, np.ones(33) / 33, mode="same")
+    slope = np.diff(fg) / widths
+    curvature = np.abs(np.diff(slope)) / (0.5 * (widths[1:] + widths[:-1]))
+    curvature = np.concatenate([curvature[:1], 0.5 * (curvature[1:] + curvature[:-1]), curvature[-1:]])
+    p = p / max(p.max(), 1e-300) + 1e-3
+    if relative:
+        kappa = curvature / np.abs(0.5 * (fg[1:] + fg[:-1]))
+        q = p ** 0.2 * (kappa / max(kappa.max(), 1e-300) + 1e-12) ** 0.5
+    else:
+        q = p ** 0.2 * (curvature / max(curvature.max(), 1e-300) + 1e-3) ** 0.4
+        q = 0.5 * q / np.average(q, weights=widths) + 0.5
+    cdf = np.concatenate([[0.0], np.cumsum(q * widths)])
     cdf /= cdf[-1]
-    return np.interp(np.linspace(0.0, 1.0, count), cdf, np.linspace(lo, hi, len(cdf))) if width > 0 else \
-        np.array([lo])
+    return np.interp(np.linspace(0.0, 1.0, count), cdf, grid)
+
+
+DYNAMIC_RANGE = 1e12  # relative fits ignore where |f| is below this fraction of its largest value
 
 
 def fit(f: Callable[[np.ndarray], np.ndarray], samples: np.ndarray, size: int,
@@ -114,35 +143,54 @@ def fit(f: Callable[[np.ndarray], np.ndarray], samples: np.ndarray, size: int,
     hi = float(samples.max()) if hi is None else hi
     if not hi > lo:
         hi = lo + max(abs(lo), 1.0) * 1e-3
-    grid = np.linspace(lo, hi, GRID)
+    grid = _grid(lo, hi)
     fg = np.asarray(f(grid), np.float64)
-    kinks = _kinks(grid, fg)
+    relative = _kinks(grid, fg) is None and _relative(fg)
+    if relative and np.abs(fg).max() > DYNAMIC_RANGE * np.abs(fg).min():
+        keep = np.flatnonzero(np.abs(fg) >= np.abs(fg).max() / DYNAMIC_RANGE)
+        lo, hi = float(grid[keep[0]]), float(grid[keep[-1]])
+        grid = _grid(lo, hi)
+        fg = np.asarray(f(grid), np.float64)
+    kinks = None if relative else _kinks(grid, fg)
     if kinks is not None and len(kinks) <= size - 1:
         knots = np.unique(np.concatenate([[lo, hi], kinks]))
         extra = size + 1 - len(knots)
         if extra > 0:  # finer units on the busiest pieces: each unit quantises to its own threshold / T
-            dense = _density_knots(grid, fg, samples, lo, hi, extra + 2)[1:-1]
+            dense = _density_knots(grid, fg, samples, extra + 2, relative)[1:-1]
             knots = np.unique(np.concatenate([knots, dense]))
     else:
-        knots = _density_knots(grid, fg, samples, lo, hi, size + 1)
+        knots = _density_knots(grid, fg, samples, size + 1, relative)
     knots = np.unique(knots)
     rng = np.random.default_rng(seed)
-    train = np.concatenate([samples[rng.permutation(len(samples))[:8192]], rng.uniform(lo, hi, 4096), knots])
-    values = _least_squares(knots, train, np.asarray(f(train), np.float64))
-    result = UgoFit(knots, values)
+    spread = np.exp(rng.uniform(np.log(lo), np.log(hi), 4096)) if grid[1] / grid[0] > 1.0000001 and lo > 0 \
+        else rng.uniform(lo, hi, 4096)
     inside = samples[(samples >= lo) & (samples <= hi)]
-    err = np.abs(result(inside) - np.asarray(f(inside), np.float64)) if len(inside) else np.zeros(1)
+    train = np.concatenate([inside[rng.permutation(len(inside))[:8192]], spread, knots])
+    target = np.asarray(f(train), np.float64)
+    values = _least_squares(knots, train, target, np.abs(np.asarray(f(knots), np.float64)) if relative else None)
+    result = UgoFit(knots, values, relative=relative)
+    check = inside if len(inside) else knots
+    want = np.asarray(f(check), np.float64)
+    err = np.abs(result(check) - want)
     result.max_error, result.mean_error = float(err.max()), float(err.mean())
+    scale = np.abs(want) if relative else max(float(np.abs(fg).max()), 1e-300)
+    result.max_relative_error = float((err / scale).max())
     return result
 
 
-def _least_squares(knots: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Values at the knots of the piecewise-linear interpolant closest to (x, y) (hat-function basis)."""
+def _least_squares(knots: np.ndarray, x: np.ndarray, y: np.ndarray, scale: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """Values at the knots of the piecewise-linear interpolant closest to (x, y) (hat-function basis). With
+    `scale` (|f| at the knots) the error is taken relative to |y| and the unknowns are values / scale, so
+    that the system stays well conditioned over many decades."""
     i = np.clip(np.searchsorted(knots, x, side="right") - 1, 0, len(knots) - 2)
     w = np.clip((x - knots[i]) / (knots[i + 1] - knots[i]), 0.0, 1.0)
     basis = np.zeros((len(x), len(knots)))
     rows = np.arange(len(x))
     basis[rows, i] = 1.0 - w
     basis[rows, i + 1] += w
-    values, *_ = np.linalg.lstsq(basis, y, rcond=None)
-    return values
+    if scale is None:
+        return np.linalg.lstsq(basis, y, rcond=None)[0]
+    weights = 1.0 / np.abs(y)
+    relative, *_ = np.linalg.lstsq(basis * scale[None, :] * weights[:, None], y * weights, rcond=None)
+    return relative * scale

@@ -92,3 +92,17 @@ def test_spiking_ugo_converges_to_the_function(tmp_path, op, attrs):
     assert err[255] < 0.02
     # the engines agree up to spikes moved by one step where float rounding differs at a threshold
     assert _decoded_error(ort_run, out, running_mean(numpy_run.outputs[out])[-1])[-1] < 1e-3
+
+
+@pytest.mark.parametrize("name, f, samples", [
+    ("reciprocal", lambda x: 1.0 / x, np.exp(np.random.default_rng(2).uniform(np.log(1e-5), np.log(10.0), 20000))),
+    ("exp", np.exp, np.random.default_rng(3).uniform(-25.0, 0.0, 20000)),
+])
+def test_functions_spanning_decades_are_fitted_for_relative_error(name, f, samples):
+    """Softmax multiplies exp by 1/sum: both span decades and only relative error matters. With log-even
+    knots a piece of ratio r errs by about (r - 1)^2 / 8 relative: 1/x over 6 decades with 64 pieces,
+    r = 1.24, about 0.7%; exp over 25 units, pieces of 0.39, about 1.9%. 5% bounds both."""
+    fit = ugo.fit(f, samples, 64)
+    assert fit.relative
+    assert fit.max_relative_error < 0.05
+    assert np.all(np.abs(fit(samples) - f(samples)) <= 0.05 * np.abs(f(samples)))

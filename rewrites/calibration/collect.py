@@ -18,8 +18,8 @@ from rewrites.errors import DataError
 from rewrites.graph import fingerprint, load_model
 from rewrites.optable import Conversion, classify_graph
 from rewrites.passes._emit import Emitter, reduce
-from rewrites.passes.softmax_to_spiking import LSE_SUFFIX, softmax_axes
-from rewrites.regions import family_root, find_regions
+from rewrites.passes.softmax_to_spiking import CENTRED_SUFFIX, LSE_SUFFIX, centred, softmax_axes
+from rewrites.regions import find_regions
 from rewrites.runtime import Session
 
 Progress = Callable[[int, int], None]  # (samples done, samples total)
@@ -40,19 +40,20 @@ def observed_tensors(graph) -> list[str]:
     for region in find_regions(graph):
         if region.root.name not in names:
             names.append(region.root.name)
-    for node in [n for n in graph.nodes if n.op == "Softmax"]:  # exp's UGO reads the root of its input
-        root = family_root(graph, node.inputs[0]).name
-        names += [root] if root not in names else []
-        names.append(node.name + LSE_SUFFIX)
+    for node in [n for n in graph.nodes if n.op == "Softmax"]:
+        names += [node.name + CENTRED_SUFFIX, node.name + LSE_SUFFIX]
     return names
 
 
 def add_logsumexp(graph) -> None:
-    """Expose ReduceLogSumExp of every Softmax input over the Softmax axes, as `<node>.logsumexp`."""
+    """Expose, for every Softmax, its input centred on the mean over the Softmax axes (`<node>.centred`) and
+    ReduceLogSumExp of that (`<node>.logsumexp`): the ranges of its exp and of its sum."""
     for node in [n for n in graph.nodes if n.op == "Softmax"]:
         x = node.inputs[0]
         emit = Emitter(graph, node.name)
-        reduce(emit, "ReduceLogSumExp", x, softmax_axes(node, len(x.shape), graph.opset), "lse", graph.opset,
+        axes = softmax_axes(node, len(x.shape), graph.opset)
+        u = centred(emit, x, axes, graph.opset, gs.Variable(node.name + CENTRED_SUFFIX, dtype=np.float32))
+        reduce(emit, "ReduceLogSumExp", u, axes, "lse", graph.opset,
                out=gs.Variable(node.name + LSE_SUFFIX, dtype=np.float32))
 
 

@@ -42,6 +42,23 @@ def _samples(region: Region, ctx: PassContext) -> np.ndarray:
     return samples_from_stats(stats, SAMPLES, np.random.default_rng(0))
 
 
+TARGET_ERROR = 0.01
+MAX_SIZE = 64
+
+
+def _fit(f, samples: np.ndarray, region: Region, ctx: PassContext):
+    """With --ugo-size, that size; else STA's size for the function, doubled while the fit's max error
+    exceeds 1% (of |f| for relative fits, of the output range otherwise) up to 64 hidden neurons."""
+    if ctx.options.ugo_size:
+        return fit(f, samples, ctx.options.ugo_size)
+    size = default_size(region.ops)
+    result = fit(f, samples, size)
+    while result.max_relative_error > TARGET_ERROR and size < MAX_SIZE:
+        size = min(2 * size, MAX_SIZE)
+        result = fit(f, samples, size)
+    return result
+
+
 def _unsqueeze_last(emit: Emitter, x: gs.Tensor, opset: int) -> gs.Variable:
     shape = list(x.shape) + [1]
     if opset >= 13:
@@ -79,14 +96,14 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
             ctx.kept_float.extend(n.name for n in region.nodes)
         else:
             samples = _samples(region, ctx)
-            size = ctx.options.ugo_size or default_size(region.ops)
             for k, y in enumerate(region.outputs):
-                result = fit(_function(region, y, graph.opset), samples, size)
+                result = _fit(_function(region, y, graph.opset), samples, region, ctx)
                 name = region.name if len(region.outputs) == 1 else f"{region.name}.out{k}"
                 build_ugo(graph, name, x, y, result)
                 fit_entry = {**entry, "node": name, "output": y.name, "size": result.size,
                              "range": [float(result.knots[0]), float(result.knots[-1])],
-                             "max_error": result.max_error, "mean_error": result.mean_error}
+                             "max_error": result.max_error, "mean_error": result.mean_error,
+                             "relative": result.relative, "max_relative_error": result.max_relative_error}
                 ctx.ugo_fits.append(fit_entry)
                 report.layers.append(fit_entry)
             for node in region.nodes:

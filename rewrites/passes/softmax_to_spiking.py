@@ -1,9 +1,11 @@
 """softmax_to_spiking: Softmax over calibrated ranges.
 
---nonlinear ugo: Softmax(x) = e * Reciprocal(ReduceSum(e)) with e = Exp(x - c), c the calibrated max of x
-(softmax is shift-invariant, so exp sees at most 0). The later passes turn Exp(x - c) and the Reciprocal into
-UGOs and the product into a spiking product; the Reciprocal's input distribution comes from the calibrated
-log-sum-exp of x: sum = exp(lse - c).
+--nonlinear ugo: Softmax(x) = e * Reciprocal(ReduceSum(e)) with e = Exp(u - c), u = x - mean(x) over the
+softmax axes and c the calibrated max of u. Softmax is shift-invariant: subtracting the row mean (linear)
+takes out most of the rows' differing levels, which a single constant cannot, and c keeps exp at most 1.
+The later passes turn Exp(u - c) and the Reciprocal into UGOs (fitted for relative error: both span
+decades) and the product into a spiking product; the Reciprocal's input distribution comes from the
+calibrated log-sum-exp of u: sum = exp(lse - c).
 --nonlinear exact: the Softmax reads the running mean of x and its output is corrected (one float operator)."""
 from __future__ import annotations
 
@@ -17,13 +19,19 @@ from rewrites.passes.base import Pass, PassContext, PassReport
 from rewrites.passes.spiking import wrap_exact
 from rewrites.ugo import samples_from_stats
 
-LSE_SUFFIX = ".logsumexp"  # calibration tensor: ReduceLogSumExp of the Softmax input over its axes
+CENTRED_SUFFIX = ".centred"  # calibration tensor: the Softmax input minus its mean over the axes
+LSE_SUFFIX = ".logsumexp"  # calibration tensor: ReduceLogSumExp of the centred input over the axes
 SAMPLES = 20000
 
 
 def softmax_axes(node: gs.Node, rank: int, opset: int) -> list[int]:
     axis = node.attrs.get("axis", -1 if opset >= 13 else 1) % rank
     return [axis] if opset >= 13 else list(range(axis, rank))
+
+
+def centred(emit: Emitter, x: gs.Tensor, axes: list[int], opset: int, out: gs.Variable) -> gs.Variable:
+    """x minus its mean over the softmax axes (written to `out`)."""
+    return emit("Sub", [x, reduce(emit, "ReduceMean", x, axes, "row_mean", opset)], "centre", out=out)
 
 
 def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
@@ -38,7 +46,7 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
             continue
         if ctx.calibration is None:
             raise CalibrationError("softmax_to_spiking needs a calibration", "pass --calib FILE")
-        stats = ctx.calibration.stats(x.name, node.name)
+        stats = ctx.calibration.stats(node.name + CENTRED_SUFFIX, node.name)
         lse = ctx.calibration.stats(node.name + LSE_SUFFIX, node.name)
         shift = float(stats.maximum)
         rng = np.random.default_rng(0)
@@ -47,7 +55,8 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
         node.outputs.clear()
         emit = Emitter(graph, node.name)
         shape = list(x.shape)
-        e = emit("Exp", [emit("Sub", [x, np.array(shift, np.float32)], "shift", shape=shape)], "exp", shape=shape)
+        u = centred(emit, x, axes, graph.opset, gs.Variable(node.name + CENTRED_SUFFIX, np.float32, shape))
+        e = emit("Exp", [emit("Sub", [u, np.array(shift, np.float32)], "shift", shape=shape)], "exp", shape=shape)
         total = reduce(emit, "ReduceSum", e, axes, "sum", graph.opset)
         ctx.distributions[total.name] = np.exp(samples_from_stats(lse, SAMPLES, rng) - shift)
         emit("Mul", [e, emit("Reciprocal", [total], "reciprocal", shape=total.shape)], "normalise", out=y)
