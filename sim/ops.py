@@ -20,7 +20,7 @@ Kernel = Callable[[list[np.ndarray | None], dict[str, Any]], list[np.ndarray]]
 
 KERNELS: dict[str, Kernel] = {}
 
-IM2COL_BYTES_LIMIT = 1024 * 1024  # column buffer per batch chunk: stays in cache
+IM2COL_BYTES_LIMIT = 256 * 1024 * 1024
 CACHE_CHUNK_BYTES = 1024 * 1024
 
 
@@ -479,8 +479,7 @@ def _reduce_windows(windows: np.ndarray, kernel_rank: int, combine: np.ufunc, ou
 
 
 def _conv_grouped(windows: np.ndarray, weight: np.ndarray, group: int, out: np.ndarray) -> None:
-    """Grouped convolution: im2col of a few samples at a time into one cache-sized column buffer, then one
-    stacked matmul per chunk straight into ``out`` (measured 2x faster than one im2col of the whole batch)."""
+    """Grouped convolution as one im2col matmul per group and batch chunk, reusing one column buffer."""
     batch, channels = windows.shape[:2]
     rank = weight.ndim - 2
     out_shape = out.shape[2:]
@@ -489,17 +488,24 @@ def _conv_grouped(windows: np.ndarray, weight: np.ndarray, group: int, out: np.n
     window_volume = channels_per_group * math.prod(weight.shape[2:])
     positions = math.prod(out_shape)
     chunk = max(1, IM2COL_BYTES_LIMIT // max(window_volume * positions * windows.itemsize, 1))
-    columns = np.empty((min(chunk, batch), channels_per_group, *weight.shape[2:], *out_shape), windows.dtype)
-    column_order = (0, 1, *range(2 + rank, 2 + 2 * rank), *range(2, 2 + rank))
-    flat = out.reshape(batch, group, filters_per_group, positions)
+    largest = min(chunk, batch)
+    column_buffer = np.empty(window_volume * largest * positions, dtype=windows.dtype)
+    product_buffer = np.empty(filters_per_group * largest * positions, dtype=windows.dtype)
+    column_order = (1, *range(2 + rank, 2 + 2 * rank), 0, *range(2, 2 + rank))
     for g in range(group):
         channel_slice = slice(g * channels_per_group, (g + 1) * channels_per_group)
-        matrix = weight[g * filters_per_group:(g + 1) * filters_per_group].reshape(filters_per_group, window_volume)
+        filter_slice = slice(g * filters_per_group, (g + 1) * filters_per_group)
+        matrix = weight[filter_slice].reshape(filters_per_group, window_volume)
         for start in range(0, batch, chunk):
             stop = min(start + chunk, batch)
-            block = columns[: stop - start]
-            np.copyto(block, windows[start:stop, channel_slice].transpose(column_order))
-            np.matmul(matrix, block.reshape(stop - start, window_volume, positions), out=flat[start:stop, g])
+            count = (stop - start) * positions
+            source = windows[start:stop, channel_slice].transpose(column_order)
+            columns = column_buffer[: window_volume * count].reshape(source.shape)
+            np.copyto(columns, source)
+            product = product_buffer[: filters_per_group * count].reshape(filters_per_group, count)
+            np.matmul(matrix, columns.reshape(window_volume, count), out=product)
+            per_sample = product.reshape(filters_per_group, stop - start, *out_shape)
+            out[start:stop, filter_slice] = per_sample.swapaxes(0, 1)
 
 
 @_register("Conv")
