@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 import onnxruntime as ort
 
 from rewrites.errors import SpikingModelError
@@ -41,6 +42,15 @@ DELEGATED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # run under 
 LINEAR_BACKENDS = ("onnxruntime", "numpy")
 AXIS_OPS = frozenset({"Flatten", "Softmax", "LogSoftmax", "Concat", "Split", "LayerNormalization", "ArgMax",
                       "Gather"})
+
+
+ORT_ERRORS = (Fail, InvalidArgument, RuntimeException)
+
+
+def node_failed(model: SpikingModel, node: onnx.NodeProto, exc: Exception) -> SpikingModelError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return SpikingModelError(f"{model.path}: node '{node.name}' ({node.op_type}) cannot run: {first}",
+                             "the file does not hold together; export it again with `ann2snn convert`")
 
 
 @dataclass
@@ -173,10 +183,14 @@ class NumpyEngine:
                 env[name] = Seq(x[None])
         for i, (node, attrs) in enumerate(zip(self.nodes, self.attrs)):
             inputs = [env[n] if n else None for n in node.input]
-            if node.domain == SPIKING_DOMAIN:
-                outs = self._neuron(node, attrs, inputs, steps, result, observe)
-            else:
-                outs = self._standard(self.delegated.get(i) or KERNELS[node.op_type], node, attrs, inputs, steps)
+            try:
+                if node.domain == SPIKING_DOMAIN:
+                    outs = self._neuron(node, attrs, inputs, steps, result, observe)
+                else:
+                    outs = self._standard(self.delegated.get(i) or KERNELS[node.op_type], node, attrs, inputs,
+                                          steps)
+            except (ValueError, IndexError, *ORT_ERRORS) as exc:  # shapes the checks let through
+                raise node_failed(self.model, node, exc) from exc
             for name, value in zip(node.output, outs):
                 if name:
                     env[name] = value

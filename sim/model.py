@@ -53,6 +53,20 @@ def spiking_from_proto(model: onnx.ModelProto, path: Path) -> SpikingModel:
         if name + ".next" not in outputs:
             raise SpikingModelError(f"{path}: state input '{name}' has no output '{name}.next'",
                                     "is this a file exported by `ann2snn convert`?")
+    if any(not n.name for n in model.graph.node if n.domain == SPIKING_DOMAIN):
+        raise SpikingModelError(f"{path}: a {SPIKING_DOMAIN} node has no name (its spikes are counted by name)",
+                                "the file was edited after export; export it again with `ann2snn convert`")
+    names = [n.name for n in model.graph.node if n.name]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SpikingModelError(f"{path}: node name(s) used more than once: {', '.join(repeated[:5])}",
+                                "the file was edited after export; export it again with `ann2snn convert`")
+    declared = {vi.name: _dims(vi) for vi in list(model.graph.input) + list(model.graph.output)}
+    for name in state_inputs:
+        if declared[name] != declared[name + ".next"]:
+            raise SpikingModelError(f"{path}: state input '{name}' is declared {declared[name]} but its output "
+                                    f"'{name}.next' {declared[name + '.next']}",
+                                    "the file was edited after export; export it again with `ann2snn convert`")
     data_outputs = [o for o in outputs if not o.startswith("state.")]
     has_domain = any(op.domain == SPIKING_DOMAIN for op in model.opset_import)
     if not has_domain:
@@ -62,4 +76,15 @@ def spiking_from_proto(model: onnx.ModelProto, path: Path) -> SpikingModel:
         raise SpikingModelError(f"{path}: the model has no output besides its state")
     constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     metadata = {p.key: p.value for p in model.metadata_props}
+    try:
+        layers = json.loads(metadata.get("ann2snn.layers", "[]"))
+    except ValueError:
+        layers = None
+    if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
+        raise SpikingModelError(f"{path}: metadata 'ann2snn.layers' is not a JSON list of objects",
+                                "the file was edited after export; export it again with `ann2snn convert`")
     return SpikingModel(path, model, input_specs(model), data_outputs, state_inputs, constants, metadata)
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in vi.type.tensor_type.shape.dim]

@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 
 from rewrites.errors import SpikingModelError
-from sim.engine import LayerSpikes, WindowResult
+from sim.engine import ORT_ERRORS, LayerSpikes, WindowResult
 from sim.model import SPIKING_DOMAIN, SpikingModel
 from sim.neurons import NON_FIRING
 
@@ -51,7 +51,13 @@ class OrtEngine:
         sums: dict[str, np.ndarray] = {}
         active = np.zeros((T + extra_t, batch), bool) if observe else None
         for t in range(T + extra_t):
-            values = self.session.run(self.fetch, {**(feeds if t < T else zeros), **state})
+            try:
+                values = self.session.run(self.fetch, {**(feeds if t < T else zeros), **state})
+            except ORT_ERRORS as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                raise SpikingModelError(f"{self.model.path}: onnxruntime cannot step it: {first}",
+                                        "the file does not hold together; export it again with "
+                                        "`ann2snn convert`") from exc
             for k in range(n_out):
                 per_step[k].append(values[k])
             for s, v in zip(self.state, values[n_out:n_out + n_state]):
