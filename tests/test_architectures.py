@@ -178,11 +178,32 @@ def multi_io(opset: int) -> onnx.ModelProto:
     return b.build({"image": [3, 8, 8], "meta": [5]}, [b.gemm(h, 16, 10), b.gemm(h, 16, 3)])
 
 
+def efficientnet(opset: int) -> onnx.ModelProto:
+    """x -> conv-bn-SiLU(8) -> MBConv: 1x1 expand (x2) -> SiLU -> depthwise 3x3 -> SiLU -> squeeze-excite
+    (GAP -> 1x1 -> SiLU -> 1x1 -> Sigmoid, times the features: a product of two signals) -> 1x1 project, + skip
+    -> GAP head. SiLU is x * Sigmoid(x) as torch exports it."""
+    b = Net(seed=17, opset=opset)
+
+    def silu(x: str) -> str:
+        return b.node("Mul", [x, b.node("Sigmoid", [x])])
+
+    x = silu(b.conv_bn_relu("x", 3, 8, act="none"))
+    h = silu(b.conv_bn_relu(x, 8, 16, k=1, act="none"))
+    h = silu(b.conv_bn_relu(h, 16, 16, group=16, act="none"))
+    gate = b.node("Sigmoid", [b.conv(silu(b.conv(b.node("GlobalAveragePool", [h]), 16, 4, k=1, pad=0)),
+                                     4, 16, k=1, pad=0)])
+    h = b.conv_bn_relu(b.node("Mul", [h, gate]), 16, 8, k=1, act="none")
+    return b.build({"x": [3, 8, 8]}, [b.classifier(b.node("Add", [x, h]), 8)])
+
+
 @dataclass(frozen=True)
 class Arch:
     name: str
     build: Callable[[int], onnx.ModelProto]
     ops: frozenset[str]  # op types the graph must contain (so a builder cannot silently drop them)
+    # no ReLU: its only neurons are UGO hidden units, 8-64-level staircases of f from t = 1, so the error
+    # starts at the fit's floor (about 0.5% here) instead of falling as 1/t; held to 1% at T_SMALL instead
+    at_floor_from_start: bool = False
 
 
 ARCHS = [
@@ -197,6 +218,7 @@ ARCHS = [
     Arch("densenet", densenet, frozenset({"Concat", "BatchNormalization", "AveragePool"})),
     Arch("nhwc", nhwc, frozenset({"Transpose", "ReduceMean"})),
     Arch("multi_io", multi_io, frozenset({"Concat", "Gemm"})),
+    Arch("efficientnet", efficientnet, frozenset({"Sigmoid", "Mul", "GlobalAveragePool"}), True),
 ]
 
 
@@ -250,7 +272,10 @@ def test_architecture_converges(tmp_path, arch, opset):
     got = convert_and_compare(model, tmp_path)
     for name, (small, large) in got.errors.items():
         assert large < 0.05, (name, small, large)
-        assert large < small / 6, (name, small, large)
+        if arch.at_floor_from_start:
+            assert small < 0.01, (name, small, large)
+        else:
+            assert large < small / 6, (name, small, large)
     assert got.agreement >= 0.9, got.agreement
 
 
