@@ -155,6 +155,11 @@ def render(out: Output, result, target: Path, options) -> None:
         title += f", tmax {options.effective_tmax})" if options.neuron.value == "signed" else ")"
         columns, rows = ["node", "from", "threshold", "calibrated max"], \
             [[l["node"], l["from"], _threshold_text(l["threshold"]), l["calibrated_max"]] for l in neurons]
+        if any(l.get("norm") == "qcfs" for l in neurons):  # trained lambda and shift, not the options
+            title += "; QCFS layers: threshold lambda, phi from the trained shift"
+            columns.append("phi")
+            for row, l in zip(rows, neurons):
+                row.append(f"{l['phi']:g}")
         if options.weight_norm:
             columns.append("weight norm")
             for row, l in zip(rows, neurons):
