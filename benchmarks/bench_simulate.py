@@ -247,10 +247,18 @@ def spikingjelly_time(model_path: Path, calib_path: Path, feeds: dict[str, np.nd
         ann = _torch_module(torch, load_model(model_path))
         x_cal = next(iter(load_dataset(calib_path, input_specs(load_model(model_path))).inputs.values()))
         loader = [(torch.from_numpy(np.array(x_cal[i:i + 64])),) for i in range(0, len(x_cal), 64)]
-        snn = ann2snn.Converter(loader, device="cpu", mode=f"{DEFAULT_PERCENTILE:g}%")(ann)
+        mode_text = f"{DEFAULT_PERCENTILE:g}%"
+        if hasattr(ann2snn, "RateCodingRecipe"):  # SpikingJelly 2.0
+            recipe = ann2snn.RateCodingRecipe(dataloader=loader, mode=mode_text)
+            snn = ann2snn.Converter(recipe, device="cpu").convert(ann)
+        else:
+            snn = ann2snn.Converter(loader, device="cpu", mode=mode_text)(ann)
         mode = "multi-step"
         try:
-            _to_multi_step(snn, torch, functional, layer, neuron)
+            if hasattr(ann2snn, "RateCodingRecipe"):
+                functional.set_step_mode(snn, "m")
+            else:
+                _to_multi_step(snn, torch, functional, layer, neuron)
         except Exception as exc:  # fall back to stepping it
             mode = f"single-step loop ({type(exc).__name__}: {exc})"
         x = torch.from_numpy(np.array(next(iter(feeds.values()))))
