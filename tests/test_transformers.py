@@ -186,3 +186,28 @@ def test_converting_the_same_model_twice_accepts_its_calibration(tmp_path):
     assert fingerprint(model) == before
     calibration = calibrate(tmp_path / "m.onnx", tmp_path / "d.npz")
     convert_model(model, calibration, ConvertOptions(nonlinear=Nonlinear.EXACT))
+
+
+def _single(op_chain, opset: int) -> onnx.ModelProto:
+    b = ModelBuilder(opset=opset)
+    return b.build({"input": [4, 8]}, [op_chain(b, b.node("MatMul", ["input", b.const(
+        np.random.default_rng(5).normal(size=(8, 8)).astype(np.float32))]))])
+
+
+@pytest.mark.parametrize("name, chain, opset", [
+    ("softmax", lambda b, x: b.node("Softmax", [x], axis=-1), 11),
+    ("softmax", lambda b, x: b.node("Softmax", [x], axis=-1), 17),
+    ("layernorm", lambda b, x: b.node("LayerNormalization", [x, b.const(np.linspace(0.5, 2, 8).astype(np.float32)),
+                                                               b.const(np.linspace(-1, 1, 8).astype(np.float32))],
+                                      axis=-1, epsilon=1e-5), 17),
+])
+def test_softmax_and_layernorm_alone_converge_to_the_float_op(tmp_path, name, chain, opset):
+    """Under UGO the decoded error must fall as T grows (spiking quantisation ~ 1/T) to the fit floor: below
+    2% of the output range at T = 128 and at most a third of the error at T = 2."""
+    model = _single(chain, opset)
+    x = np.random.default_rng(6).normal(size=(64, 4, 8)).astype(np.float32)
+    snn, result = _convert(model, x, tmp_path)
+    assert not ({n.op_type for n in snn.nodes} & {"Softmax", "LayerNormalization", "Exp", "Sqrt", "Reciprocal"})
+    ann = _run(model, {"input": x[:16]})
+    err = _errors(NumpyEngine(snn).run({"input": x[:16]}, 128).outputs[snn.outputs[0]], ann)
+    assert err[127] < 0.02 and err[127] <= err[1] / 3, (err[1], err[127])
