@@ -57,6 +57,10 @@ def _regions_of(op_chain) -> list:
         "Div", [x, b.const(np.float32(1.4142135))])]), b.const(np.float32(1.0))])]), b.const(np.float32(0.5))]),
      ["Div", "Erf", "Add", "Mul", "Mul"]),
     ("silu", lambda b, x: b.node("Mul", [x, b.node("Sigmoid", [x])]), ["Sigmoid", "Mul"]),
+    ("gelu_tanh", lambda b, x: b.node("Mul", [b.node("Mul", [x, b.node("Add", [b.node("Tanh", [b.node("Mul", [
+        b.node("Add", [x, b.node("Mul", [b.node("Pow", [x, b.const(np.float32(3.0))]), b.const(np.float32(0.044715))])]),
+        b.const(np.float32(0.7978846))])]), b.const(np.float32(1.0))])]), b.const(np.float32(0.5))]),
+     ["Pow", "Mul", "Add", "Mul", "Tanh", "Add", "Mul", "Mul"]),
     ("hardswish", lambda b, x: b.node("Div", [b.node("Mul", [x, b.node("Clip", [b.node(
         "Add", [x, b.const(np.float32(3))]), b.const(np.float32(0)), b.const(np.float32(6))])]),
         b.const(np.float32(6))]), ["Add", "Clip", "Mul", "Div"]),
