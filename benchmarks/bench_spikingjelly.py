@@ -99,8 +99,8 @@ def log(message: str) -> None:
 # ------------------------------------------------------------------------------------------- SpikingJelly
 
 
-def import_spikingjelly():
-    """(torch, ann2snn, functional), or the reason why not as a string."""
+def import_spikingjelly(needs: tuple[str, ...] = ("RateCodingRecipe",)):
+    """(torch, ann2snn, functional), or the reason why not as a string; `needs`: ann2snn names required."""
     for name in ("torch", "spikingjelly"):
         if importlib.util.find_spec(name) is None:
             return f"{name} is not installed (pip install torch spikingjelly)"
@@ -110,8 +110,9 @@ def import_spikingjelly():
         from spikingjelly.activation_based import ann2snn, functional
     except ImportError as exc:
         return f"spikingjelly is not importable: {exc}"
-    if not hasattr(ann2snn, "RateCodingRecipe"):
-        return (f"spikingjelly {importlib.metadata.version('spikingjelly')} has no ann2snn.RateCodingRecipe; "
+    missing = [name for name in needs if not hasattr(ann2snn, name)]
+    if missing:
+        return (f"spikingjelly {importlib.metadata.version('spikingjelly')} has no ann2snn.{', '.join(missing)}; "
                 "this benchmark needs spikingjelly >= 2.0")
     return torch, ann2snn, functional
 

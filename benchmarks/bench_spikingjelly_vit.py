@@ -32,7 +32,6 @@ import copy
 import importlib.metadata
 import importlib.util
 import json
-import os
 import sys
 import time
 import traceback
@@ -43,32 +42,13 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_spikingjelly import import_spikingjelly, log  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "examples" / "fmnist_vit" / "model.onnx"
 CALIB = REPO / "examples" / "fmnist_cnn" / "calib.npz"
 TEST = REPO / "examples" / "fmnist_cnn" / "test.npz"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def import_spikingjelly():
-    """(torch, ann2snn, functional), or the reason why not as a string."""
-    for name in ("torch", "spikingjelly"):
-        if importlib.util.find_spec(name) is None:
-            return f"{name} is not installed (pip install torch spikingjelly)"
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    try:
-        import torch
-        from spikingjelly.activation_based import ann2snn, functional
-    except ImportError as exc:
-        return f"spikingjelly is not importable: {exc}"
-    missing = [n for n in ("TransformerTDEquivalentRecipe", "STATransformerRecipe") if not hasattr(ann2snn, n)]
-    if missing:
-        return (f"spikingjelly {importlib.metadata.version('spikingjelly')} has no ann2snn.{', '.join(missing)}; "
-                "this benchmark needs spikingjelly >= 2.0")
-    return torch, ann2snn, functional
 
 
 def torch_vit(torch):
@@ -167,7 +147,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--json")
     args = ap.parse_args()
-    sj = import_spikingjelly()
+    sj = import_spikingjelly(("TransformerTDEquivalentRecipe", "STATransformerRecipe"))
     if isinstance(sj, str):
         print(f"skipped: {sj}")
         return 0
