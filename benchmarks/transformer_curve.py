@@ -40,7 +40,7 @@ def operations_by_block(energy: dict) -> dict:
     out: dict[str, dict[str, float]] = {}
     for row in energy["layers"]:
         entry = out.setdefault(block_of(row["node"]), {"ann_macs": 0, "snn_macs": 0, "synops": 0.0})
-        if not row["node"].endswith(".output"):
+        if row["in_ann"]:
             entry["ann_macs"] += row["macs"]
         entry["snn_macs"] += row["snn_macs"]
         entry["synops"] += row["synops"]

@@ -94,11 +94,13 @@ def _kinks(grid: np.ndarray, fg: np.ndarray) -> np.ndarray | None:
     return np.array(kinks)
 
 
+def _geometric(lo: float, hi: float) -> bool:
+    """A positive range over two decades (a reciprocal's input) is sampled geometrically, else evenly."""
+    return lo > 0 and hi / lo > 100
+
+
 def _grid(lo: float, hi: float) -> np.ndarray:
-    """Evaluation grid: geometric for a positive range over two decades (a reciprocal's input), else even."""
-    if lo > 0 and hi / lo > 100:
-        return np.geomspace(lo, hi, GRID)
-    return np.linspace(lo, hi, GRID)
+    return np.geomspace(lo, hi, GRID) if _geometric(lo, hi) else np.linspace(lo, hi, GRID)
 
 
 def _relative(fg: np.ndarray) -> bool:
@@ -145,13 +147,13 @@ def fit(f: Callable[[np.ndarray], np.ndarray], samples: np.ndarray, size: int,
         hi = lo + max(abs(lo), 1.0) * 1e-3
     grid = _grid(lo, hi)
     fg = np.asarray(f(grid), np.float64)
-    relative = _kinks(grid, fg) is None and _relative(fg)
+    kinks = _kinks(grid, fg)
+    relative = kinks is None and _relative(fg)
     if relative and np.abs(fg).max() > DYNAMIC_RANGE * np.abs(fg).min():
         keep = np.flatnonzero(np.abs(fg) >= np.abs(fg).max() / DYNAMIC_RANGE)
         lo, hi = float(grid[keep[0]]), float(grid[keep[-1]])
         grid = _grid(lo, hi)
         fg = np.asarray(f(grid), np.float64)
-    kinks = None if relative else _kinks(grid, fg)
     if kinks is not None and len(kinks) <= size - 1:
         knots = np.unique(np.concatenate([[lo, hi], kinks]))
         extra = size + 1 - len(knots)
@@ -162,8 +164,7 @@ def fit(f: Callable[[np.ndarray], np.ndarray], samples: np.ndarray, size: int,
         knots = _density_knots(grid, fg, samples, size + 1, relative)
     knots = np.unique(knots)
     rng = np.random.default_rng(seed)
-    spread = np.exp(rng.uniform(np.log(lo), np.log(hi), 4096)) if grid[1] / grid[0] > 1.0000001 and lo > 0 \
-        else rng.uniform(lo, hi, 4096)
+    spread = np.exp(rng.uniform(np.log(lo), np.log(hi), 4096)) if _geometric(lo, hi) else rng.uniform(lo, hi, 4096)
     inside = samples[(samples >= lo) & (samples <= hi)]
     train = np.concatenate([inside[rng.permutation(len(inside))[:8192]], spread, knots])
     target = np.asarray(f(train), np.float64)

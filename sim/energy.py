@@ -129,7 +129,7 @@ def estimate(model: SpikingModel, spikes_per_neuron: dict[str, tuple[int, int]],
     ann_macs = snn_macs = 0
     synops = 0.0
     rows = []
-    added = {f"{layer['node']}.output" for layer in model.layers if layer.get("nonlinear") == "ugo"}
+    added = {layer["sum_node"] for layer in model.layers if "sum_node" in layer}  # UGO output sums
     for layer in weighted_layers(model):
         if layer.node not in added:  # a UGO's output sum is no layer of the ANN
             ann_macs += layer.macs
@@ -137,7 +137,7 @@ def estimate(model: SpikingModel, spikes_per_neuron: dict[str, tuple[int, int]],
             dense = layer.macs * steps * (2 if layer.op in PRODUCTS else 1)
             snn_macs += dense
             rows.append({"node": layer.node, "op": layer.op, "macs": layer.macs, "input": "analog",
-                         "snn_macs": dense, "synops": 0.0})
+                         "snn_macs": dense, "synops": 0.0, "in_ann": layer.node not in added})
             continue
         spikes = sum(spikes_per_neuron[s][0] for s in layer.sources if s in spikes_per_neuron)
         neurons = sum(spikes_per_neuron[s][1] for s in layer.sources if s in spikes_per_neuron)
@@ -145,6 +145,7 @@ def estimate(model: SpikingModel, spikes_per_neuron: dict[str, tuple[int, int]],
         ops = layer.macs * activity
         synops += ops
         rows.append({"node": layer.node, "op": layer.op, "macs": layer.macs, "input": "spikes",
-                     "spikes_per_input_neuron": activity, "snn_macs": 0, "synops": ops})
+                     "spikes_per_input_neuron": activity, "snn_macs": 0, "synops": ops,
+                     "in_ann": layer.node not in added})
     return EnergyReport(ann_macs, snn_macs, synops, ann_macs * E_MAC_PJ * 1e-6,
                         (snn_macs * E_MAC_PJ + synops * E_AC_PJ) * 1e-6, rows)

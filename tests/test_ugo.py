@@ -106,3 +106,20 @@ def test_functions_spanning_decades_are_fitted_for_relative_error(name, f, sampl
     assert fit.relative
     assert fit.max_relative_error < 0.05
     assert np.all(np.abs(fit(samples) - f(samples)) <= 0.05 * np.abs(f(samples)))
+
+
+def test_ugo_output_sum_counts_as_synops_not_as_ann_macs(tmp_path):
+    """input [N, 16] -> Gemm 16x16 -> Gelu -> Gemm 16x4: the ANN's MACs are 16*16 + 16*4 whatever the UGO adds;
+    its output sum (hidden spikes times slopes) is fed by spikes."""
+    from sim.energy import estimate
+    from sim.engine import NumpyEngine
+    from sim.model import load_spiking
+    x = np.random.default_rng(1).normal(size=(16, 16)).astype(np.float32)
+    snn_path, result = convert_with_data(_unary_model("Gelu"), x, tmp_path)
+    (fit,) = result.ugo_fits
+    snn = load_spiking(snn_path)
+    run = NumpyEngine(snn).run({"input": x}, 4)
+    report = estimate(snn, {n: (s.spikes, s.neurons) for n, s in run.spikes.items()}, len(x), 4)
+    assert report.ann_macs == 16 * 16 + 16 * 4
+    (row,) = [r for r in report.layers if r["node"] == fit["sum_node"]]
+    assert not row["in_ann"] and row["input"] == "spikes" and row["synops"] > 0

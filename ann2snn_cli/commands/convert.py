@@ -57,8 +57,8 @@ def command(
              "subnets of signed IF neurons fitted on the calibrated input range (no float nonlinearity left). "
              "'exact': the float operator on the running mean, corrected each step (the accuracy ceiling).")] = "ugo",
     ugo_size: Annotated[Optional[int], typer.Option(
-        "--ugo-size", min=1, help="Hidden neurons per UGO (default: STA's: 64 for GELU and most, 32 for exp, "
-                                  "64 for reciprocal, 8 for 1/sqrt).")] = None,
+        "--ugo-size", min=1, help="Hidden neurons per UGO (default: STA's size, 64 for GELU and most, 32 for "
+                                  "exp, 8 for 1/sqrt, doubled while the fit errs by more than 1%, up to 64).")] = None,
     allow_float: Annotated[Optional[str], typer.Option(
         "--allow-float", metavar="OP[,OP]", help="Keep nodes of these op types, which nothing else maps, as "
         "float operators with estimate-and-correct semantics (listed in the report). Without it such nodes "

@@ -66,7 +66,8 @@ def _unsqueeze_last(emit: Emitter, x: gs.Tensor, opset: int) -> gs.Variable:
     return emit("Unsqueeze", [x], "unsqueeze", shape=shape, axes=[len(x.shape)])
 
 
-def build_ugo(graph: gs.Graph, name: str, x: gs.Variable, y: gs.Variable, result) -> None:
+def build_ugo(graph: gs.Graph, name: str, x: gs.Variable, y: gs.Variable, result) -> str:
+    """Write the UGO of `result` from x to y; returns the name of its output sum (a MatMul fed by spikes)."""
     emit = Emitter(graph, name)
     hidden_shape = list(x.shape) + [result.size]
     z = emit("Sub", [_unsqueeze_last(emit, x, graph.opset), result.knots[:-1].astype(np.float32)], "hidden_input",
@@ -79,6 +80,7 @@ def build_ugo(graph: gs.Graph, name: str, x: gs.Variable, y: gs.Variable, result
     graph.nodes.append(spiking_node(SIGNED_IF_NEURON, f"{name}.hidden", neuron_inputs, h, [z, z]))
     total = emit("MatMul", [h, result.slopes.astype(np.float32)], "output", shape=list(x.shape))
     emit("Add", [total, np.array(result.values[0], np.float32)], "offset", out=y)
+    return total.inputs[0].name
 
 
 def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
@@ -99,8 +101,8 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
             for k, y in enumerate(region.outputs):
                 result = _fit(_function(region, y, graph.opset), samples, region, ctx)
                 name = region.name if len(region.outputs) == 1 else f"{region.name}.out{k}"
-                build_ugo(graph, name, x, y, result)
-                fit_entry = {**entry, "node": name, "output": y.name, "size": result.size,
+                sum_node = build_ugo(graph, name, x, y, result)
+                fit_entry = {**entry, "node": name, "output": y.name, "sum_node": sum_node, "size": result.size,
                              "range": [float(result.knots[0]), float(result.knots[-1])],
                              "max_error": result.max_error, "mean_error": result.mean_error,
                              "relative": result.relative, "max_relative_error": result.max_relative_error}
