@@ -22,9 +22,9 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from common import EXAMPLE, MB, best_of, fmt_times, load_line, machine_lines  # noqa: E402
-from rewrites.calibration.collect import augment, calibrate, collect, observed_tensors  # noqa: E402
+from rewrites.calibration.collect import add_logsumexp, augment, calibrate, collect, observed_tensors  # noqa: E402
 from rewrites.calibration.data import input_specs, load_dataset  # noqa: E402
-from rewrites.calibration.stats import TensorStats, _bin_index  # noqa: E402
+from rewrites.calibration.stats import DEFAULT_BINS, ChannelFold, TensorStats, _bin_index  # noqa: E402
 from rewrites.convert import normalise, to_model  # noqa: E402
 from rewrites.graph import fingerprint, load_model  # noqa: E402
 from rewrites.runtime import Session  # noqa: E402
@@ -56,6 +56,23 @@ def plain_end_to_end(model_path: Path, data_path: Path, batch_size: int) -> floa
     return time.perf_counter() - start
 
 
+def calibrate_sequential(model_path: Path, data_path: Path, batch_size: int) -> None:
+    """calibrate() as it was before the fold thread (commit cc95900): the same steps, then one loop that runs
+    a session with spinning workers and folds each batch with TensorStats.update (histograms merged every
+    batch) before running the next."""
+    model = load_model(model_path)
+    fingerprint(model)
+    dataset = load_dataset(data_path, input_specs(model))
+    graph, _ = normalise(model)
+    tensors = observed_tensors(graph)
+    add_logsumexp(graph)
+    session = Session(augment(to_model(graph, model), tensors), str(model_path), spin=True)
+    stats = {name: TensorStats(name) for name in tensors}
+    for batch in dataset.batches(batch_size):
+        for name, value in zip(tensors, session.run(tensors, batch)):
+            stats[name].update(value, 1 if value.ndim >= 2 else None)
+
+
 def time_ratio(model_path: Path, data_path: Path, batch_size: int, repeat: int) -> None:
     model = load_model(model_path)
     dataset = load_dataset(data_path, input_specs(model))
@@ -68,28 +85,33 @@ def time_ratio(model_path: Path, data_path: Path, batch_size: int, repeat: int) 
     run_all(plain, batches)  # warm-up
     times = best_of({
         "calibrate": lambda: calibrate(model_path, data_path, batch_size),
+        "sequential": lambda: calibrate_sequential(model_path, data_path, batch_size),
         "plain_e2e": lambda: plain_end_to_end(model_path, data_path, batch_size),
         "plain_runs": lambda: run_all(plain, batches),
     }, repeat)
     best = {k: min(v) for k, v in times.items()}
-    print("| run | seconds (best) | all runs (s) | ms per sample |")
-    print("|---|---:|---|---:|")
+    print("| run | seconds (best) | all runs (s) | ms per sample | / plain end to end |")
+    print("|---|---:|---|---:|---:|")
     rows = [("calibrate() (read data, normalise, session, runs, statistics)", "calibrate"),
+            ("calibrate() as before: sequential loop, spinning workers, TensorStats.update", "sequential"),
             ("plain inference end to end (read data, session, runs)", "plain_e2e"),
             ("plain inference, runs only (session open, data in memory)", "plain_runs")]
     for label, key in rows:
-        print(f"| {label} | {best[key]:.3f} | {fmt_times(times[key])} | {1000 * best[key] / n:.3f} |")
+        print(f"| {label} | {best[key]:.3f} | {fmt_times(times[key])} | {1000 * best[key] / n:.3f} | "
+              f"{best[key] / best['plain_e2e']:.2f} |")
     ratio = best["calibrate"] / best["plain_e2e"]
     print(f"\ncalibrate / plain inference end to end = {ratio:.2f} (target <= 1.3: {'met' if ratio <= 1.3 else 'MISSED'});"
-          f" calibrate / plain runs only = {best['calibrate'] / best['plain_runs']:.2f}")
+          f" calibrate / plain runs only = {best['calibrate'] / best['plain_runs']:.2f}; as before: "
+          f"{best['sequential'] / best['plain_e2e']:.2f}")
     breakdown(model_path, data_path, batch_size, repeat, best["plain_runs"])
 
 
 def breakdown(model_path: Path, data_path: Path, batch_size: int, repeat: int, plain_runs: float) -> None:
     """calibrate() step by step (the same library calls in the same order, the loop being the library's own
-    collect()), with the loop split into session.run and the TensorStats methods; then session variants, and
-    TensorStats.update split into its reductions and its histogram binning."""
+    collect()), with the loop's session.run (main thread) and ChannelFold work (fold thread, overlapping the
+    next run) timed; then session variants, and the statistics alone on outputs held in memory."""
     phases: dict[str, list[float]] = {}
+    inside: dict[str, list[float]] = {}
 
     def phase(name, fn):
         start = time.perf_counter()
@@ -103,25 +125,23 @@ def breakdown(model_path: Path, data_path: Path, batch_size: int, repeat: int, p
         graph, _ = phase("normalise (passes, shape inference)", lambda: normalise(model))
         tensors = observed_tensors(graph)
         augmented = phase("augment", lambda: augment(to_model(graph, model), tensors))
-        session = phase("open session (graph optimisation on)", lambda: Session(augmented, str(model_path)))
+        session = phase("open session (graph optimisation on, workers not spinning)",
+                        lambda: Session(augmented, str(model_path), spin=False))
         stats = {name: TensorStats(name) for name in tensors}
         timed = _TimedSession(session)
         with stats_timers() as spent:
-            start = time.perf_counter()
-            collect(timed, dataset, stats, batch_size)
-            loop = time.perf_counter() - start
-        phases.setdefault("collect(): session.run of the observed tensors", []).append(timed.seconds)
+            phase("collect(): the loop (session.run, folds on a thread, finish)",
+                  lambda: collect(timed, dataset, stats, batch_size))
+        inside.setdefault("session.run (main thread)", []).append(timed.seconds)
         for method, secs in spent.items():
-            phases.setdefault(f"collect(): TensorStats.{method}{STATS_NOTES.get(method, '')}", []).append(secs)
-        phases.setdefault("collect(): rest (batch slicing, loop)", []).append(loop - timed.seconds
-                                                                              - sum(spent.values()))
+            inside.setdefault(f"ChannelFold.{method} (fold thread)", []).append(secs)
         phase("fingerprint of the model", lambda: fingerprint(model))
     best = {k: min(v) for k, v in phases.items()}
     total = sum(best.values())
     n = len(dataset)
     elements = sum(int(np.prod(v.shape)) for v in session.run(tensors, next(dataset.batches(1))))
     channels = sum(len(getattr(s, "channels", None) or ()) for s in stats.values())
-    per_channel = f", {channels} per-channel statistics (one update call each per batch)" if channels else ""
+    per_channel = f", {channels} per-channel statistics" if channels else ""
     print(f"\nwhere calibrate()'s time goes ({len(tensors)} observed tensors, {elements:,} values per sample, "
           f"{elements * n / 1e6:.1f} M values in all{per_channel}; best of {repeat} per phase):\n")
     print("| phase | seconds | share |")
@@ -129,8 +149,13 @@ def breakdown(model_path: Path, data_path: Path, batch_size: int, repeat: int, p
     for name, secs in best.items():
         print(f"| {name} | {secs:.3f} | {100 * secs / total:.0f}% |")
     print(f"| sum | {total:.3f} | 100% |")
+    print("\ninside collect() (the two threads overlap, so these add up to more than the loop):\n")
+    print("| part | seconds (best) | all runs (s) |")
+    print("|---|---:|---|")
+    for name, secs in inside.items():
+        print(f"| {name} | {min(secs):.3f} | {fmt_times(secs)} |")
 
-    # session variants: what disabling optimisation and fetching the extra outputs cost
+    # session variants: what disabling optimisation, fetching the extra outputs and spinning cost
     model = load_model(model_path)
     dataset = load_dataset(data_path, input_specs(model))
     batches = list(dataset.batches(batch_size))
@@ -142,16 +167,15 @@ def breakdown(model_path: Path, data_path: Path, batch_size: int, repeat: int, p
     variants = {
         "original model, default optimisation (the baseline)": (ort_session(str(model_path)), None),
         "normalised model, optimisation off, final output only": (ort_session(normalised, False), outputs),
-        "augmented model, optimisation off, observed tensors (what calibrate ran before)": (
-            ort_session(augmented, False), tensors),
-        "augmented model, default optimisation, observed tensors (what calibrate runs)": (
-            ort_session(augmented, True), tensors),
+        "augmented model, optimisation off, observed tensors": (ort_session(augmented, False), tensors),
+        "augmented model, default optimisation, observed tensors": (ort_session(augmented, True), tensors),
+        "the same, workers not spinning (what calibrate runs)": (Session(augmented, "m", spin=False), tensors),
     }
     for session, names in variants.values():
         run_all(session, batches, names)
     times = best_of({label: (lambda s=s, o=o: run_all(s, batches, o)) for label, (s, o) in variants.items()}, repeat)
     base = min(times[next(iter(variants))])
-    (off, _), (on, _) = list(variants.values())[2:]
+    (off, _), (on, _) = list(variants.values())[2:4]
     diff = max(float(np.abs(a - b).max()) for a, b in zip(off.run(tensors, batches[0]), on.run(tensors, batches[0])))
     print("\nsession.run over all batches, by session variant:\n")
     print("| session | seconds (best) | all runs (s) | / baseline |")
@@ -160,47 +184,46 @@ def breakdown(model_path: Path, data_path: Path, batch_size: int, repeat: int, p
         print(f"| {label} | {min(times[label]):.3f} | {fmt_times(times[label])} | {min(times[label]) / base:.2f} |")
     print(f"\n(observed tensors, optimisation off vs default, first batch: max |diff| {diff:.2e})")
 
-    # the collect loop alternates onnxruntime and NumPy work in one thread: compare with the session's worker
-    # threads told not to spin after each run
-    nospin = _NoSpinSession(augmented)
+    # the statistics alone, one thread, on every batch's outputs held in memory
+    session = Session(augmented, "m", spin=False)
+    held = [session.run(tensors, batch) for batch in batches]
 
-    def collect_with(session):
+    def fold_all():
+        folds = {name: ChannelFold(TensorStats(name), 1 if v.ndim >= 2 else None) for name, v in zip(tensors, held[0])}
+        for outputs in held:
+            for name, value in zip(tensors, outputs):
+                folds[name].update(value)
+        for f in folds.values():
+            f.finish()
+
+    def update_all():
         stats = {name: TensorStats(name) for name in tensors}
-        collect(session, dataset, stats, batch_size)
+        for outputs in held:
+            for name, value in zip(tensors, outputs):
+                stats[name].update(value, 1 if value.ndim >= 2 else None)
 
-    library = Session(augmented, str(model_path))
-    loops = best_of({"library": lambda: collect_with(library), "nospin": lambda: collect_with(nospin)}, repeat)
-    print(f"\ncollect() loop (session.run + update), as calibrate() opens the session: {min(loops['library']):.3f} s "
-          f"({fmt_times(loops['library'])}); the same with session.intra_op.allow_spinning=0: "
-          f"{min(loops['nospin']):.3f} s ({fmt_times(loops['nospin'])})")
-
-    # TensorStats.update split: per-channel reductions (min, max, sum) vs binning (fine bin index + bincount)
-    session = ort_session(augmented, True)
-    t_reduce = t_bin = t_update = 0.0
-    for batch in batches:
-        for name, value in zip(tensors, session.run(tensors, batch)):
+    folds = best_of({"fold": fold_all, "update": update_all}, repeat)
+    t_reduce = t_index = t_count = 0.0
+    for outputs in held:
+        for value in outputs:
             by_channel = value.reshape(value.shape[0], value.shape[1], -1) if value.ndim >= 2 else value.reshape(1, 1, -1)
             start = time.perf_counter()
             by_channel.min(axis=2).min(axis=0), by_channel.max(axis=2).max(axis=0), by_channel.sum(axis=2)
             t_reduce += time.perf_counter() - start
-            stats = TensorStats(name)
-            stats.update(value, 1 if value.ndim >= 2 else None)
-            ranges = np.array([c.half_range for c in stats.channels] if stats.channels else [stats.half_range])
+            ranges = np.full(by_channel.shape[1], 2.0 ** np.ceil(np.log2(float(np.abs(value).max()) + 1e-30) + 1e-12))
             start = time.perf_counter()
-            np.bincount(_bin_index(by_channel, ranges, stats.bins), minlength=len(ranges) * stats.bins)
-            t_bin += time.perf_counter() - start
-            stats = TensorStats(name)
+            index = _bin_index(by_channel, ranges, DEFAULT_BINS)
+            t_index += time.perf_counter() - start
             start = time.perf_counter()
-            stats.update(value, 1 if value.ndim >= 2 else None)
-            t_update += time.perf_counter() - start
-    print(f"\nTensorStats.update split (one pass over the batches): update {t_update:.3f} s = per-channel "
-          f"reductions (min, max, sum) {t_reduce:.3f} s + binning (float32 fine bin index, one bincount) "
-          f"{t_bin:.3f} s + rest {max(t_update - t_reduce - t_bin, 0):.3f} s; plain runs {plain_runs:.3f} s for "
-          f"comparison")
-
-
-STATS_NOTES = {"update": " (whole tensor and each channel along axis 1: min, max, sum, histograms)",
-               "update_channels": " (channels only)"}
+            np.bincount(index, minlength=len(ranges) * DEFAULT_BINS)
+            t_count += time.perf_counter() - start
+    values = sum(v.size for outputs in held for v in outputs)
+    print(f"\nstatistics alone, one thread, outputs of all {len(held)} batches held in memory ({values / 1e6:.1f} M "
+          f"values): ChannelFold (what collect() runs) {min(folds['fold']):.3f} s ({fmt_times(folds['fold'])}); "
+          f"TensorStats.update per batch (before) {min(folds['update']):.3f} s ({fmt_times(folds['update'])}). "
+          f"Per value, in one pass: per-channel min, max, sum {1e9 * t_reduce / values:.2f} ns, float32 bin index "
+          f"{1e9 * t_index / values:.2f} ns, np.bincount {1e9 * t_count / values:.2f} ns; plain runs "
+          f"{plain_runs:.3f} s for comparison")
 
 
 class _TimedSession:
@@ -220,44 +243,26 @@ class _TimedSession:
 
 @contextlib.contextmanager
 def stats_timers():
-    """Time TensorStats.update and .update_channels (where the library has it) by their outermost calls
-    (update_channels' own update calls count as update_channels). Patches the class; restores it."""
+    """Time ChannelFold.update and .finish (the fold thread's work) per method. Patches the class; restores it."""
     spent: dict[str, float] = {}
-    depth = [0]
-    originals = {m: getattr(TensorStats, m) for m in ("update", "update_channels") if hasattr(TensorStats, m)}
+    originals = {m: getattr(ChannelFold, m) for m in ("update", "finish")}
 
     def wrap(method, fn):
         def timed(self, *args, **kwargs):
-            depth[0] += 1
             start = time.perf_counter()
             try:
                 return fn(self, *args, **kwargs)
             finally:
-                depth[0] -= 1
-                if depth[0] == 0:
-                    spent[method] = spent.get(method, 0.0) + time.perf_counter() - start
+                spent[method] = spent.get(method, 0.0) + time.perf_counter() - start
         return timed
 
     for method, fn in originals.items():
-        setattr(TensorStats, method, wrap(method, fn))
+        setattr(ChannelFold, method, wrap(method, fn))
     try:
         yield spent
     finally:
         for method, fn in originals.items():
-            setattr(TensorStats, method, fn)
-
-
-class _NoSpinSession:
-    """Like rewrites.runtime.Session (graph optimisation on), with the intra-op workers not spinning between runs."""
-
-    def __init__(self, model):
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-    def run(self, outputs, feeds):
-        return self.session.run(outputs, feeds)
+            setattr(ChannelFold, method, fn)
 
 
 # ------------------------------------------------------------------------------------------- peak memory

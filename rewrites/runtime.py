@@ -23,9 +23,14 @@ WEIGHTS_AS_INPUTS_ABOVE = 64 * 2**20
 class Session:
     """A CPU session; `optimize=False` keeps every tensor (fusions cannot remove an observed output)."""
 
-    def __init__(self, model: onnx.ModelProto, name: str, optimize: bool = True):
+    def __init__(self, model: onnx.ModelProto, name: str, optimize: bool = True, spin: bool = True):
+        """`spin=False`: onnxruntime's worker threads sleep between runs instead of spinning, leaving the CPU to
+        other work on the caller's side (calibration folds statistics on a thread while the session runs)."""
         options = ort.SessionOptions()
         options.log_severity_level = 4
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if not optimize:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         self.name = name

@@ -8,7 +8,7 @@ import pytest
 from builders import small_cnn
 from conftest import run_ort
 from rewrites.calibration.collect import calibrate
-from rewrites.calibration.stats import CHANNEL_BINS, Calibration, TensorStats
+from rewrites.calibration.stats import CHANNEL_BINS, Calibration, ChannelFold, TensorStats
 from rewrites.config import ConvertOptions
 from rewrites.convert import convert_model
 from rewrites.errors import CalibrationError
@@ -152,6 +152,25 @@ def test_vectorised_statistics_equal_the_per_channel_loop(bins, dtype):
             (want.count, want.half_range, want.minimum, want.maximum)
         assert got.mean == pytest.approx(want.mean, rel=1e-6, abs=1e-9)
     assert new.channels[4].counts[CHANNEL_BINS // 2] == new.channels[4].count
+
+
+
+@pytest.mark.parametrize("bins, dtype, axis", [(4096, np.float32, 1), (1024, np.float64, 1), (64, np.float32, 1),
+                                               (12, np.float32, 1), (4096, np.float32, None)])
+def test_deferred_fold_equals_update(bins, dtype, axis):
+    """ChannelFold (what collect() runs: fine counts per channel, merged once at the end) gives exactly the
+    statistics of TensorStats.update batch by batch, channels included, through ranges that grow per channel."""
+    want = TensorStats("t", bins)
+    fold = ChannelFold(TensorStats("t", bins), axis)
+    for x in _batches(dtype):
+        want.update(x, axis)
+        fold.update(x)
+    got = fold.finish()
+    assert (got.channels is None) == (axis is None)
+    for g, w in [(got, want)] + list(zip(got.channels or [], want.channels or [])):
+        np.testing.assert_array_equal(g.counts, w.counts)
+        assert (g.name, g.bins, g.count, g.half_range, g.minimum, g.maximum, g.total) == \
+            (w.name, w.bins, w.count, w.half_range, w.minimum, w.maximum, w.total)
 
 
 def test_channels_only_update_leaves_the_whole_tensor_alone():

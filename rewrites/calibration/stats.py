@@ -260,6 +260,106 @@ def _bin_index(by_channel: np.ndarray, half_ranges: np.ndarray, bins: int) -> np
     return index.reshape(-1)
 
 
+
+FINE_STATE_LIMIT = 2**20  # fine bins (int64) a ChannelFold may hold for one tensor: 8 MiB
+
+
+class ChannelFold:
+    """Fold batches into one tensor's TensorStats (the whole tensor and each channel along `channel_axis`)
+    with the histogram merging deferred to finish(): per channel, count, extrema, sum and `stats.bins` fine
+    bins over the channel's own range [-R_c, R_c) (R_c grows like TensorStats._grow, merging fine bins in
+    pairs). Both the channel histogram and the whole tensor's are exact sums of the fine bins (all ranges and
+    bin counts powers of two), so the counts equal TensorStats.update's over the same batches; a batch costs
+    its reductions, one bin index and one bincount, and no per-batch merge.
+
+    Falls back to TensorStats.update per batch where the fine grid does not nest (bins not powers of two),
+    where `stats` already holds data, or where the fine state would pass FINE_STATE_LIMIT bins."""
+
+    def __init__(self, stats: TensorStats, channel_axis: int | None):
+        self.stats = stats
+        self.channel_axis = channel_axis
+        self.fine: np.ndarray | None = None  # [C, bins] counts, allocated with the first batch
+        self.direct = (stats.count > 0 or stats.channels is not None or stats.bins & (stats.bins - 1) != 0
+                       or CHANNEL_BINS & (CHANNEL_BINS - 1) != 0 or stats.bins < CHANNEL_BINS)
+
+    def update(self, values: np.ndarray) -> None:
+        x = np.asarray(values)
+        if x.size == 0:
+            return
+        axis = None if self.channel_axis is None or x.ndim == 0 else self.channel_axis % x.ndim
+        by_channel = x.reshape(1, 1, -1) if axis is None else \
+            x.reshape(math.prod(x.shape[:axis]), x.shape[axis], -1)
+        channels = by_channel.shape[1]
+        if self.fine is None and not self.direct and channels * self.stats.bins > FINE_STATE_LIMIT:
+            self.direct = True
+        if self.direct:
+            self.stats.update(x, axis)
+            return
+        lows = by_channel.min(axis=2).min(axis=0)
+        highs = by_channel.max(axis=2).max(axis=0)
+        if not (np.isfinite(lows).all() and np.isfinite(highs).all()):
+            raise CalibrationError(f"tensor '{self.stats.name}' holds NaN or infinite values during calibration",
+                                   "check the model and the data")
+        sums = by_channel.sum(axis=2).astype(np.float64).sum(axis=0)
+        if self.fine is None:
+            self.fine = np.zeros((channels, self.stats.bins), np.int64)
+            self.count = 0
+            self.lows = np.full(channels, math.inf)
+            self.highs = np.full(channels, -math.inf)
+            self.totals = np.zeros(channels)
+            self.ranges = np.zeros(channels)
+        elif channels != self.fine.shape[0]:
+            raise CalibrationError(f"tensor '{self.stats.name}' changed its channel count during calibration")
+        # the whole tensor's scalars and range exactly as TensorStats.update keeps them
+        _add_scalars([self.stats], lows.min(keepdims=True), highs.max(keepdims=True), sums.sum(keepdims=True),
+                     by_channel.size)
+        lows64, highs64 = lows.astype(np.float64), highs.astype(np.float64)
+        self.count += by_channel.size // channels
+        np.minimum(self.lows, lows64, out=self.lows)
+        np.maximum(self.highs, highs64, out=self.highs)
+        self.totals += sums
+        magnitude = np.maximum(np.abs(lows64), np.abs(highs64))
+        for c in np.flatnonzero((magnitude > 0.0) & (magnitude >= self.ranges)).tolist():
+            self.ranges[c] = _grow_row(self.fine[c], float(self.ranges[c]), float(magnitude[c]))
+        bins = self.stats.bins
+        self.fine += np.bincount(_bin_index(by_channel, self.ranges, bins),
+                                 minlength=channels * bins).reshape(channels, bins)
+
+    def finish(self) -> TensorStats:
+        """Write the histograms into the TensorStats (and its channels, with a channel axis) and return it."""
+        stats = self.stats
+        if self.direct or self.fine is None:
+            return stats
+        if self.channel_axis is None:
+            stats.counts = self.fine[0].copy()
+            return stats
+        top = float(self.ranges.max())
+        if top > stats.half_range:  # a channel's first range rounded up past the whole's: widen the whole's
+            stats.half_range = top
+        stats.counts = _merge_to_whole(self.fine, self.ranges.tolist(), stats.half_range)
+        stats.channel_axis = self.channel_axis
+        per_channel = self.fine.reshape(len(self.fine), CHANNEL_BINS, -1).sum(axis=2)
+        stats.channels = [TensorStats(f"{stats.name}[{c}]", CHANNEL_BINS, self.count, lo, hi, total, r, row)
+                          for c, (lo, hi, total, r, row) in enumerate(zip(
+                              self.lows.tolist(), self.highs.tolist(), self.totals.tolist(), self.ranges.tolist(),
+                              per_channel))]
+        return stats
+
+
+def _grow_row(counts: np.ndarray, half_range: float, magnitude: float) -> float:
+    """TensorStats._grow on one histogram row held elsewhere (in place); returns the new range."""
+    if half_range == 0.0:
+        half_range = 2.0 ** math.ceil(math.log2(magnitude) + 1e-12)
+        return half_range * 2.0 if half_range <= magnitude else half_range
+    quarter = counts.size // 4
+    while half_range <= magnitude:
+        merged = counts.reshape(-1, 2).sum(axis=1)
+        counts[:] = 0
+        counts[quarter:quarter + merged.size] = merged
+        half_range *= 2.0
+    return half_range
+
+
 @dataclass
 class Calibration:
     fingerprint: str
