@@ -8,17 +8,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onnx
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from rewrites.calibration.data import input_specs
 from rewrites.calibration.stats import Calibration
 from rewrites.config import ConvertOptions
 from rewrites.errors import PassError, UnsupportedNode, UnsupportedNodesError
-from rewrites.export import export_spiking
+from rewrites.export import export_spiking, graph_to_model, graph_weights, large_constants, weights_to_inputs
 from rewrites.graph import default_opset, fingerprint, load_model, with_inferred_types
 from rewrites.optable import Conversion, NodeConversion, classify_graph
 from rewrites.passes import NORMALISE, SPIKING, PassContext, PassReport, run_passes
 from rewrites.passes import fold_constants, fuse_softmax
-from rewrites.runtime import Session
+from rewrites.runtime import WEIGHTS_AS_INPUTS_ABOVE, Session
 
 
 def import_graph(model: onnx.ModelProto, infer: bool = False) -> gs.Graph:
@@ -33,12 +35,38 @@ def import_graph(model: onnx.ModelProto, infer: bool = False) -> gs.Graph:
     return graph
 
 
-def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
-    model = gs.export_onnx(graph, do_type_check=False)
+def to_model(graph: gs.Graph, like: onnx.ModelProto, weights: bool = True) -> onnx.ModelProto:
+    """The graph as a model with `like`'s opsets and IR version. `weights=False`: its large initializers
+    without their data (see `graph_to_model`)."""
+    model = graph_to_model(graph, weights=weights)
     del model.opset_import[:]
     model.opset_import.extend(like.opset_import)
     model.ir_version = like.ir_version
     return model
+
+
+def reimport(graph: gs.Graph, like: onnx.ModelProto) -> gs.Graph:
+    """`import_graph(to_model(graph, like), infer=True)` without a copy of the weights: the graph is
+    exported and imported without its large initializers, whose constants then take the old graph's values
+    (lazily loaded tensors of the source model stay so)."""
+    large = large_constants(graph)
+    fresh = import_graph(to_model(graph, like, weights=False), infer=True)
+    for name, tensor in fresh.tensors().items():
+        old = large.get(name)
+        if old is None or not isinstance(tensor, gs.Constant):
+            continue
+        if old._export_dtype is None or dtype_to_onnx(old.dtype) == dtype_to_onnx(old.export_dtype):
+            tensor._values = old._values
+        else:  # exported in another type: read back as exported
+            tensor._values = LazyValues(OnnxExporter.export_tensor_proto(old))
+        # as the importer sets it from the exported tensor
+        values = old._values
+        if isinstance(values, LazyValues):
+            tensor.data_location = int(values.tensor.data_location) if values.tensor.HasField("data_location") \
+                else None
+        else:
+            tensor.data_location = old.data_location
+    return fresh
 
 
 def normalise(model: onnx.ModelProto, options: ConvertOptions | None = None
@@ -46,13 +74,14 @@ def normalise(model: onnx.ModelProto, options: ConvertOptions | None = None
     """Run the normalising passes (same function, simpler graph) and re-infer shapes."""
     graph = import_graph(model, infer=True)
     reports = run_passes(graph, NORMALISE, PassContext(options or ConvertOptions()))
-    return import_graph(to_model(graph, model), infer=True), reports
+    return reimport(graph, model), reports
 
 
-def self_check(original: onnx.ModelProto, rewritten: onnx.ModelProto, what: str, seed: int = 0,
+def self_check(original: onnx.ModelProto, rewritten: onnx.ModelProto | gs.Graph, what: str, seed: int = 0,
                rtol: float = 1e-4) -> float:
     """Run both models on the same random inputs; raise PassError if they differ. Returns the max error
-    relative to the largest output magnitude."""
+    relative to the largest output magnitude. `rewritten` may be a graph (with the opsets of `original`):
+    a large one runs with its weights fed from its constants, not from an exported copy."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in input_specs(original):
@@ -60,7 +89,9 @@ def self_check(original: onnx.ModelProto, rewritten: onnx.ModelProto, what: str,
         feeds[spec.name] = rng.random(dims).astype(spec.dtype) if spec.dtype.kind == "f" \
             else rng.integers(0, 2, dims).astype(spec.dtype)
     a = _run(original, feeds, "the model")
-    b = _run(rewritten, feeds, f"the model after {what}")
+    name_after = f"the model after {what}"
+    b = _run_graph(rewritten, original, feeds, name_after) if isinstance(rewritten, gs.Graph) \
+        else _run(rewritten, feeds, name_after)
     worst = 0.0
     for name, x, y in zip([o.name for o in original.graph.output], a, b):
         scale = max(float(np.abs(x).max()), 1e-12)
@@ -74,6 +105,19 @@ def self_check(original: onnx.ModelProto, rewritten: onnx.ModelProto, what: str,
 
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], name: str) -> list[np.ndarray]:
     return Session(model, name, optimize=False).run(None, feeds)
+
+
+def _run_graph(graph: gs.Graph, like: onnx.ModelProto, feeds: dict[str, np.ndarray], name: str
+               ) -> list[np.ndarray]:
+    """`_run(to_model(graph, like), ...)`. Above WEIGHTS_AS_INPUTS_ABOVE bytes of weights the session, like
+    Session's own, takes the large initializers as inputs; their arrays are read from the graph's constants
+    here, so no model with a copy of the weights is built."""
+    large = large_constants(graph)
+    if sum(t._values.nbytes for t in large.values()) <= WEIGHTS_AS_INPUTS_ABOVE:
+        return _run(to_model(graph, like), feeds, name)
+    skeleton = weights_to_inputs(to_model(graph, like, weights=False))
+    weights = graph_weights(graph, large)
+    return Session(skeleton, name, optimize=False).run(None, {**feeds, **weights})
 
 
 @dataclass
@@ -172,7 +216,7 @@ def convert_model(model: onnx.ModelProto, calibration: Calibration, options: Con
     calibration.check_model(fp, calib_path, model_path)
     ops_before = Counter(n.op_type for n in model.graph.node)
     graph, reports = normalise(model, options)
-    error = self_check(model, to_model(graph, model), "normalising passes") if check else float("nan")
+    error = self_check(model, graph, "normalising passes") if check else float("nan")
     ctx = PassContext(options, calibration)
     reports += run_passes(graph, SPIKING, ctx)
     done = (Conversion.LINEAR, Conversion.STATIC, Conversion.SPIKING, Conversion.FLOAT)

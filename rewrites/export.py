@@ -12,21 +12,99 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onnx
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from rewrites import __version__
 from rewrites.config import ConvertOptions
 from rewrites.errors import ModelError
-from rewrites.graph import default_opset, without_weights
+from rewrites.graph import WEIGHTLESS_ABOVE, default_opset, without_weights
 from rewrites.neurons import DOMAIN, DOMAIN_VERSION, OPERATORS
 
 CONTRACT = ("one time step per call; inputs state.* start at zero and take their .next outputs at the next "
             "step; the first non-state output is the step's value, decoded as the running mean over steps")
 
 
-def _weights_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+def large_constants(graph: gs.Graph) -> dict[str, gs.Constant]:
+    """The graph's initializers of more than WEIGHTLESS_ABOVE bytes, by name (not those of subgraphs)."""
+    large = {}
+    for name, tensor in graph.tensors().items():
+        if not isinstance(tensor, gs.Constant) or isinstance(tensor._values, SparseValues):
+            continue
+        values = tensor._values
+        numeric = values.tensor.data_type != onnx.TensorProto.STRING if isinstance(values, LazyValues) \
+            else values.dtype.kind in "biufc"
+        if numeric and values.nbytes > WEIGHTLESS_ABOVE:
+            large[name] = tensor
+    return large
+
+
+def _stub(tensor: gs.Constant) -> onnx.TensorProto:
+    """A TensorProto with the constant's name, exported type and dims and no data (external data at a location
+    that does not exist), as `without_weights` writes them."""
+    values = tensor._values
+    if isinstance(values, LazyValues):
+        data_type, dims = values.tensor.data_type, list(values.tensor.dims)
+    else:
+        data_type, dims = dtype_to_onnx(tensor.export_dtype), list(values.shape)
+    stub = onnx.TensorProto(name=tensor.name, data_type=data_type, dims=dims)
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    stub.external_data.add(key="location", value="(weights left out)")
+    return stub
+
+
+def graph_to_model(graph: gs.Graph, weights: bool = True, release: bool = False) -> onnx.ModelProto:
+    """What `gs.export_onnx(graph, do_type_check=False)` returns, without its copies of the weights.
+
+    onnx-graphsurgeon builds the initializers in a list, copies them into a GraphProto, then copies that into
+    the model: three copies of the weights at its peak. Here the large initializers are exported as stubs and
+    then filled in place, one tensor at a time. `weights=False` leaves them as stubs (as `without_weights`
+    does): a model for shape inference and checks. `release=True` re-points each large constant of NumPy
+    values at its exported tensor once it is written, so that the graph's copy is freed as the model's grows
+    (the values read the same; use it when the graph is about to be dropped)."""
+    large = large_constants(graph)
+    saved = {name: tensor._values for name, tensor in large.items()}
+    try:
+        for tensor in large.values():
+            tensor._values = LazyValues(_stub(tensor))
+        model = gs.export_onnx(graph, do_type_check=False)
+    finally:
+        for name, tensor in large.items():
+            tensor._values = saved[name]
+    if not weights:
+        return model
+    for init in model.graph.initializer:
+        tensor = large.get(init.name)
+        if tensor is None:
+            continue
+        # as gs exports it: a lazily loaded tensor as it was read, NumPy values through its conversion
+        init.CopyFrom(OnnxExporter.export_tensor_proto(tensor))
+        if release and isinstance(tensor._values, np.ndarray) and \
+                dtype_to_onnx(tensor.dtype) == dtype_to_onnx(tensor.export_dtype):
+            tensor._values = LazyValues(init)
+    return model
+
+
+def graph_weights(graph: gs.Graph, large: dict[str, gs.Constant] | None = None) -> dict[str, np.ndarray]:
+    """The values of the graph's large initializers as `graph_to_model` would export them, read into NumPy
+    arrays without being kept in the graph (a lazily loaded constant stays lazy)."""
+    out = {}
+    for name, tensor in (large_constants(graph) if large is None else large).items():
+        values = tensor._values
+        if isinstance(values, LazyValues):
+            out[name] = onnx.numpy_helper.to_array(values.tensor)
+        elif dtype_to_onnx(tensor.dtype) == dtype_to_onnx(tensor.export_dtype):
+            out[name] = np.ascontiguousarray(values)
+        else:
+            out[name] = onnx.numpy_helper.to_array(OnnxExporter.export_tensor_proto(tensor))
+    return out
+
+
+def weights_to_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with its large initializers turned into graph inputs of the same type and shape: the checker
     sees the same graph without a copy of the weights."""
     skeleton = without_weights(model)
@@ -53,7 +131,7 @@ def export_spiking(graph: gs.Graph, source: onnx.ModelProto, options: ConvertOpt
         graph.inputs.extend(node.inputs[len(node.inputs) - k:])
         graph.outputs.extend(node.outputs[1:1 + k])
     opset = default_opset(source)
-    model = gs.export_onnx(graph, do_type_check=False)
+    model = graph_to_model(graph, release=True)
     del model.opset_import[:]
     model.opset_import.extend([helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
     model.ir_version = max(source.ir_version, 8)
@@ -77,7 +155,7 @@ def export_spiking(graph: gs.Graph, source: onnx.ModelProto, options: ConvertOpt
     for key in sorted(meta):
         model.metadata_props.add(key=key, value=meta[key])
     try:  # on a copy without the weights: both serialise the whole model otherwise
-        skeleton = onnx.shape_inference.infer_shapes(_weights_as_inputs(model), strict_mode=True)
+        skeleton = onnx.shape_inference.infer_shapes(weights_to_inputs(model), strict_mode=True)
         onnx.checker.check_model(skeleton, full_check=True)
     except Exception as exc:  # the checker raises several types
         raise ModelError(f"the exported spiking model failed the ONNX check: {str(exc).splitlines()[0]}",

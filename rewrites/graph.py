@@ -11,6 +11,7 @@ from typing import Iterator
 
 import numpy as np
 import onnx
+from google.protobuf.unknown_fields import UnknownFieldSet
 from onnx import external_data_helper, numpy_helper
 
 from rewrites.errors import InputFileError, ModelError
@@ -86,7 +87,8 @@ def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     _copy_fields(model, skeleton, skip={"graph"})
     _copy_fields(model.graph, skeleton.graph, skip={"initializer"})
     for tensor in model.graph.initializer:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL and tensor.ByteSize() <= WEIGHTLESS_ABOVE:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL and not _larger_than(tensor, WEIGHTLESS_ABOVE) \
+                and tensor.ByteSize() <= WEIGHTLESS_ABOVE:
             skeleton.graph.initializer.add().CopyFrom(tensor)
             continue
         stub = skeleton.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
@@ -95,16 +97,20 @@ def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
+def _larger_than(tensor: onnx.TensorProto, size: int) -> bool:
+    """True when the tensor's data alone is over `size` bytes, decided without serialising it (upb's
+    ByteSize serialises the message: a transient copy of each weight). Only for data held as raw bytes or as
+    fixed-width floats; False (undecided) otherwise."""
+    if not (tensor.HasField("raw_data") or tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)):
+        return False
+    nbytes = tensor_nbytes(tensor)
+    return nbytes is not None and nbytes > size
+
+
 def _copy_fields(source, target, skip: set[str]) -> None:
     for field, value in source.ListFields():
-        if field.name in skip:
-            continue
-        if field.is_repeated:
-            getattr(target, field.name).extend(value)
-        elif field.type == field.TYPE_MESSAGE:
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
+        if field.name not in skip:
+            _copy_fields_into(field, value, target)
 
 
 # A tensor of more elements than this (per sample, for graph inputs) is refused before anything is
@@ -338,7 +344,9 @@ def fingerprint(model: onnx.ModelProto) -> str:
         arr = numpy_helper.to_array(init)
         h.update(init.name.encode())
         h.update(str((arr.dtype.str, arr.shape)).encode())
-        h.update(arr.tobytes())
+        # the bytes of arr.tobytes(), read in place (no second copy of the weight); object arrays as before
+        h.update(arr.tobytes() if arr.dtype.kind == "O" else np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+        del arr
     for vi in list(model.graph.input) + list(model.graph.output):
         h.update(vi.SerializeToString(deterministic=True))
     return "sha256:" + h.hexdigest()
@@ -407,7 +415,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
     path.parent.mkdir(parents=True, exist_ok=True)
     if external_data is None:
         external_data = _meta(model, EXTERNAL_DATA_KEY) == "true" or \
-            sum(t.ByteSize() for t in model.graph.initializer) >= EXTERNAL_ABOVE
+            sum(_tensor_size(t) for t in model.graph.initializer) >= EXTERNAL_ABOVE
     temps: list[Path] = []
     try:
         if external_data:
@@ -423,7 +431,11 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
             os.replace(model_tmp, path)
         else:
             model_tmp = _temp_beside(path, temps)
-            onnx.save(model, str(model_tmp))
+            if _streamable(model):
+                with open(model_tmp, "wb") as f:
+                    _write_inline(model, f)
+            else:
+                onnx.save(model, str(model_tmp))
             os.replace(model_tmp, path)
     except BaseException:
         for tmp in temps:
@@ -457,6 +469,89 @@ def _write_external(model: onnx.ModelProto, data_file: Path, location: str) -> o
                 stub.external_data.add(key=key, value=value)
             del raw
     return skeleton
+
+
+def _streamable(model: onnx.ModelProto) -> bool:
+    """`_write_inline` writes what SerializeToString would: no unknown fields at the two levels it splits, no
+    tensor that onnx.save would move to external data."""
+    return model.HasField("graph") and not (UnknownFieldSet(model) or UnknownFieldSet(model.graph)) \
+        and not uses_external_data(model)
+
+
+def _write_inline(model: onnx.ModelProto, f) -> None:
+    """The bytes of `model.SerializeToString()`, written one initializer at a time: the model's fields before
+    and after its graph, the graph's before and after its initializers, each initializer in between. Fields
+    are serialised in field-number order, as protobuf does, so the file is the same byte for byte; the
+    largest buffer is one tensor, not the whole model."""
+    graph = model.graph
+    graph_lo, graph_hi = _split_fields(graph, "initializer")
+    model_lo, model_hi = _split_fields(model, "graph")
+    init_tag, graph_tag = (_field_tag(m, name) for m, name in ((graph, "initializer"), (model, "graph")))
+    sizes = [_tensor_size(t) for t in graph.initializer]
+    graph_size = len(graph_lo) + len(graph_hi) + sum(len(init_tag) + len(_varint(n)) + n for n in sizes)
+    f.write(model_lo)
+    f.write(graph_tag + _varint(graph_size))
+    f.write(graph_lo)
+    for tensor, size in zip(graph.initializer, sizes):
+        f.write(init_tag + _varint(size))
+        written = _tensor_parts(tensor)
+        if sum(map(len, written)) != size:
+            raise RuntimeError(f"tensor '{tensor.name}' serialised to {sum(map(len, written))} bytes, announced {size}")
+        for part in written:
+            f.write(part)
+        del written
+    f.write(graph_hi)
+    f.write(model_hi)
+
+
+def _tensor_parts(tensor: onnx.TensorProto) -> list[bytes]:
+    """The tensor's serialisation in pieces: with raw data, its bytes as read (upb's serialiser, like its
+    ByteSize, builds the whole message in a growing buffer: two copies of the tensor at its peak)."""
+    if not tensor.HasField("raw_data"):
+        return [tensor.SerializeToString()]
+    lo, hi = _split_fields(tensor, "raw_data")
+    raw = tensor.raw_data
+    return [lo, _field_tag(tensor, "raw_data") + _varint(len(raw)), raw, hi]
+
+
+def _tensor_size(tensor: onnx.TensorProto) -> int:
+    """tensor.ByteSize(), with one copy of the raw data at a time instead of two."""
+    if not tensor.HasField("raw_data"):
+        return tensor.ByteSize()
+    parts = _tensor_parts(tensor)
+    return sum(map(len, parts))
+
+
+def _split_fields(message, name: str) -> tuple[bytes, bytes]:
+    """The serialised fields of `message` numbered below and above field `name`, which is left out."""
+    number = message.DESCRIPTOR.fields_by_name[name].number
+    below, above = type(message)(), type(message)()
+    for field, value in message.ListFields():
+        if field.name != name:
+            _copy_fields_into(field, value, below if field.number < number else above)
+    return below.SerializeToString(), above.SerializeToString()
+
+
+def _copy_fields_into(field, value, target) -> None:
+    if field.is_repeated:
+        getattr(target, field.name).extend(value)
+    elif field.type == field.TYPE_MESSAGE:
+        getattr(target, field.name).CopyFrom(value)
+    else:
+        setattr(target, field.name, value)
+
+
+def _field_tag(message, name: str) -> bytes:
+    return _varint(message.DESCRIPTOR.fields_by_name[name].number << 3 | 2)  # wire type 2: length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def _meta(model: onnx.ModelProto, key: str) -> str | None:
