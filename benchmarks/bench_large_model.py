@@ -7,8 +7,9 @@ x [N, W] -> (Gemm W x W -> Relu) x (L - 1) -> Gemm W x W, float32: L * (W^2 + W)
 defaults (403 MB of weights). It is written twice, with inline weights and with external data. Each step
 runs in a fresh Python process as the CLI runs it (calibrate; then convert: read the calibration, load,
 convert, save), and reports VmHWM (peak resident memory, /proc/self/status) per stage, the high-water mark
-reset between stages through /proc/self/clear_refs, minus the resident memory after the imports. The
-figure of interest is that peak in units of the weights' size: 1.0 means one copy of the weights."""
+reset between stages through /proc/self/clear_refs, minus the resident memory after the imports, and the
+resident memory left after the stage. The figure of interest is that peak in units of the weights' size:
+1.0 means one copy of the weights."""
 from __future__ import annotations
 
 import argparse
@@ -120,8 +121,8 @@ def main() -> None:
     np.savez(data, x=np.random.default_rng(1).random((args.samples, args.width)).astype(np.float32))
     print(f"model: {params / 1e6:.1f}M parameters, {weight_bytes / MB:.0f} MiB of weights "
           f"(built and written in {time.perf_counter() - start:.0f} s)")
-    print("| input | stage | peak - baseline (MiB) | x weights | seconds |")
-    print("|---|---|---:|---:|---:|")
+    print("| input | stage | peak - baseline (MiB) | x weights | held after (x weights) | seconds |")
+    print("|---|---|---:|---:|---:|---:|")
     results = {}
     for name, path in (("inline", inline), ("external data", external)):
         calib = folder / f"{path.stem}.calib.json"
@@ -130,7 +131,7 @@ def main() -> None:
         for run in runs:
             for stage, s in run["stages"].items():
                 print(f"| {name} | {stage} | {s['peak'] / MB:.0f} | {s['peak'] / weight_bytes:.2f} | "
-                      f"{s['seconds']:.1f} |")
+                      f"{s['rss_after'] / weight_bytes:.2f} | {s['seconds']:.1f} |")
         results[name] = runs
     out_files = sorted(p.name for p in folder.iterdir() if ".snn." in p.name)
     print(f"written: {', '.join(out_files)}; baseline after imports: {runs[0]['baseline'] / MB:.0f} MiB")

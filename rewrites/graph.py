@@ -30,6 +30,11 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise InputFileError(f"{path}: no such file")
     if not path.is_file():
         raise InputFileError(f"{path}: not a file")
+    # Given the path, the checker reads the file itself (no 2 GB limit, no serialised copy here) and holds it
+    # twice (bytes and parsed) while it runs. A file holding its weights is checked before it is loaded, not
+    # beside it; the error is raised in the same place either way, after the checks that name problems better.
+    check_first = path.stat().st_size > CHECK_FIRST_ABOVE
+    checker_error = _checker_error(path) if check_first else None
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf and onnx raise several unrelated types on damaged files
@@ -49,10 +54,11 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     check_input_sizes(model, path)
     check_edges(model, path)
     check_types(model, path)
-    try:  # given the path, the checker reads the file itself: no 2 GB limit, no serialised copy here
-        onnx.checker.check_model(str(path))
-    except Exception as exc:  # ValidationError, ValueError, and protobuf errors on odd fields
-        raise ModelError(f"{path}: invalid ONNX model: {_first_line(exc)}", "re-export the model") from exc
+    if not check_first:
+        checker_error = _checker_error(path)
+    if checker_error is not None:
+        raise ModelError(f"{path}: invalid ONNX model: {_first_line(checker_error)}",
+                         "re-export the model") from checker_error
     if uses_external_data(model):
         try:
             external_data_helper.load_external_data_for_model(model, str(path.parent))
@@ -74,6 +80,17 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
                          "the file is damaged; convert the model again" if strict else "re-export the model") from exc
     check_inferred_sizes(shapes, path)
     return model
+
+
+CHECK_FIRST_ABOVE = 64 * 2**20  # bytes of model file from which the checker runs before the model is loaded
+
+
+def _checker_error(path: Path) -> Exception | None:
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # ValidationError, ValueError, and protobuf errors on odd fields
+        return exc
+    return None
 
 
 WEIGHTLESS_ABOVE = 1024  # bytes; smaller tensors (shapes, axes, scalars) stay for shape inference to read
