@@ -6,7 +6,7 @@ The model (built here with onnx.helper, written to a temporary folder, never com
 x [N, W] -> (Gemm W x W -> Relu) x (L - 1) -> Gemm W x W, float32: L * (W^2 + W) parameters, 100.7M for the
 defaults (403 MB of weights). It is written twice, with inline weights and with external data. Each step
 runs in a fresh Python process as the CLI runs it (calibrate; then convert: read the calibration, load,
-convert, save), and reports VmHWM (peak resident memory, /proc/self/status) per stage, the high-water mark
+suggested_T, convert, save), and reports VmHWM (peak resident memory, /proc/self/status) per stage, the high-water mark
 reset between stages through /proc/self/clear_refs, minus the resident memory after the imports, and the
 resident memory left after the stage. The figure of interest is that peak in units of the weights' size:
 1.0 means one copy of the weights."""
@@ -61,7 +61,7 @@ if what == "calibrate":
     result = stage("calibrate", lambda: calibrate(model_path, data_path, batch_size=16))
     write_text_atomic(calib_path, result.to_json())
 else:
-    calibration = Calibration.read(calib_path)
+    calibration = stage("read calibration", lambda: Calibration.read(calib_path))
     model = stage("load", lambda: load_model(model_path))
     T = stage("suggested_T", lambda: suggested_T(model))
     result = stage("convert", lambda: convert_model(model, calibration, ConvertOptions(NormSpec.parse("max"), 0.5, T),
