@@ -204,3 +204,33 @@ def test_optimised_session_exposes_the_same_observed_tensors(tmp_path):
     assert len(fast) == len(tensors) == 5
     for a, b in zip(fast, plain):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_large_model_path_feeds_weights_as_inputs(tmp_path, monkeypatch):
+    """Above WEIGHTS_AS_INPUTS_ABOVE bytes of weights, calibrate() runs a weightless export that takes them as
+    inputs (one copy of the weights): same tensors and statistics as the ordinary session, within float
+    rounding (another GEMM kernel: extrema to 1e-5, a value may move to a neighbouring bin)."""
+    from rewrites.calibration import collect
+
+    save_model(small_cnn(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(9).random((40, 1, 12, 12)).astype(np.float32))
+    want = calibrate(tmp_path / "m.onnx", tmp_path / "d.npz", batch_size=16)
+    sessions = []
+    original = collect._WithWeights
+
+    class Spy(original):
+        def __init__(self, session, weights):
+            sessions.append(weights)
+            super().__init__(session, weights)
+
+    monkeypatch.setattr(collect, "WEIGHTS_AS_INPUTS_ABOVE", 0)
+    monkeypatch.setattr(collect, "_WithWeights", Spy)
+    got = calibrate(tmp_path / "m.onnx", tmp_path / "d.npz", batch_size=16)
+    assert len(sessions) == 1 and sessions[0]
+    assert sorted(got.tensors) == sorted(want.tensors)
+    for name, w in want.tensors.items():
+        g = got.tensors[name]
+        assert (g.count, g.half_range) == (w.count, w.half_range)
+        assert g.maximum == pytest.approx(w.maximum, rel=1e-5) and g.minimum == pytest.approx(w.minimum, rel=1e-5)
+        assert np.abs(np.cumsum(g.counts) - np.cumsum(w.counts)).max() <= 0.001 * w.count
+        assert [c.maximum for c in g.channels] == pytest.approx([c.maximum for c in w.channels], rel=1e-5)

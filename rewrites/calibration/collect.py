@@ -2,6 +2,7 @@
 collect statistics batch by batch into fixed-size state, and return typed results."""
 from __future__ import annotations
 
+import gc
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -16,12 +17,13 @@ from rewrites.calibration.stats import DEFAULT_BINS, Calibration, ChannelFold, T
 from rewrites.config import DEFAULT_NORM, NormSpec
 from rewrites.convert import normalise, to_model
 from rewrites.errors import DataError
+from rewrites.export import graph_weights, large_constants, weights_to_inputs
 from rewrites.graph import fingerprint, load_model
 from rewrites.optable import Conversion, classify_graph
 from rewrites.passes._emit import Emitter, reduce
 from rewrites.passes.softmax_to_spiking import CENTRED_SUFFIX, LSE_SUFFIX, centred, softmax_axes
 from rewrites.regions import find_regions
-from rewrites.runtime import Session
+from rewrites.runtime import WEIGHTS_AS_INPUTS_ABOVE, Session
 
 Progress = Callable[[int, int], None]  # (samples done, samples total)
 
@@ -85,13 +87,41 @@ def calibrate(model_path: str | Path, data_path: str | Path, batch_size: int = 6
     graph, _ = normalise(model)
     tensors = observed_tensors(graph)
     add_logsumexp(graph)
-    augmented = augment(to_model(graph, model), tensors)
-    # full graph optimisation: onnxruntime keeps every graph output, so each observed tensor is still computed
-    # (by fused kernels: values within float rounding, tests/test_calibration.py); measured 1.7x faster
-    session = Session(augmented, str(model_path), spin=False)
+    session = calibration_session(graph, model, tensors, str(model_path))
+    del graph, model
+    gc.collect()  # graphsurgeon graphs hold reference cycles: free the model's weights now, not at some later time
     stats = {name: TensorStats(name, bins) for name in tensors}
     collect(session, dataset, stats, batch_size, progress)
     return Calibration(model_fingerprint, str(model_path), len(dataset), stats, __version__, method)
+
+
+def calibration_session(graph: gs.Graph, like: onnx.ModelProto, tensors: list[str], name: str) -> Session:
+    """A session of the graph with every observed tensor as an output, workers not spinning (collect() folds
+    statistics on a thread meanwhile). Full graph optimisation: onnxruntime keeps every graph output, so each
+    observed tensor is still computed (by fused kernels: values within float rounding,
+    tests/test_calibration.py); measured 1.7x faster than none.
+
+    Above WEIGHTS_AS_INPUTS_ABOVE bytes of weights, the model is exported without them and takes them as
+    inputs, fed with every run from arrays read out of the graph: the session then holds the one copy of the
+    weights (onnxruntime reads input arrays in place), and once the caller drops the graph and the loaded model,
+    nothing else does. Otherwise the serialised model, onnxruntime's parse of it and its own initializers
+    would hold three more, next to the model and the graph."""
+    large = large_constants(graph)
+    if sum(t._values.nbytes for t in large.values()) <= WEIGHTS_AS_INPUTS_ABOVE:
+        return Session(augment(to_model(graph, like), tensors), name, spin=False)
+    skeleton = augment(weights_to_inputs(to_model(graph, like, weights=False)), tensors)
+    return _WithWeights(Session(skeleton, name, spin=False), graph_weights(graph, large))
+
+
+class _WithWeights:
+    """A Session whose model takes its large initializers as inputs, fed with every run."""
+
+    def __init__(self, session: Session, weights: dict[str, np.ndarray]):
+        self.session = session
+        self.weights = weights
+
+    def run(self, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(outputs, {**feeds, **self.weights})
 
 
 def collect(session: Session, dataset: Dataset, stats: dict[str, TensorStats], batch_size: int,
