@@ -98,7 +98,7 @@ def classify(node: gs.Node, dynamic: set[str]) -> NodeConversion:
 
     if node.domain == "ai.ann2snn":
         return result(Conversion.SPIKING)
-    if not any(is_dynamic):
+    if not any(is_dynamic) or op in SHAPE_ONLY_OPS:  # Shape / Size read the shape, never the values
         return result(Conversion.STATIC)
     if op in LINEAR_OPS:
         if op == "Resize" and node.attrs.get("mode", "nearest") not in ("nearest", "linear"):

@@ -1,5 +1,5 @@
 """The rewrite passes and the default pipeline: one explicit ordered tuple, no discovery."""
-from rewrites.passes import (allow_float, canonical_products, decompose_layernorm, eliminate_identity,
+from rewrites.passes import (allow_float, batch_shapes, canonical_products, decompose_layernorm, eliminate_identity,
                              fold_batchnorm, fold_constants, fuse_softmax, maxpool_to_neuron, name_nodes,
                              nonlinear_to_spiking, products_to_spiking, qcfs_to_if, relu_to_if,
                              softmax_to_spiking, weight_norm)
@@ -9,6 +9,7 @@ NORMALISE: tuple[Pass, ...] = (
     name_nodes.PASS,
     eliminate_identity.PASS,
     fold_constants.PASS,
+    batch_shapes.PASS,  # after fold_constants: what folds needs no probe run
     fold_batchnorm.PASS,
     fuse_softmax.PASS,  # before canonical_products rewrites its Div
     decompose_layernorm.PASS,
