@@ -44,7 +44,8 @@ def run(model: Path, mode: str, folder: Path) -> dict:
     sig = SIGNATURE.get(arch, "image")
     calib, snn = folder / f"{model.stem}.{mode}.calib.json", folder / f"{model.stem}.{mode}.snn.onnx"
     start = time.perf_counter()
-    cli("calibrate", model, "--data", FIXTURES / f"{sig}.calib.npz", "-o", calib, *(["--max"] if mode == "max" else []))
+    cli("calibrate", model, "--data", FIXTURES / f"{sig}.calib.npz", "-o", calib,
+        *(["--max"] if mode == "max" else []))
     extra = ["--nonlinear", "exact"] if mode == "max" and arch in NO_RELU else []
     cli("convert", model, "--calib", calib, "-o", snn, "--T", T, *extra)
     report = json.loads(cli("simulate", snn, "--data", FIXTURES / f"{sig}.test.npz", "--T", T, "--ann", model,

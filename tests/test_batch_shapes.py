@@ -21,8 +21,8 @@ def view_net(opset: int, dims=("N", 4, 2, 2), scale: int | None = None) -> onnx.
     (`scale` multiplies the batch entry: a target that is another function of the batch)"""
     ints = lambda name, v: numpy_helper.from_array(np.asarray(v, np.int64), name)  # noqa: E731
     inits = [ints("zero", 0), ints("minus1", [-1])]
-    unsqueeze = helper.make_node("Unsqueeze", ["b", "axes"] if opset >= 13 else ["b"], ["b1"], name="unsqueeze",
-                                 **({} if opset >= 13 else {"axes": [0]}))
+    unsqueeze = helper.make_node("Unsqueeze", ["b", "axes"] if opset >= 13 else ["b"], ["b1"],
+                                 name="unsqueeze", **({} if opset >= 13 else {"axes": [0]}))
     if opset >= 13:
         inits.append(ints("axes", [0]))
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),

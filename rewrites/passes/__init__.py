@@ -1,6 +1,6 @@
 """The rewrite passes and the default pipeline: one explicit ordered tuple, no discovery."""
-from rewrites.passes import (allow_float, batch_shapes, canonical_products, decompose_layernorm, eliminate_identity,
-                             fold_batchnorm, fold_constants, fuse_softmax, maxpool_to_neuron, name_nodes,
+from rewrites.passes import (allow_float, batch_shapes, canonical_products, decompose_layernorm,
+                             eliminate_identity, fold_batchnorm, fold_constants, fuse_softmax, maxpool_to_neuron, name_nodes,
                              nonlinear_to_spiking, products_to_spiking, qcfs_to_if, relu_to_if,
                              softmax_to_spiking, weight_norm)
 from rewrites.passes.base import Pass, PassContext, PassReport, run_passes

@@ -69,7 +69,9 @@ def _probe(graph: gs.Graph, nodes: list[gs.Node]) -> dict[int, list[tuple[np.nda
     return results
 
 
-def _constant_target(node: gs.Node, probes: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[list[int] | None, str]:
+def _constant_target(node: gs.Node, probes: list[tuple[int, np.ndarray, np.ndarray]]
+                     ) -> tuple[list[int] | None, str]:
+    """The constant target, or None and the reason. probes: (batch size, target, data input's shape)."""
     (b1, t1, d1), (b2, t2, d2) = probes
     if t1.shape != t2.shape:
         return None, "its target changes length with the batch size"
@@ -82,7 +84,8 @@ def _constant_target(node: gs.Node, probes: list[tuple[int, np.ndarray, np.ndarr
             batch_at.append(i)
             target.append(None)
         else:
-            return None, f"entry {i} of its target is another function of the batch size ({u} at {b1}, {v} at {b2})"
+            return None, (f"entry {i} of its target is another function of the batch size ({u} at batch {b1}, "
+                          f"{v} at {b2})")
     for i in batch_at:
         if not allowzero and i < len(d1) and d1[i] == b1 and d2[i] == b2:
             target[i] = 0
