@@ -10,6 +10,7 @@ Contract (public; other runtimes step our files knowing only this):
 """
 from __future__ import annotations
 
+import gc
 import json
 
 import numpy as np
@@ -131,6 +132,9 @@ def export_spiking(graph: gs.Graph, source: onnx.ModelProto, options: ConvertOpt
         graph.inputs.extend(node.inputs[len(node.inputs) - k:])
         graph.outputs.extend(node.outputs[1:1 + k])
     opset = default_opset(source)
+    # constants that passes replaced (weight_norm's scaled weights) are garbage held in graphsurgeon's reference
+    # cycles, with any values they loaded: free them before the model's copy of the weights is built
+    gc.collect()
     model = graph_to_model(graph, release=True)
     del model.opset_import[:]
     model.opset_import.extend([helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
