@@ -2,6 +2,8 @@
 `B, N, C = x.shape`) becomes a constant, so shape inference gives later tensors a rank at opsets 11 and 13;
 the function is unchanged at any batch size. Also: Shape on an input-dependent tensor reads only its shape
 (kept, not unsupported)."""
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -10,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import run_ort
 from rewrites.config import ConvertOptions
 from rewrites.convert import import_graph, summarize, to_model
-from rewrites.graph import infer_shapes
+from rewrites.graph import infer_shapes, load_model
 from rewrites.optable import Conversion
 from rewrites.passes import PassContext, batch_shapes, fold_constants, run_passes
 
@@ -91,3 +93,15 @@ def test_shape_of_an_input_dependent_tensor_is_kept():
     """inspect: Shape reads only the shape of the ReLU's output, so it converts (kept), as does the chain."""
     rows = {n.op_type: n.conversion for n in summarize(view_net(13, scale=2)).nodes}
     assert rows["Shape"] is Conversion.STATIC and rows["Reshape"] is Conversion.LINEAR
+
+
+def test_large_models_are_probed_with_their_weights_as_inputs(monkeypatch, rng):
+    """Above WEIGHTS_AS_INPUTS_ABOVE bytes of weights the probe feeds them from the graph. The torch ViT at
+    opset 11 has five computed targets: the patch flatten and two per attention block (`B, N, C = x.shape`)."""
+    monkeypatch.setattr(batch_shapes, "WEIGHTS_AS_INPUTS_ABOVE", 0)
+    model = load_model(Path(__file__).parent / "fixtures" / "torch" / "vit_classic_op11.onnx")
+    graph, report = run_pass(model)
+    assert len(report.converted) == 5 and report.skipped == []
+    x = rng.random((3, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(run_ort(to_model(graph, model), {"x": x})[0], run_ort(model, {"x": x})[0],
+                               rtol=1e-5, atol=1e-6)

@@ -19,10 +19,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from rewrites.export import graph_to_model
+from rewrites.export import graph_to_model, graph_weights, large_constants, weights_to_inputs
 from rewrites.optable import dynamic_tensors
 from rewrites.passes.base import Pass, PassContext, PassReport
-from rewrites.runtime import Session
+from rewrites.runtime import WEIGHTS_AS_INPUTS_ABOVE, Session
 
 PROBE_BATCHES = (2, 3)
 
@@ -46,8 +46,15 @@ def _inputs_reason(graph: gs.Graph) -> str | None:
 
 
 def _probe(graph: gs.Graph, nodes: list[gs.Node]) -> dict[int, list[tuple[np.ndarray, np.ndarray]]]:
-    """Per probe batch size: (target, shape of the data input) of every node, from onnxruntime."""
-    model = graph_to_model(graph)
+    """Per probe batch size: (target, shape of the data input) of every node, from onnxruntime. Above
+    WEIGHTS_AS_INPUTS_ABOVE bytes of weights the session takes them as inputs read from the graph's constants
+    (no serialised copy of the weights), as the self-check does."""
+    if sum(t._values.nbytes for t in large_constants(graph).values()) <= WEIGHTS_AS_INPUTS_ABOVE:
+        model, weights = graph_to_model(graph), {}
+    else:  # feed what weights_to_inputs made inputs (its size rule is not large_constants' to the byte)
+        model = weights_to_inputs(graph_to_model(graph, weights=False))
+        tensors, fed = graph.tensors(), {t.name for t in graph.inputs}
+        weights = graph_weights(graph, {i.name: tensors[i.name] for i in model.graph.input if i.name not in fed})
     del model.graph.output[:]
     for i, node in enumerate(nodes):
         shape_of = f"{node.name}.batch_shapes.input_shape"
@@ -64,7 +71,7 @@ def _probe(graph: gs.Graph, nodes: list[gs.Node]) -> dict[int, list[tuple[np.nda
             dims = (batch,) + tuple(t.shape[1:])
             dtype = np.dtype(t.dtype)
             feeds[t.name] = rng.random(dims).astype(dtype) if dtype.kind == "f" else np.zeros(dims, dtype)
-        values = session.run(None, feeds)
+        values = session.run(None, {**feeds, **weights})
         results[batch] = [(values[2 * i], values[2 * i + 1]) for i in range(len(nodes))]
     return results
 
