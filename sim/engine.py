@@ -24,6 +24,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, R
 import onnxruntime as ort
 
 from rewrites.errors import SpikingModelError
+from sim.drain import BiasTerm, bias_terms
 from sim.model import SPIKING_DOMAIN, SpikingModel
 from sim.neurons import NEURON_KERNELS
 from sim.ops import KERNELS, attributes
@@ -150,25 +151,33 @@ class NumpyEngine:
         # node index -> its onnxruntime kernel; the other standard nodes use KERNELS
         self.delegated = {i: OrtNode(model, node, threads) for i, node in enumerate(self.nodes)
                           if linear == "onnxruntime" and _delegable(model, node)}
+        self.drain_terms: dict[int, BiasTerm] | None = None
         self.sample_bytes = 4 * max([_per_sample_size(vi) for vi in list(model.proto.graph.input)
                                      + list(model.proto.graph.value_info)] + [1])
 
-    def run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int = 0, observe: int = 0) -> WindowResult:
-        """Run a batch from zero state: the input for T steps, then extra_t steps of zero input. `observe` > 0
-        also returns each firing layer's output summed over that many leading steps, and per-step activity."""
+    def run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int = 0, observe: int = 0,
+            drain: bool = False) -> WindowResult:
+        """Run a batch from zero state: the input for T steps, then extra_t steps of zero input (and no biases
+        with `drain`, sim/drain.py). `observe` > 0 also returns each firing layer's output summed over that many
+        leading steps, and per-step activity."""
+        if drain and extra_t and self.drain_terms is None:
+            self.drain_terms = bias_terms(self.model)
+        drained = self.drain_terms if drain and extra_t else {}
+        run = lambda f: self._run(f, T, extra_t, observe, drained)  # noqa: E731
         batch = len(next(iter(feeds.values())))
         step = max(1, self.memory_budget // (self.sample_bytes * (T + extra_t)))
         if self.workers > 1:
             step = min(step, -(-batch // self.workers))
         if batch <= step:
-            return self._run(feeds, T, extra_t, observe)
+            return run(feeds)
         slices = [{k: v[i:i + step] for k, v in feeds.items()} for i in range(0, batch, step)]
         if self.workers == 1:
-            return WindowResult.concat([self._run(f, T, extra_t, observe) for f in slices])
+            return WindowResult.concat([run(f) for f in slices])
         with ThreadPoolExecutor(min(self.workers, len(slices))) as pool:
-            return WindowResult.concat(list(pool.map(lambda f: self._run(f, T, extra_t, observe), slices)))
+            return WindowResult.concat(list(pool.map(run, slices)))
 
-    def _run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int, observe: int) -> WindowResult:
+    def _run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int, observe: int,
+             drained: dict[int, BiasTerm]) -> WindowResult:
         steps = T + extra_t
         result = WindowResult({})
         env: dict[str, Any] = dict(self.model.constants)
@@ -191,6 +200,8 @@ class NumpyEngine:
                                           steps)
             except (ValueError, IndexError, *ORT_ERRORS) as exc:  # shapes the checks let through
                 raise node_failed(self.model, node, exc) from exc
+            if i in drained and isinstance(outs[0], Seq) and not outs[0].invariant:
+                outs[0] = Seq(_without_term(outs[0].data, drained[i].offset, T))
             for name, value in zip(node.output, outs):
                 if name:
                     env[name] = value
@@ -295,6 +306,14 @@ class OrtNode:
             self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises untyped errors
             self.reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
+def _without_term(data: np.ndarray, offset: np.ndarray, T: int) -> np.ndarray:
+    """The node's per-step output with its constant term taken out of the steps after T."""
+    if not data.flags.writeable:
+        data = data.copy()
+    data[T:] -= offset
+    return data
 
 
 def _delegable(model: SpikingModel, node: onnx.NodeProto) -> bool:

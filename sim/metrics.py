@@ -9,16 +9,20 @@ import numpy as np
 from sim.engine import LayerSpikes
 
 
-def running_mean(per_step: np.ndarray) -> np.ndarray:
-    """Decoded output at every step: the mean of the outputs of steps 1..t, shape [T, B, ...]."""
+def running_mean(per_step: np.ndarray, input_steps: int | None = None) -> np.ndarray:
+    """Decoded output at every step: the mean of the outputs of steps 1..t, shape [T, B, ...]. After drain
+    steps (sim/drain.py) the sum is divided by the `input_steps` only."""
     total = np.cumsum(per_step, axis=0, dtype=np.float64)
-    steps = np.arange(1, len(per_step) + 1, dtype=np.float64).reshape((-1,) + (1,) * (per_step.ndim - 1))
-    return total / steps
+    steps = np.arange(1, len(per_step) + 1, dtype=np.float64)
+    if input_steps:
+        steps = np.minimum(steps, input_steps)
+    return total / steps.reshape((-1,) + (1,) * (per_step.ndim - 1))
 
 
 @dataclass
 class Accumulator:
     steps: int
+    input_steps: int | None = None  # set after drain steps: the output is decoded as its sum / input_steps
     samples: int = 0
     labelled: int = 0
     correct: np.ndarray = None  # type: ignore[assignment]
@@ -38,7 +42,7 @@ class Accumulator:
 
     def add(self, per_step: np.ndarray, labels: np.ndarray | None, ann: np.ndarray | None,
             spikes: dict[str, LayerSpikes]) -> None:
-        decoded = running_mean(per_step)
+        decoded = running_mean(per_step, self.input_steps)
         batch = per_step.shape[1]
         self.samples += batch
         predicted = decoded.reshape(self.steps, batch, -1).argmax(-1)
@@ -93,6 +97,7 @@ class SimulationReport:
     energy: dict | None = None
     layer_error: dict | None = None
     until_silent: dict | None = None
+    drain: bool = False
 
     @property
     def final_accuracy(self) -> float | None:
@@ -100,7 +105,8 @@ class SimulationReport:
 
     def to_json(self) -> dict:
         return {
-            "engine": self.engine, "T": self.T, "extra_t": self.extra_t, "samples": self.samples,
+            "engine": self.engine, "T": self.T, "extra_t": self.extra_t, "drain": self.drain,
+            "samples": self.samples,
             "seconds": self.seconds, "ann_accuracy": self.ann_accuracy,
             "steps": self.steps, "accuracy": self.accuracy, "agreement": self.agreement,
             "relative_error": self.relative_error,

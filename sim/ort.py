@@ -8,6 +8,7 @@ import onnx
 import onnxruntime as ort
 
 from rewrites.errors import SpikingModelError
+from sim.drain import bias_terms, without_biases
 from sim.engine import ORT_ERRORS, LayerSpikes, WindowResult
 from sim.model import SPIKING_DOMAIN, SpikingModel
 from sim.neurons import NON_FIRING
@@ -28,19 +29,17 @@ class OrtEngine:
             if node.output[0] not in known:
                 proto.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT,
                                                                              None))
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(proto.SerializeToString(), options,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise SpikingModelError(f"{model.path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from exc
+        self.proto, self.threads = proto, threads
+        self.session = self._session(proto)
+        self.drained: ort.InferenceSession | None = None
         self.state = [i for i in self.session.get_inputs() if i.name.startswith("state.")]
         self.fetch = model.outputs + [s.name + ".next" for s in self.state] + [n.output[0] for n in self.firing]
 
-    def run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int = 0, observe: int = 0) -> WindowResult:
+    def run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int = 0, observe: int = 0,
+            drain: bool = False) -> WindowResult:
+        """Step a batch from zero state: T steps with input, extra_t with zero input (and, with `drain`, the
+        copy of the model without biases: sim/drain.py)."""
+        silent_session = self._drain_session() if drain and extra_t else self.session
         batch = len(next(iter(feeds.values())))
         state = {s.name: np.zeros([d if isinstance(d, int) else batch for d in s.shape], _NP.get(s.type, np.float32))
                  for s in self.state}
@@ -52,7 +51,8 @@ class OrtEngine:
         active = np.zeros((T + extra_t, batch), bool) if observe else None
         for t in range(T + extra_t):
             try:
-                values = self.session.run(self.fetch, {**(feeds if t < T else zeros), **state})
+                session = self.session if t < T else silent_session
+                values = session.run(self.fetch, {**(feeds if t < T else zeros), **state})
             except ORT_ERRORS as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                 raise SpikingModelError(f"{self.model.path}: onnxruntime cannot step it: {first}",
@@ -77,3 +77,19 @@ class OrtEngine:
             spikes[name].add_counts(c, T + extra_t)
         outputs = {name: np.stack(steps) for name, steps in zip(self.model.outputs, per_step)}
         return WindowResult(outputs, spikes, sums, active)
+
+    def _session(self, proto: onnx.ModelProto) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        try:
+            return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise SpikingModelError(f"{self.model.path}: onnxruntime cannot load it: "
+                                    f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from exc
+
+    def _drain_session(self) -> ort.InferenceSession:
+        if self.drained is None:
+            self.drained = self._session(without_biases(self.proto, bias_terms(self.model)))
+        return self.drained

@@ -60,7 +60,8 @@ class Analyses:
 def simulate(snn_path: str | Path, data_path: str | Path, T: int, extra_t: int = 0, engine: str = "numpy",
              ann_path: str | Path | None = None, batch_size: int = 128, limit: int | None = None,
              progress: Progress | None = None, memory_budget: int | None = None,
-             analyses: Analyses = Analyses()) -> SimulationReport:
+             analyses: Analyses = Analyses(), drain: bool = False) -> SimulationReport:
+    """`drain`: the silent steps (extra_t, until-silent) also leave out every bias (sim/drain.py)."""
     check_window(T, extra_t, batch_size)
     model = load_spiking(snn_path)
     dataset = load_dataset(data_path, model.inputs, limit)
@@ -69,7 +70,7 @@ def simulate(snn_path: str | Path, data_path: str | Path, T: int, extra_t: int =
         raise Ann2SnnError("the layer error report needs the ANN", "pass --ann MODEL")
     extra = LayerErrors(neuron_layers(model), T + extra_t).tensors() if analyses.layer_error else []
     ann = AnnReference(ann_path, model, extra) if ann_path else None
-    return run_dataset(runner, model, dataset, T, extra_t, ann, batch_size, progress, analyses)
+    return run_dataset(runner, model, dataset, T, extra_t, ann, batch_size, progress, analyses, drain)
 
 
 def check_window(T: int, extra_t: int, batch_size: int) -> None:
@@ -80,19 +81,20 @@ def check_window(T: int, extra_t: int, batch_size: int) -> None:
 
 def run_dataset(runner, model: SpikingModel, dataset: Dataset, T: int, extra_t: int, ann: AnnReference | None,
                 batch_size: int, progress: Progress | None = None,
-                analyses: Analyses = Analyses()) -> SimulationReport:
+                analyses: Analyses = Analyses(), drain: bool = False) -> SimulationReport:
     steps = T + extra_t
-    acc = Accumulator(steps)
+    window_extra = extra_t + (analyses.until_silent or 0)
+    drain = drain and window_extra > 0
+    acc = Accumulator(steps, input_steps=T if drain else None)
     errors = LayerErrors(neuron_layers(model), steps) if analyses.layer_error else None
     silent = UntilSilent(steps, analyses.until_silent) if analyses.until_silent else None
-    window_extra = extra_t + (analyses.until_silent or 0)
     start = time.perf_counter()
     done = 0
     output = model.outputs[0]
     for batch in dataset.batches(batch_size):
         n = len(next(iter(batch.values())))
         labels = dataset.labels[done:done + n] if dataset.labels is not None else None
-        result = runner.run(batch, T, window_extra, observe=steps if errors or silent else 0)
+        result = runner.run(batch, T, window_extra, observe=steps if errors or silent else 0, drain=drain)
         per_step = np.asarray(result.outputs[output])
         reference, ann_values = ann(batch) if ann else (None, {})
         acc.add(per_step[:steps], labels, reference, result.spikes)
@@ -109,13 +111,15 @@ def run_dataset(runner, model: SpikingModel, dataset: Dataset, T: int, extra_t: 
                              acc.samples, steps).to_json()
     report.layer_error = errors.to_json() if errors else None
     report.until_silent = silent.to_json() if silent else None
+    report.drain = drain
     return report
 
 
 def sweep_extra_t(snn_path: str | Path, data_path: str | Path, ts: list[int], max_extra: int,
                   engine: str = "numpy", batch_size: int = 128, limit: int | None = None,
-                  memory_budget: int | None = None) -> dict:
-    """Seed 000's table: for each t, accuracy after t + extra_t steps (extra_t = 0..max_extra, silent input)."""
+                  memory_budget: int | None = None, drain: bool = False) -> dict:
+    """Seed 000's table: for each t, accuracy after t + extra_t steps (extra_t = 0..max_extra, silent input;
+    with `drain` no biases either)."""
     model = load_spiking(snn_path)
     dataset = load_dataset(data_path, model.inputs, limit)
     if dataset.labels is None:
@@ -124,6 +128,7 @@ def sweep_extra_t(snn_path: str | Path, data_path: str | Path, ts: list[int], ma
     grid = []
     for t in ts:
         check_window(t, max_extra, batch_size)
-        report = run_dataset(runner, model, dataset, t, max_extra, None, batch_size)
+        report = run_dataset(runner, model, dataset, t, max_extra, None, batch_size, drain=drain)
         grid.append([report.accuracy_all[t + e - 1] for e in range(max_extra + 1)])
-    return {"t": ts, "extra_t": list(range(max_extra + 1)), "accuracy": grid, "samples": len(dataset)}
+    return {"t": ts, "extra_t": list(range(max_extra + 1)), "accuracy": grid, "samples": len(dataset),
+            "drain": drain}

@@ -30,9 +30,9 @@ def convert_with_data(model: onnx.ModelProto, x: np.ndarray, tmp: Path, norm: st
     return snn_path, result
 
 
-def both_engines(snn_path: Path, x: np.ndarray, T: int, extra_t: int = 0):
+def both_engines(snn_path: Path, x: np.ndarray, T: int, extra_t: int = 0, drain: bool = False):
     model = load_spiking(snn_path)
     name = model.inputs[0].name
-    a = NumpyEngine(model).run({name: x}, T, extra_t)
-    b = OrtEngine(model).run({name: x}, T, extra_t)
+    a = NumpyEngine(model).run({name: x}, T, extra_t, drain=drain)
+    b = OrtEngine(model).run({name: x}, T, extra_t, drain=drain)
     return a, b, model.outputs[0]

@@ -45,6 +45,9 @@ def command(
     sweep_extra_t: Annotated[Optional[int], typer.Option("--sweep-extra-t", metavar="E", min=0, help="Print seed "
                              "000's table instead: rows t (1..T, or 1, 2, 4, .. T when T > 16), columns extra_t = "
                              "0..E, accuracy after t + extra_t steps.")] = None,
+    drain: Annotated[bool, typer.Option("--drain", help="Silent steps (--extra-t, --until-silent, --sweep-extra-t) "
+                     "leave out the biases too: no new charge enters, neurons only settle; the output is decoded as "
+                     "its sum over all steps / T.")] = False,
     json_out: JsonOpt = None,
 ) -> None:
     with errors_to_exit_codes():
@@ -59,13 +62,14 @@ def command(
         out = Output(json_out)
         if sweep_extra_t is not None:
             ts = list(range(1, T + 1)) if T <= 16 else report_steps(T)
-            grid = sweep_extra_t_table(model, data, ts, sweep_extra_t, engine, batch_size, limit, max_memory * 2**20)
+            grid = sweep_extra_t_table(model, data, ts, sweep_extra_t, engine, batch_size, limit, max_memory * 2**20,
+                                       drain)
             render_sweep(out, grid)
             out.emit_json({"sweep_extra_t": grid})
             return
         with out.progress("simulating", 0) as progress:
             report = simulate(model, data, T, extra_t, engine, ann, batch_size, limit, progress,
-                              max_memory * 2**20, Analyses(layer_error, until_silent))
+                              max_memory * 2**20, Analyses(layer_error, until_silent), drain)
         render(out, report)
         result = report.to_json()
         failures = gate_failures(report, min_accuracy, max_drop)
@@ -105,7 +109,8 @@ def gate_failures(report, min_accuracy: float | None, max_drop: float | None) ->
 
 def render_sweep(out: Output, grid: dict) -> None:
     rows = [[t] + [percent(a) for a in accs] for t, accs in zip(grid["t"], grid["accuracy"])]
-    out.table(f"Accuracy after t + extra_t steps (silent input after t), {grid['samples']} samples",
+    silent = "silent input and no biases" if grid.get("drain") else "silent input"
+    out.table(f"Accuracy after t + extra_t steps ({silent} after t), {grid['samples']} samples",
               ["t"] + [f"+{e}" for e in grid["extra_t"]], rows)
 
 
@@ -123,7 +128,8 @@ def render(out: Output, report) -> None:
         if report.agreement is not None:
             row += [percent(report.agreement[i]), report.relative_error[i] if report.relative_error else None]
         rows.append(row)
-    title = f"{report.samples} samples, T = {report.T}" + (f" + {report.extra_t} silent" if report.extra_t else "")
+    silent = " drain" if report.drain else " silent"
+    title = f"{report.samples} samples, T = {report.T}" + (f" + {report.extra_t}{silent}" if report.extra_t else "")
     if report.ann_accuracy is not None:
         title += f", ANN accuracy {percent(report.ann_accuracy)}"
     out.table(title, columns, rows)

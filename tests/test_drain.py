@@ -1,0 +1,149 @@
+"""Drain steps (sim/drain.py): silent steps without input and without biases.
+
+Closed form. In a QCFS network (lambda_l, L levels, shift 1/2) converted to signed IF neurons with threshold
+lambda_l, v(0) = lambda_l / 2 and a budget of L spikes, layer 1 integrates L z_1 over the T = L input steps
+(z_1 its ANN pre-activation). Drain steps add no charge, so with enough of them the signed neuron's net count
+settles at clamp(floor(L z_1 / lambda + 1/2), 0, L) (tests/test_signed_neuron.py), its output summed over the
+window is lambda times that, L h(z_1), and layer 2 integrates W_2 L h(z_1) + L b_2 = L z_2, and so on: the
+output summed over the window is L times the QCFS ANN's output, decoded exactly as sum / T. Seed 000's extra
+steps add every bias again at each silent step, which breaks the chain at the first layer."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from builders import ModelBuilder, small_cnn
+from conftest import run_ort
+from rewrites.config import Neuron
+from sim.drain import bias_terms, without_biases
+from sim.metrics import running_mean
+from sim.model import SpikingModel
+from spiking_helpers import both_engines, convert_with_data
+from test_cli import invoke as cli
+from test_qcfs import classic, to_spiking
+
+L = 4
+
+
+def deep_qcfs(seed=3):
+    """input [N, 6] -> Gemm(10) -> QCFS(1.5) -> Gemm(8) -> QCFS(2.0) -> Gemm(5), every bias nonzero."""
+    b = ModelBuilder(seed)
+    x = classic(b, b.gemm("input", 6, 10), 1.5, L, True)
+    x = classic(b, b.gemm(x, 10, 8), 2.0, L, True)
+    return b.build({"input": [6]}, [b.gemm(x, 8, 5)])
+
+
+def test_qcfs_network_at_T_equal_L_plus_drain_is_the_ann(tmp_path):
+    model = deep_qcfs()
+    x = np.random.default_rng(0).normal(0, 1.5, (64, 6)).astype(np.float32)
+    (ann,) = run_ort(model, {"input": x})
+    snn, _ = to_spiking(model, tmp_path, L, neuron=Neuron.SIGNED)
+    extra = 4 * L  # each layer settles within L + 1 steps of the one before it
+    numpy_run, ort_run, name = both_engines(snn, x, L, extra, drain=True)
+    for run in (numpy_run, ort_run):
+        decoded = running_mean(run.outputs[name], input_steps=L)[-1]
+        np.testing.assert_allclose(decoded, ann, atol=1e-4)  # float32 sums of L steps against one product
+    np.testing.assert_allclose(numpy_run.outputs[name], ort_run.outputs[name], atol=1e-5)
+    # seed 000's silent steps keep adding the biases: the same window no longer gives the ANN
+    _, biased, _ = both_engines(snn, x, L, extra, drain=False)
+    decoded = running_mean(biased.outputs[name], input_steps=L)[-1]
+    assert np.abs(decoded - ann).max() > 0.1
+
+
+def test_engines_agree_under_drain_on_a_residual_cnn(tmp_path):
+    x = np.random.default_rng(1).uniform(0, 1, (12, 1, 12, 12)).astype(np.float32)
+    snn, _ = convert_with_data(small_cnn(), x, tmp_path, neuron="signed", T=8)
+    a, b, name = both_engines(snn, x, 8, 6, drain=True)
+    np.testing.assert_allclose(a.outputs[name], b.outputs[name], atol=1e-5)
+    plain, _, _ = both_engines(snn, x, 8, 6)
+    np.testing.assert_allclose(a.outputs[name][:8], plain.outputs[name][:8], atol=1e-5)  # input steps unchanged
+    assert np.abs(a.outputs[name][8:] - plain.outputs[name][8:]).max() > 1e-3
+
+
+def _affine_model():
+    """x [N, 1, 4, 4] -> Sub(x, m) -> Conv(+b) -> Mul(2) -> Add(c, .) -> Flatten -> Gemm(beta 0.5)
+    -> Sub(k, .) -> Add(., shape-independent signal) ; plus an int64 Add on the shape path."""
+    rng = np.random.default_rng(0)
+    inits = {
+        "m": rng.normal(size=(1, 4, 4)), "w": rng.normal(size=(2, 1, 3, 3)), "b": rng.normal(size=2),
+        "two": np.array(2.0), "c": rng.normal(size=(2, 1, 1)), "g": rng.normal(size=(32, 3)),
+        "gc": rng.normal(size=3), "k": rng.normal(size=3),
+    }
+    tensors = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()]
+    tensors.append(numpy_helper.from_array(np.array([0, 0], np.int64), "zero_shape"))
+    nodes = [
+        helper.make_node("Sub", ["x", "m"], ["centred"], name="centre"),
+        helper.make_node("Conv", ["centred", "w", "b"], ["conv"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["conv", "two"], ["scaled"], name="scale"),
+        helper.make_node("Add", ["c", "scaled"], ["shifted"], name="shift"),
+        helper.make_node("Shape", ["shifted"], ["shape"], name="shape"),
+        helper.make_node("Slice", ["shape", "zero_start", "two_end"], ["head"], name="head"),
+        helper.make_node("Add", ["head", "zero_shape"], ["same_head"], name="int_add"),
+        helper.make_node("Flatten", ["shifted"], ["flat"], name="flat"),
+        helper.make_node("Gemm", ["flat", "g", "gc"], ["gemm"], name="gemm", beta=0.5),
+        helper.make_node("Sub", ["k", "gemm"], ["flipped"], name="flip"),
+        helper.make_node("Add", ["flipped", "gemm"], ["y"], name="two_signals"),
+    ]
+    tensors += [numpy_helper.from_array(np.array([0], np.int64), "zero_start"),
+                numpy_helper.from_array(np.array([2], np.int64), "two_end")]
+    graph = helper.make_graph(nodes, "affine", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
+                               helper.make_tensor_value_info("same_head", TensorProto.INT64, [2])], tensors)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_bias_terms_are_the_constant_additive_terms_of_signals(tmp_path):
+    proto = _affine_model()
+    constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    terms = bias_terms(SpikingModel(tmp_path / "m.onnx", proto, [], ["y"], [], constants, {}))
+    found = {proto.graph.node[i].name: (t.input, t.offset) for i, t in terms.items()}
+    assert sorted(found) == ["centre", "conv", "flip", "gemm", "shift"]  # not int_add, not two_signals
+    np.testing.assert_array_equal(found["centre"][1], -constants["m"])  # Sub(x, m) adds -m
+    np.testing.assert_array_equal(found["flip"][1], constants["k"])  # Sub(k, x) adds k
+    np.testing.assert_allclose(found["gemm"][1], 0.5 * constants["gc"])
+    assert found["conv"][1].shape == (2, 1, 1)
+    # an affine graph without its constant terms is its linear part: f(x) - f(0)
+    drained = without_biases(proto, terms)
+    x = np.random.default_rng(2).normal(size=(5, 1, 4, 4)).astype(np.float32)
+    y, head = run_ort(drained, {"x": x})
+    y_full, _ = run_ort(proto, {"x": x})
+    y_zero, _ = run_ort(proto, {"x": np.zeros_like(x)})
+    np.testing.assert_allclose(y, y_full - y_zero, atol=1e-4)
+    np.testing.assert_array_equal(head, [5, 2])
+    assert len(proto.graph.initializer) == len(drained.graph.initializer) - 5  # the original is untouched
+
+
+def test_decoding_after_drain_divides_by_the_input_steps():
+    per_step = np.array([[2.0], [4.0], [0.0], [6.0]])[:, None]  # [T, B=1, 1]
+    np.testing.assert_allclose(running_mean(per_step)[:, 0, 0], [2, 3, 2, 3])
+    np.testing.assert_allclose(running_mean(per_step, input_steps=2)[:, 0, 0], [2, 3, 3, 6])
+
+
+def test_cli_drain_reaches_the_report_and_the_sweep(tmp_path):
+    model = deep_qcfs()
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 1.5, (40, 6)).astype(np.float32)
+    (ann,) = run_ort(model, {"input": x})
+    ann_path, data = tmp_path / "qcfs.onnx", tmp_path / "data.npz"
+    onnx.save(model, ann_path)
+    np.savez(data, input=x, y=ann.argmax(1))
+    assert cli("calibrate", str(ann_path), "--data", str(data), "-o", str(tmp_path / "c.json")).exit_code == 0
+    snn = tmp_path / "snn.onnx"
+    assert cli("convert", str(ann_path), "--calib", str(tmp_path / "c.json"), "--neuron", "signed",
+               "-o", str(snn)).exit_code == 0
+    result = cli("simulate", str(snn), "--data", str(data), "--extra-t", str(4 * L), "--drain", "--ann",
+                 str(ann_path), "--json", str(tmp_path / "r.json"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["drain"] is True and report["T"] == L  # QCFS sets the default T to L
+    assert report["relative_error"][-1] < 1e-4 and report["accuracy"][-1] == 1.0
+    result = cli("simulate", str(snn), "--data", str(data), "--sweep-extra-t", "3", "--drain",
+                 "--json", str(tmp_path / "s.json"))
+    assert result.exit_code == 0, result.output
+    sweep = json.loads((tmp_path / "s.json").read_text())["sweep_extra_t"]
+    assert sweep["drain"] is True and len(sweep["accuracy"]) == L and len(sweep["accuracy"][0]) == 4
