@@ -91,12 +91,13 @@ def test_fixture_converts_and_converges(tmp_path, model):
         assert agreement[-1] >= 14 / 16, agreement
 
 
-# two of the UGO conversions (5 to 10 s each on 2 cores); every fixture's are in docs/torch_fixtures.md
-@pytest.mark.parametrize("model", ["vit_classic_op11.onnx", "bert_dynamo_op21.onnx"])
+# three of the UGO conversions (2 to 4 s each on 2 cores); every fixture's are in docs/torch_fixtures.md
+@pytest.mark.parametrize("model", ["vit_classic_op11.onnx", "bert_dynamo_op21.onnx",
+                                   "efficientnet_dynamo_op18.onnx"])
 def test_default_ugo_conversion_sits_at_the_fit_floor(tmp_path, model):
     """The defaults (percentile 99, --nonlinear ugo): the ViT at opset 11 (erf GELU, LayerNorm spelled out,
     the class token's Expand), BERT from the dynamo exporter at opset 21 (Gelu and LayerNormalization ops,
-    post-LN, a Tanh pooler)."""
+    post-LN, a Tanh pooler), EfficientNet (SiLU, Sigmoid gate times the features)."""
     report = pipeline(tmp_path, model)
     assert report["relative_error"][-1] < 0.02, report["relative_error"]
     assert report["agreement"][-1] >= 14 / 16, report["agreement"]
