@@ -153,10 +153,12 @@ def render(out: Output, result, target: Path, options) -> None:
         kind = "signed IF neurons" if options.neuron.value == "signed" else "IF neurons"
         title = f"{kind} ({options.norm}, phi {options.phi:g}"
         title += f", tmax {options.effective_tmax})" if options.neuron.value == "signed" else ")"
+        qcfs = False
         columns, rows = ["node", "from", "threshold", "calibrated max"], \
             [[l["node"], l["from"], _threshold_text(l["threshold"]), l["calibrated_max"]] for l in neurons]
         if any(l.get("norm") == "qcfs" for l in neurons):  # trained lambda and shift, not the options
             title += "; QCFS layers: threshold lambda, phi from the trained shift"
+            qcfs = True
             columns.append("phi")
             for row, l in zip(rows, neurons):
                 row.append(f"{l['phi']:g}")
@@ -166,6 +168,9 @@ def render(out: Output, result, target: Path, options) -> None:
                 row.append("folded (threshold 1)" if l.get("weight_norm") else
                            f"kept: {l.get('weight_norm_skipped', 'not reached')}")
         out.table(title, columns, rows)
+        if qcfs and options.neuron.value == "signed":
+            out.print(f"QCFS with signed neurons: `simulate --T {options.default_T} --extra-t {options.default_T} "
+                      "--drain` lets them settle at the ANN's activations (docs/ablation.md)")
     dead = [l["node"] for l in neurons if l.get("dead")]
     if dead:
         out.print(f"note: never active during calibration (threshold set to 1): {', '.join(dead)}")
