@@ -3,6 +3,7 @@ elementwise functions are found whatever their spelling, and the converted BERT-
 ANN: exactly with --nonlinear exact, as T grows with UGO."""
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 
 from bert_builder import bert_input, build_bert
@@ -215,3 +216,18 @@ def test_softmax_and_layernorm_alone_converge_to_the_float_op(tmp_path, name, ch
     ann = _run(model, {"input": x[:16]})
     err = _errors(NumpyEngine(snn).run({"input": x[:16]}, 128).outputs[snn.outputs[0]], ann)
     assert err[127] < 0.02 and err[127] <= err[1] / 3, (err[1], err[127])
+
+
+def test_softmax_axes_of_an_input_of_unknown_rank():
+    """A last-axis Softmax needs no rank; any other axis of an unknown-rank input is a clear ModelError."""
+    from rewrites.errors import ModelError
+    from rewrites.passes.softmax_to_spiking import softmax_axes
+    x = gs.Variable("x", dtype=np.float32, shape=None)
+    last = gs.Node("Softmax", "sm_last", attrs={"axis": -1}, inputs=[x], outputs=[gs.Variable("y1")])
+    assert softmax_axes(last, None, 11) == [-1] and softmax_axes(last, None, 13) == [-1]
+    default13 = gs.Node("Softmax", "sm13", inputs=[x], outputs=[gs.Variable("y2")])
+    assert softmax_axes(default13, None, 13) == [-1] and softmax_axes(default13, 3, 13) == [2]
+    default11 = gs.Node("Softmax", "sm11", inputs=[x], outputs=[gs.Variable("y3")])  # axis 1: flattens 1..rank-1
+    assert softmax_axes(default11, 4, 11) == [1, 2, 3]
+    with pytest.raises(ModelError, match="sm11.*rank of its input is unknown"):
+        softmax_axes(default11, None, 11)

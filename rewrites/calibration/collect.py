@@ -21,7 +21,7 @@ from rewrites.export import graph_weights, large_constants, weights_to_inputs
 from rewrites.graph import fingerprint, load_model
 from rewrites.optable import Conversion, classify_graph
 from rewrites.passes._emit import Emitter, reduce
-from rewrites.passes.softmax_to_spiking import CENTRED_SUFFIX, LSE_SUFFIX, centred, softmax_axes
+from rewrites.passes.softmax_to_spiking import CENTRED_SUFFIX, LSE_SUFFIX, centred, rank_of, softmax_axes
 from rewrites.regions import find_regions
 from rewrites.runtime import WEIGHTS_AS_INPUTS_ABOVE, Session
 
@@ -54,7 +54,7 @@ def add_logsumexp(graph) -> None:
     for node in [n for n in graph.nodes if n.op == "Softmax"]:
         x = node.inputs[0]
         emit = Emitter(graph, node.name)
-        axes = softmax_axes(node, len(x.shape), graph.opset)
+        axes = softmax_axes(node, rank_of(x), graph.opset)
         u = centred(emit, x, axes, graph.opset, gs.Variable(node.name + CENTRED_SUFFIX, dtype=np.float32))
         reduce(emit, "ReduceLogSumExp", u, axes, "lse", graph.opset,
                out=gs.Variable(node.name + LSE_SUFFIX, dtype=np.float32))

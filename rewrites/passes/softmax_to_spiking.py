@@ -13,7 +13,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from rewrites.config import Nonlinear
-from rewrites.errors import CalibrationError
+from rewrites.errors import CalibrationError, ModelError
 from rewrites.passes._emit import Emitter, reduce
 from rewrites.passes.base import Pass, PassContext, PassReport
 from rewrites.passes.spiking import wrap_exact
@@ -24,9 +24,20 @@ LSE_SUFFIX = ".logsumexp"  # calibration tensor: ReduceLogSumExp of the centred 
 SAMPLES = 20000
 
 
-def softmax_axes(node: gs.Node, rank: int, opset: int) -> list[int]:
-    axis = node.attrs.get("axis", -1 if opset >= 13 else 1) % rank
+def softmax_axes(node: gs.Node, rank: int | None, opset: int) -> list[int]:
+    """The axes a Softmax normalises over; a last-axis Softmax needs no rank."""
+    axis = node.attrs.get("axis", -1 if opset >= 13 else 1)
+    if rank is None:
+        if axis == -1 or (opset >= 13 and axis < 0):
+            return [axis]
+        raise ModelError(f"Softmax '{node.name}': the rank of its input is unknown, so axis {axis} cannot be "
+                         "resolved", "run onnx shape inference on the model, or export it at opset 14 or later")
+    axis %= rank
     return [axis] if opset >= 13 else list(range(axis, rank))
+
+
+def rank_of(tensor: gs.Tensor) -> int | None:
+    return None if tensor.shape is None else len(tensor.shape)
 
 
 def centred(emit: Emitter, x: gs.Tensor, axes: list[int], opset: int, out: gs.Variable) -> gs.Variable:
@@ -50,7 +61,7 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
         lse = ctx.calibration.stats(node.name + LSE_SUFFIX, node.name)
         shift = float(stats.maximum)
         rng = np.random.default_rng(0)
-        axes = softmax_axes(node, len(x.shape), graph.opset)
+        axes = softmax_axes(node, rank_of(x), graph.opset)
         node.inputs.clear()
         node.outputs.clear()
         emit = Emitter(graph, node.name)
