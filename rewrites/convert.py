@@ -15,7 +15,8 @@ from rewrites.calibration.data import input_specs
 from rewrites.calibration.stats import Calibration
 from rewrites.config import ConvertOptions
 from rewrites.errors import PassError, UnsupportedNode, UnsupportedNodesError
-from rewrites.export import export_spiking, graph_to_model, graph_weights, large_constants, weights_to_inputs
+from rewrites.export import (SharedValues, export_spiking, graph_to_model, graph_weights, large_constants,
+                             weights_to_inputs)
 from rewrites.graph import default_opset, fingerprint, load_model, with_inferred_types
 from rewrites.optable import Conversion, NodeConversion, classify_graph
 from rewrites.passes import NORMALISE, SPIKING, PassContext, PassReport, run_passes
@@ -48,23 +49,27 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto, weights: bool = True) -> on
 def reimport(graph: gs.Graph, like: onnx.ModelProto) -> gs.Graph:
     """`import_graph(to_model(graph, like), infer=True)` without a copy of the weights: the graph is
     exported and imported without its large initializers, whose constants then take the old graph's values
-    (lazily loaded tensors of the source model stay so)."""
+    (lazily loaded tensors of the source model stay so; NumPy values are shared through SharedValues, which
+    reads like the LazyValues the round trip would have made)."""
     large = large_constants(graph)
     fresh = import_graph(to_model(graph, like, weights=False), infer=True)
     for name, tensor in fresh.tensors().items():
         old = large.get(name)
         if old is None or not isinstance(tensor, gs.Constant):
             continue
-        if old._export_dtype is None or dtype_to_onnx(old.dtype) == dtype_to_onnx(old.export_dtype):
-            tensor._values = old._values
-        else:  # exported in another type: read back as exported
-            tensor._values = LazyValues(OnnxExporter.export_tensor_proto(old))
-        # as the importer sets it from the exported tensor
         values = old._values
-        if isinstance(values, LazyValues):
+        # data_location as the importer sets it from the exported tensor
+        if isinstance(values, SharedValues):
+            tensor._values, tensor.data_location = values, values.data_location
+        elif isinstance(values, LazyValues):  # a tensor of the source model: exported as it is
+            tensor._values = values
             tensor.data_location = int(values.tensor.data_location) if values.tensor.HasField("data_location") \
                 else None
-        else:
+        elif old._export_dtype is None or dtype_to_onnx(old.dtype) == dtype_to_onnx(old.export_dtype):
+            tensor._values = SharedValues(values, old.data_location)
+            tensor.data_location = old.data_location
+        else:  # exported in another type: read back as exported
+            tensor._values = LazyValues(OnnxExporter.export_tensor_proto(old))
             tensor.data_location = old.data_location
     return fresh
 

@@ -30,6 +30,33 @@ CONTRACT = ("one time step per call; inputs state.* start at zero and take their
             "step; the first non-state output is the step's value, decoded as the running mean over steps")
 
 
+class SharedValues(LazyValues):
+    """NumPy values already in memory, standing where exporting the graph and importing it again would put
+    a LazyValues of the exported tensor, and behaving like one: the shape is a list, the first access to
+    `values` loads a C-ordered copy (the constant's own from then on), and `tensor` is the tensor the export
+    would have written. Until then the array is shared, not copied."""
+
+    def __init__(self, array: np.ndarray, data_location: int | None = None):
+        self.array = array
+        self.shape = list(array.shape)
+        self.dtype = array.dtype
+        self.nbytes = array.nbytes
+        self.data_location = data_location
+
+    @property
+    def tensor(self) -> onnx.TensorProto:
+        tensor = helper.make_tensor("", dtype_to_onnx(self.dtype), self.shape, self.array.tobytes(), raw=True)
+        if self.data_location is not None:
+            tensor.data_location = self.data_location
+        return tensor
+
+    def load(self) -> np.ndarray:
+        return np.array(self.array, order="C")
+
+    def __str__(self) -> str:
+        return f"SharedValues (shape={self.shape}, dtype={self.dtype})"
+
+
 def large_constants(graph: gs.Graph) -> dict[str, gs.Constant]:
     """The graph's initializers of more than WEIGHTLESS_ABOVE bytes, by name (not those of subgraphs)."""
     large = {}
@@ -37,8 +64,12 @@ def large_constants(graph: gs.Graph) -> dict[str, gs.Constant]:
         if not isinstance(tensor, gs.Constant) or isinstance(tensor._values, SparseValues):
             continue
         values = tensor._values
-        numeric = values.tensor.data_type != onnx.TensorProto.STRING if isinstance(values, LazyValues) \
-            else values.dtype.kind in "biufc"
+        if isinstance(values, SharedValues):
+            numeric = values.dtype.kind in "biufc"
+        elif isinstance(values, LazyValues):
+            numeric = values.tensor.data_type != onnx.TensorProto.STRING
+        else:
+            numeric = values.dtype.kind in "biufc"
         if numeric and values.nbytes > WEIGHTLESS_ABOVE:
             large[name] = tensor
     return large
@@ -48,7 +79,9 @@ def _stub(tensor: gs.Constant) -> onnx.TensorProto:
     """A TensorProto with the constant's name, exported type and dims and no data (external data at a location
     that does not exist), as `without_weights` writes them."""
     values = tensor._values
-    if isinstance(values, LazyValues):
+    if isinstance(values, SharedValues):
+        data_type, dims = dtype_to_onnx(values.dtype), list(values.shape)
+    elif isinstance(values, LazyValues):
         data_type, dims = values.tensor.data_type, list(values.tensor.dims)
     else:
         data_type, dims = dtype_to_onnx(tensor.export_dtype), list(values.shape)
@@ -84,8 +117,8 @@ def graph_to_model(graph: gs.Graph, weights: bool = True, release: bool = False)
             continue
         # as gs exports it: a lazily loaded tensor as it was read, NumPy values through its conversion
         init.CopyFrom(OnnxExporter.export_tensor_proto(tensor))
-        if release and isinstance(tensor._values, np.ndarray) and \
-                dtype_to_onnx(tensor.dtype) == dtype_to_onnx(tensor.export_dtype):
+        if release and (isinstance(tensor._values, SharedValues) or isinstance(tensor._values, np.ndarray) and
+                        dtype_to_onnx(tensor.dtype) == dtype_to_onnx(tensor.export_dtype)):
             tensor._values = LazyValues(init)
     return model
 
@@ -96,7 +129,9 @@ def graph_weights(graph: gs.Graph, large: dict[str, gs.Constant] | None = None) 
     out = {}
     for name, tensor in (large_constants(graph) if large is None else large).items():
         values = tensor._values
-        if isinstance(values, LazyValues):
+        if isinstance(values, SharedValues):
+            out[name] = np.ascontiguousarray(values.array)
+        elif isinstance(values, LazyValues):
             out[name] = onnx.numpy_helper.to_array(values.tensor)
         elif dtype_to_onnx(tensor.dtype) == dtype_to_onnx(tensor.export_dtype):
             out[name] = np.ascontiguousarray(values)
