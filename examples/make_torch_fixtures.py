@@ -320,6 +320,35 @@ class MultiIO(nn.Module):
         return self.logits(h), self.score(h)
 
 
+class QCFS(nn.Module):
+    """Seed 000's MyFloor / seed 004's QCFS activation, lambda * clip(floor(x * L / lambda + 1/2) / L, 0, 1),
+    with lambda a trained parameter of shape [1] (fixed here; eval only, so no straight-through gradient)."""
+
+    def __init__(self, lam: float, L: int = 4):
+        super().__init__()
+        self.up = nn.Parameter(torch.tensor([lam]))
+        self.L = L
+
+    def forward(self, x):
+        x = torch.floor(x / self.up * self.L + 0.5) / self.L
+        return torch.clamp(x, 0, 1) * self.up
+
+
+class QcfsCNN(nn.Module):
+    """A QCFS-trained CNN as make_qcfs_example.py writes it: conv-bn-QCFS x2, MaxPool, conv-bn-QCFS, GAP,
+    Linear-QCFS, Linear; each QCFS with its own lambda, L = 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(conv_bn(3, 8, act=None), QCFS(1.5), conv_bn(8, 8, act=None), QCFS(2.0),
+                                      nn.MaxPool2d(2), conv_bn(8, 16, stride=2, act=None), QCFS(2.5),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(16, 16), QCFS(1.8), nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
 # --------------------------------------------------------------------------
 # the fixtures
 # --------------------------------------------------------------------------
@@ -343,6 +372,7 @@ ARCHS = {
     "bert": (Bert, "ids", ["input_ids"], ["logits"], *TRANSFORMER_EXPORTS),
     "nhwc": (NHWC, "nhwc", ["x"], ["logits"], *CNN_EXPORTS),
     "multi_io": (MultiIO, "multi", ["image", "meta"], ["logits", "score"], *CNN_EXPORTS),
+    "qcfs_cnn": (QcfsCNN, "image", ["x"], ["logits"], *CNN_EXPORTS),
 }
 
 
