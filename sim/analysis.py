@@ -74,8 +74,12 @@ class LayerError:
 
 @dataclass
 class LayerErrors:
+    """`window`: the steps summed; after drain steps (sim/drain.py) the rate is that sum / `input_steps` and
+    the ideal neuron quantises to input_steps levels."""
+
     layers: list[NeuronLayer]
     window: int
+    input_steps: int | None = None
     errors: dict[str, LayerError] = field(default_factory=dict)
 
     def tensors(self) -> list[str]:
@@ -87,14 +91,15 @@ class LayerErrors:
             if layer.input not in ann_values or layer.output not in ann_values:
                 error.skipped = "the ANN has no tensor of this name (renamed by a normalising pass)"
                 continue
-            error.add(layer, ann_values[layer.input], ann_values[layer.output], sums[layer.node] / self.window,
-                      self.window)
+            levels = self.input_steps or self.window
+            error.add(layer, ann_values[layer.input], ann_values[layer.output], sums[layer.node] / levels, levels)
 
     def to_json(self) -> dict:
         rows = [self.errors[l.node].to_json() for l in self.layers if l.node in self.errors]
         ranked = [r for r in rows if r.get("relative_rms_error") is not None]
         worst = max(ranked, key=lambda r: r["relative_rms_error"])["node"] if ranked else None
-        return {"window": self.window, "layers": rows, "worst_layer": worst}
+        return {"window": self.window, "input_steps": self.input_steps or self.window, "layers": rows,
+                "worst_layer": worst}
 
 
 @dataclass

@@ -86,7 +86,7 @@ def run_dataset(runner, model: SpikingModel, dataset: Dataset, T: int, extra_t: 
     window_extra = extra_t + (analyses.until_silent or 0)
     drain = drain and window_extra > 0
     acc = Accumulator(steps, input_steps=T if drain else None)
-    errors = LayerErrors(neuron_layers(model), steps) if analyses.layer_error else None
+    errors = LayerErrors(neuron_layers(model), steps, T if drain else None) if analyses.layer_error else None
     silent = UntilSilent(steps, analyses.until_silent) if analyses.until_silent else None
     start = time.perf_counter()
     done = 0

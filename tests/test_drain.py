@@ -147,3 +147,22 @@ def test_cli_drain_reaches_the_report_and_the_sweep(tmp_path):
     assert result.exit_code == 0, result.output
     sweep = json.loads((tmp_path / "s.json").read_text())["sweep_extra_t"]
     assert sweep["drain"] is True and len(sweep["accuracy"]) == L and len(sweep["accuracy"][0]) == 4
+
+
+def test_layer_error_after_drain_is_zero_for_every_qcfs_layer(tmp_path):
+    """The layer-error report reads rates as sum / T after drain steps: each QCFS layer's signed neurons
+    settle at the ANN's activation, so every layer's error is zero up to float32 rounding; seed 000's silent
+    steps in the same window keep adding the biases, which the report books against the layers."""
+    from sim.simulate import Analyses, simulate
+    model = deep_qcfs()
+    x = np.random.default_rng(5).normal(0, 1.5, (32, 6)).astype(np.float32)
+    ann_path, data = tmp_path / "qcfs.onnx", tmp_path / "data.npz"
+    onnx.save(model, ann_path)
+    np.savez(data, input=x)
+    snn, _ = to_spiking(model, tmp_path, L, neuron=Neuron.SIGNED)
+    drained = simulate(snn, data, L, 4 * L, ann_path=ann_path, analyses=Analyses(layer_error=True), drain=True)
+    rows = drained.layer_error["layers"]
+    assert len(rows) == 2 and drained.layer_error["input_steps"] == L
+    assert all(r["relative_rms_error"] < 1e-5 for r in rows), rows
+    plain = simulate(snn, data, L, 4 * L, ann_path=ann_path, analyses=Analyses(layer_error=True))
+    assert max(r["relative_rms_error"] for r in plain.layer_error["layers"]) > 0.05
