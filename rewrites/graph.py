@@ -506,6 +506,10 @@ def _write_inline(model: onnx.ModelProto, f) -> None:
     init_tag, graph_tag = (_field_tag(m, name) for m, name in ((graph, "initializer"), (model, "graph")))
     sizes = [_tensor_size(t) for t in graph.initializer]
     graph_size = len(graph_lo) + len(graph_hi) + sum(len(init_tag) + len(_varint(n)) + n for n in sizes)
+    if len(model_lo) + len(graph_tag) + len(_varint(graph_size)) + graph_size + len(model_hi) \
+            > onnx.checker.MAXIMUM_PROTOBUF:  # refused as onnx.save refuses it
+        raise ValueError("The proto size is larger than the 2 GB limit. Please use save_as_external_data to save "
+                         "tensors separately from the model file.")
     f.write(model_lo)
     f.write(graph_tag + _varint(graph_size))
     f.write(graph_lo)
