@@ -104,8 +104,7 @@ def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     _copy_fields(model, skeleton, skip={"graph"})
     _copy_fields(model.graph, skeleton.graph, skip={"initializer"})
     for tensor in model.graph.initializer:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL and not _larger_than(tensor, WEIGHTLESS_ABOVE) \
-                and tensor.ByteSize() <= WEIGHTLESS_ABOVE:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL and not _larger_than(tensor, WEIGHTLESS_ABOVE):
             skeleton.graph.initializer.add().CopyFrom(tensor)
             continue
         stub = skeleton.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
@@ -115,11 +114,10 @@ def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _larger_than(tensor: onnx.TensorProto, size: int) -> bool:
-    """True when the tensor's data alone is over `size` bytes, decided without serialising it (upb's
-    ByteSize serialises the message: a transient copy of each weight). Only for data held as raw bytes or as
-    fixed-width floats; False (undecided) otherwise."""
-    if not (tensor.HasField("raw_data") or tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)):
-        return False
+    """True when the tensor's data, as its dims and type declare it, is over `size` bytes: the rule
+    rewrites/export.py's large_constants applies to the same tensors in a graph, so that every weight a
+    weightless copy leaves out is one that is fed back. Decided without serialising the tensor (upb's
+    ByteSize serialises it: a transient copy of each weight). Strings have no fixed size and stay."""
     nbytes = tensor_nbytes(tensor)
     return nbytes is not None and nbytes > size
 
@@ -341,9 +339,10 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def _without_value_names(node: onnx.NodeProto) -> onnx.NodeProto:
-    """A Constant node with its value's tensor name cleared: the name means nothing, and onnx-graphsurgeon
-    sets it in place when it exports a graph that shares the tensor, so the same model would hash twice."""
-    if node.op_type != "Constant" or not any(a.t.name for a in node.attribute):
+    """The node with the names of its tensor attributes cleared (Constant's and ConstantOfShape's value): the
+    name means nothing, and onnx-graphsurgeon sets it in place when it exports a graph that shares the
+    tensor, so the same model would hash twice. (It may set the name to "", which still serialises.)"""
+    if not any(a.HasField("t") and a.t.HasField("name") for a in node.attribute):
         return node
     copy = onnx.NodeProto()
     copy.CopyFrom(node)

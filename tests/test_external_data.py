@@ -8,7 +8,7 @@ import os
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from builders import ModelBuilder
 from conftest import run_ort
@@ -136,3 +136,33 @@ def test_weights_as_inputs_session_gives_the_same_results(tmp_path, monkeypatch)
         converted = convert_model(mlp(), calibration, options)
         results.append((calibration.to_json(), converted.model.SerializeToString(), converted.normalise_error))
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("values", [250, 256, 257])
+def test_weights_left_out_are_exactly_those_fed_back(tmp_path, monkeypatch, values):
+    """A weightless copy leaves out the tensors of more than WEIGHTLESS_ABOVE bytes of data, the rule the graph
+    side (large_constants) uses to feed them back: a bias of 250 float32 (1,000 bytes of data, over 1,024
+    once its name and dims are serialised) stays in the copy rather than becoming an input nobody feeds."""
+    import rewrites.runtime as runtime
+    from rewrites import convert as convert_module
+    from rewrites.calibration import collect
+    from rewrites.calibration.collect import calibrate
+    from rewrites.config import ConvertOptions, NormSpec
+    from rewrites.convert import convert_model
+    rng = np.random.default_rng(values)
+    w1 = numpy_helper.from_array(rng.normal(0, 0.1, (values, 16)).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array(rng.normal(0, 0.1, values).astype(np.float32), "a_long_bias_name_" + "b" * 40)
+    w2 = numpy_helper.from_array(rng.normal(0, 0.1, (4, values)).astype(np.float32), "w2")
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w1", b1.name], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w1, b1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=rng.random((8, 16)).astype(np.float32))
+    for module in (runtime, collect, convert_module):
+        monkeypatch.setattr(module, "WEIGHTS_AS_INPUTS_ABOVE", 0)
+    calibration = calibrate(tmp_path / "m.onnx", tmp_path / "d.npz")
+    result = convert_model(model, calibration, ConvertOptions(NormSpec.parse("max"), 0.5, 8))
+    assert result.normalise_error < 1e-5
