@@ -4,7 +4,8 @@ original ANN) on the same batch, for the bundled example and for a ResNet-style 
 Each model is calibrated (calibrate(), default options) and converted (convert_model(), default options) first;
 that time is not measured. Every figure is the best of --repeat wall-clock runs, taken in interleaved rounds
 (round r runs every variant once) so that load from other processes hits all of them alike.
-The project's target: numpy/dense <= 1.5 at T = 32.
+The project's target: numpy/dense <= 1.5 at T = 32. The onnxruntime engine's own variants (Loop, stepping,
+IOBinding): bench_ort_engine.py.
 
 usage: python benchmarks/bench_simulate.py [--T 32] [--batch 200] [--repeat 3] [--model M.onnx --data D.npz
        [--calib C.npz]] [--budgets 2,8,32,128] [--no-resnet] [--breakdown] [--ort-threads N] [--workers N]
@@ -146,7 +147,7 @@ def bench_model(label: str, model_path: Path, calib_path: Path, feeds: dict[str,
     print("|---|---:|---|---:|---:|")
     names = {"dense": f"dense limit: ANN x {T} (onnxruntime)",
              "numpy": "NumpyEngine.run (defaults: linear ops under onnxruntime)",
-             "pure": "NumpyEngine.run, linear=\"numpy\"", "ort": "OrtEngine.run"}
+             "pure": "NumpyEngine.run, linear=\"numpy\"", "ort": "OrtEngine.run (Loop, the default)"}
     for key in times:
         print(f"| {names[key]} | {best[key]:.3f} | {fmt_times(times[key])} | "
               f"{1000 * best[key] / sample_steps:.4f} | {best[key] / best['dense']:.2f} |")
@@ -190,16 +191,14 @@ def bench_model(label: str, model_path: Path, calib_path: Path, feeds: dict[str,
             print(f"| {op} | {secs:.3f} | {100 * secs / total:.0f}% |")
         rest = total - sum(totals.values())
         print(f"| (engine bookkeeping, outside kernels) | {rest:.3f} | {100 * rest / total:.0f}% |")
-        session_of_engine = ort_engine.session
-        timed = _TimedRun(session_of_engine)
-        ort_engine.session = timed
-        try:
-            start = time.perf_counter()
-            ort_engine.run(feeds, T)
-            total = time.perf_counter() - start
-        finally:
-            ort_engine.session = session_of_engine
-        print(f"\nOrtEngine.run, one run: {total:.2f} s = session.run {timed.seconds:.2f} s "
+        stepping = OrtEngine(spiking, threads, loop=False)  # the default runs the window in one session call
+        stepping.run(feeds, T)
+        timed = _TimedRun(stepping.session)
+        stepping.session = timed
+        start = time.perf_counter()
+        stepping.run(feeds, T)
+        total = time.perf_counter() - start
+        print(f"\nOrtEngine(loop=False).run, one run: {total:.2f} s = session.run {timed.seconds:.2f} s "
               f"({100 * timed.seconds / total:.0f}%) + Python-side state feeding and spike counting "
               f"{total - timed.seconds:.2f} s")
     return {"label": label, **best, "sweep": {mb: min(v) for mb, v in sweep.items()}}

@@ -1,6 +1,16 @@
-"""The onnxruntime engine: steps the exported file one time step per call, exactly as the contract says
-(state fed zeros at t = 0, the .next outputs fed back). The outputs of the IF neurons are exposed as extra
-outputs of an in-memory copy so that their spikes can be counted."""
+"""The onnxruntime engine: runs the exported file as the contract says (state fed zeros at t = 0, the .next
+outputs fed back) and counts the spikes of every firing node.
+
+Two ways, same results (tests/test_ort_engine.py):
+
+- `loop=True` (the default): the step graph wrapped into ONNX `Loop`s in memory (sim/ort_loop.py), so one
+  session call runs the whole window; the input-only prefix runs once and the spikes are counted inside
+  onnxruntime. Faster: docs/benchmarks.md, "The onnxruntime engine".
+- `loop=False`: the file itself stepped from Python, one session call per step, its firing nodes' outputs
+  exposed as extra outputs of an in-memory copy and counted in NumPy.
+
+If onnxruntime cannot load the Loop model but can load the file, the engine steps the file (`loop_reason`
+says why)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +20,9 @@ import onnxruntime as ort
 from rewrites.errors import SpikingModelError
 from sim.drain import bias_terms, without_biases
 from sim.engine import ORT_ERRORS, LayerSpikes, WindowResult
-from sim.model import SPIKING_DOMAIN, SpikingModel
+from sim.model import SpikingModel
 from sim.neurons import NON_FIRING
+from sim.ort_loop import EXTRA_INPUT, MAX_NARROW, OBSERVE_INPUT, T_INPUT, LoopOutputs, firing_nodes, loop_model
 
 _NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64}
 
@@ -19,26 +30,88 @@ _NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)
 class OrtEngine:
     name = "onnxruntime"
 
-    def __init__(self, model: SpikingModel, threads: int = 0):
-        self.model = model
+    def __init__(self, model: SpikingModel, threads: int = 0, loop: bool = True):
+        self.model, self.threads = model, threads
+        self.firing = firing_nodes(model, NON_FIRING)
+        self.loop_reason = ""
+        # (silent steps, drain, observe, uint8 counts) -> the Loop session and its output names
+        self.loops: dict[tuple[bool, bool, bool, bool], tuple[ort.InferenceSession, LoopOutputs]] = {}
+        self.session: ort.InferenceSession | None = None
+        self.drained: ort.InferenceSession | None = None
+        if loop:
+            try:
+                self._loop_session(False, False, False, True)
+            except SpikingModelError as exc:
+                self.loop_reason = exc.message
+        self.loop = loop and not self.loop_reason
+        if not self.loop:
+            self._stepping()
+
+    def run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int = 0, observe: int = 0,
+            drain: bool = False) -> WindowResult:
+        """Run a batch from zero state: T steps with input, extra_t with zero input (and, with `drain`, the
+        copy of the model without biases: sim/drain.py). `observe` > 0 also returns each firing layer's output
+        summed over that many leading steps, and per-step activity."""
+        if self.loop:
+            return self._run_loop(feeds, T, extra_t, observe, drain)
+        return self._run_steps(feeds, T, extra_t, observe, drain)
+
+    # ------------------------------------------------------------------------------ the window in one call
+
+    def _run_loop(self, feeds: dict[str, np.ndarray], T: int, extra_t: int, observe: int,
+                  drain: bool) -> WindowResult:
+        session, names = self._loop_session(extra_t > 0, drain and extra_t > 0, observe > 0,
+                                            T + extra_t <= MAX_NARROW)
+        loop_feeds = {**feeds, T_INPUT: np.array(T, np.int64)}
+        if extra_t:
+            loop_feeds[EXTRA_INPUT] = np.array(extra_t, np.int64)
+        if observe:
+            loop_feeds[OBSERVE_INPUT] = np.array(observe, np.int64)
+        values = dict(zip(names.names(), self._call(session, names.names(), loop_feeds)))
+        steps = T + extra_t
+        outputs = {name: np.concatenate([values[loop[k]] for loop in names.outputs]) if extra_t
+                   else values[names.outputs[0][k]] for k, name in enumerate(self.model.outputs)}
+        spikes = {n.name: LayerSpikes(n.name, n.op_type, 0) for n in self.firing}
+        for node, count in zip(self.firing, names.counts):
+            spikes[node.name].add_counts(values[count].astype(np.int32), steps)
+        sums = {node.name: values[s] for node, s in zip(self.firing, names.sums)}
+        active = None
+        if observe:
+            batch = len(next(iter(feeds.values())))
+            active = np.concatenate([values[a] for a in names.active]) if names.active \
+                else np.zeros((steps, batch), bool)
+        return WindowResult(outputs, spikes, sums, active)
+
+    def _loop_session(self, extra: bool, drain: bool, observe: bool,
+                      narrow: bool) -> tuple[ort.InferenceSession, LoopOutputs]:
+        key = (extra, drain, observe, narrow)
+        if key not in self.loops:
+            silent = without_biases(self.model.proto, bias_terms(self.model)) if drain else None
+            try:
+                proto, names = loop_model(self.model, self.firing, extra, observe, silent, narrow)
+            except (ValueError, KeyError, IndexError) as exc:  # a graph the wrapping does not understand
+                raise SpikingModelError(f"{self.model.path}: cannot wrap the step into an ONNX Loop: "
+                                        f"{type(exc).__name__}: {exc}") from exc
+            self.loops[key] = (self._session(proto), names)
+        return self.loops[key]
+
+    # ------------------------------------------------------------------------------ the file, step by step
+
+    def _stepping(self) -> None:
         proto = onnx.ModelProto()
-        proto.CopyFrom(model.proto)
-        self.firing = [n for n in proto.graph.node if n.domain == SPIKING_DOMAIN and n.op_type not in NON_FIRING]
+        proto.CopyFrom(self.model.proto)
         known = {o.name for o in proto.graph.output}
         for node in self.firing:
             if node.output[0] not in known:
                 proto.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT,
                                                                              None))
-        self.proto, self.threads = proto, threads
+        self.proto = proto
         self.session = self._session(proto)
-        self.drained: ort.InferenceSession | None = None
         self.state = [i for i in self.session.get_inputs() if i.name.startswith("state.")]
-        self.fetch = model.outputs + [s.name + ".next" for s in self.state] + [n.output[0] for n in self.firing]
+        self.fetch = self.model.outputs + [s.name + ".next" for s in self.state] + [n.output[0] for n in self.firing]
 
-    def run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int = 0, observe: int = 0,
-            drain: bool = False) -> WindowResult:
-        """Step a batch from zero state: T steps with input, extra_t with zero input (and, with `drain`, the
-        copy of the model without biases: sim/drain.py)."""
+    def _run_steps(self, feeds: dict[str, np.ndarray], T: int, extra_t: int, observe: int,
+                   drain: bool) -> WindowResult:
         silent_session = self._drain_session() if drain and extra_t else self.session
         batch = len(next(iter(feeds.values())))
         state = {s.name: np.zeros([d if isinstance(d, int) else batch for d in s.shape], _NP.get(s.type, np.float32))
@@ -50,14 +123,8 @@ class OrtEngine:
         sums: dict[str, np.ndarray] = {}
         active = np.zeros((T + extra_t, batch), bool) if observe else None
         for t in range(T + extra_t):
-            try:
-                session = self.session if t < T else silent_session
-                values = session.run(self.fetch, {**(feeds if t < T else zeros), **state})
-            except ORT_ERRORS as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-                raise SpikingModelError(f"{self.model.path}: onnxruntime cannot step it: {first}",
-                                        "the file does not hold together; export it again with "
-                                        "`ann2snn convert`") from exc
+            session = self.session if t < T else silent_session
+            values = self._call(session, self.fetch, {**(feeds if t < T else zeros), **state})
             for k in range(n_out):
                 per_step[k].append(values[k])
             for s, v in zip(self.state, values[n_out:n_out + n_state]):
@@ -78,6 +145,22 @@ class OrtEngine:
         outputs = {name: np.stack(steps) for name, steps in zip(self.model.outputs, per_step)}
         return WindowResult(outputs, spikes, sums, active)
 
+    def _drain_session(self) -> ort.InferenceSession:
+        if self.drained is None:
+            self.drained = self._session(without_biases(self.proto, bias_terms(self.model)))
+        return self.drained
+
+    # ------------------------------------------------------------------------------------------- shared
+
+    def _call(self, session: ort.InferenceSession, fetch: list[str], feeds: dict[str, np.ndarray]) -> list:
+        try:
+            return session.run(fetch, feeds)
+        except ORT_ERRORS as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise SpikingModelError(f"{self.model.path}: onnxruntime cannot step it: {first}",
+                                    "the file does not hold together; export it again with "
+                                    "`ann2snn convert`") from exc
+
     def _session(self, proto: onnx.ModelProto) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -88,8 +171,3 @@ class OrtEngine:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise SpikingModelError(f"{self.model.path}: onnxruntime cannot load it: "
                                     f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from exc
-
-    def _drain_session(self) -> ort.InferenceSession:
-        if self.drained is None:
-            self.drained = self._session(without_biases(self.proto, bias_terms(self.model)))
-        return self.drained
