@@ -22,7 +22,7 @@ def command(
     extra_t: Annotated[int, typer.Option("--extra-t", min=0, help="Further steps with zero input, outputs still "
                                          "accumulated.")] = 0,
     engine: Annotated[str, typer.Option("--engine", help="numpy (layer by layer over the whole window) or "
-                                        "onnxruntime (steps the exported file).")] = "numpy",
+                                        "onnxruntime (the exported step graph inside one ONNX Loop over the window).")] = "numpy",
     ann: Annotated[Optional[Path], typer.Option("--ann", metavar="FILE", help="The original ANN: report "
                                                 "agreement with its top-1 and its accuracy.")] = None,
     batch_size: BatchOpt = 128,
