@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ import onnxruntime as ort
 from rewrites.errors import SpikingModelError
 from sim.drain import BiasTerm, bias_terms
 from sim.model import SPIKING_DOMAIN, SpikingModel
-from sim.neurons import NEURON_KERNELS
+from sim.neurons import NEURON_KERNELS, maxpool_neuron
 from sim.ops import KERNELS, attributes
 
 ELEMENTWISE = frozenset({
@@ -151,6 +152,10 @@ class NumpyEngine:
         # node index -> its onnxruntime kernel; the other standard nodes use KERNELS
         self.delegated = {i: OrtNode(model, node, threads) for i, node in enumerate(self.nodes)
                           if linear == "onnxruntime" and _delegable(model, node)}
+        # MaxPoolNeuron index -> its kernel with the pooling of the running sums under onnxruntime (2x NumPy's)
+        self.pools = {i: partial(maxpool_neuron, pool=OrtNode(model, _maxpool_of(node), threads))
+                      for i, node in enumerate(self.nodes)
+                      if linear == "onnxruntime" and node.domain == SPIKING_DOMAIN and node.op_type == "MaxPoolNeuron"}
         self.drain_terms: dict[int, BiasTerm] | None = None
         self.sample_bytes = 4 * max([_per_sample_size(vi) for vi in list(model.proto.graph.input)
                                      + list(model.proto.graph.value_info)] + [1])
@@ -194,7 +199,8 @@ class NumpyEngine:
             inputs = [env[n] if n else None for n in node.input]
             try:
                 if node.domain == SPIKING_DOMAIN:
-                    outs = self._neuron(node, attrs, inputs, steps, result, observe)
+                    kernel = self.pools.get(i) or NEURON_KERNELS[node.op_type]
+                    outs = self._neuron(kernel, node, attrs, inputs, steps, result, observe)
                 else:
                     outs = self._standard(self.delegated.get(i) or KERNELS[node.op_type], node, attrs, inputs,
                                           steps)
@@ -213,13 +219,13 @@ class NumpyEngine:
             result.outputs[name] = np.broadcast_to(data, (steps,) + data.shape[1:])
         return result
 
-    def _neuron(self, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int, result: WindowResult,
+    def _neuron(self, kernel, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int, result: WindowResult,
                 observe: int) -> list:
         args = [v.data if isinstance(v, Seq) else v
                 for name, v in zip(node.input, inputs) if not name.startswith("state.")]
         if not isinstance(inputs[0], Seq):
             args[0] = np.asarray(args[0])[None]
-        out, counts = NEURON_KERNELS[node.op_type](args, attrs, steps)
+        out, counts = kernel(args, attrs, steps)
         if counts is not None:
             result.spikes.setdefault(node.name, LayerSpikes(node.name, node.op_type, 0)).add_counts(counts, steps)
             if observe:
@@ -314,6 +320,16 @@ def _without_term(data: np.ndarray, offset: np.ndarray, T: int) -> np.ndarray:
         data = data.copy()
     data[T:] -= offset
     return data
+
+
+def _maxpool_of(node: onnx.NodeProto) -> onnx.NodeProto:
+    """The standard MaxPool a MaxPoolNeuron applies to its running sums (same attributes)."""
+    pool = onnx.NodeProto()
+    pool.CopyFrom(node)
+    pool.domain, pool.op_type = "", "MaxPool"
+    del pool.input[1:]
+    del pool.output[1:]
+    return pool
 
 
 def _delegable(model: SpikingModel, node: onnx.NodeProto) -> bool:

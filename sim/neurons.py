@@ -77,10 +77,12 @@ def running_sum(x: np.ndarray, T: int) -> np.ndarray:
     return acc
 
 
-def maxpool_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, None]:
+def maxpool_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int,
+                   pool: Callable[[list, dict], list] | None = None) -> tuple[np.ndarray, None]:
+    """`pool`: the MaxPool kernel of the folded [T * B, ...] sums (default NumPy's; the engine passes a faster one)."""
     x = inputs[0]
     acc = running_sum(x, T)
-    pooled = KERNELS["MaxPool"]([acc.reshape((-1,) + acc.shape[2:])], attrs)[0]
+    pooled = (pool or KERNELS["MaxPool"])([acc.reshape((-1,) + acc.shape[2:])], attrs)[0]
     pooled = pooled.reshape((T, x.shape[1]) + pooled.shape[1:])
     out = np.empty_like(pooled)
     out[0] = pooled[0]
