@@ -26,7 +26,7 @@ import onnxruntime as ort
 
 from rewrites.errors import SpikingModelError
 from sim.drain import BiasTerm, bias_terms
-from sim.model import SPIKING_DOMAIN, SpikingModel
+from sim.model import DEFAULT_DOMAINS, SPIKING_DOMAIN, SpikingModel
 from sim.neurons import NEURON_KERNELS, maxpool_neuron
 from sim.ops import KERNELS, attributes
 
@@ -207,7 +207,7 @@ class NumpyEngine:
             except (ValueError, IndexError, *ORT_ERRORS) as exc:  # shapes the checks let through
                 raise node_failed(self.model, node, exc) from exc
             if i in drained and isinstance(outs[0], Seq) and not outs[0].invariant:
-                outs[0] = Seq(_without_term(outs[0].data, drained[i].offset, T))
+                outs[0] = Seq(_without_term(outs[0].data, drained[i], T))
             for name, value in zip(node.output, outs):
                 if name:
                     env[name] = value
@@ -302,7 +302,7 @@ class OrtNode:
             [node], node.name or node.op_type,
             [onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, [None] * rank)],
             [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in node.output], inits)
-        opsets = [o for o in self.model.proto.opset_import if o.domain in ("", "ai.onnx")]
+        opsets = [o for o in self.model.proto.opset_import if o.domain in DEFAULT_DOMAINS]
         proto = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=self.model.proto.ir_version)
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -314,11 +314,11 @@ class OrtNode:
             self.reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
-def _without_term(data: np.ndarray, offset: np.ndarray, T: int) -> np.ndarray:
-    """The node's per-step output with its constant term taken out of the steps after T."""
+def _without_term(data: np.ndarray, term: BiasTerm, T: int) -> np.ndarray:
+    """The node's per-step output [steps, B, ...] with its constant term taken out of the steps after T."""
     if not data.flags.writeable:
         data = data.copy()
-    data[T:] -= offset
+    data[T:] -= term.offset_for(data.ndim - 1)
     return data
 
 
@@ -334,7 +334,7 @@ def _maxpool_of(node: onnx.NodeProto) -> onnx.NodeProto:
 
 def _delegable(model: SpikingModel, node: onnx.NodeProto) -> bool:
     """A default-domain linear node whose inputs after the first are all initializers."""
-    if node.domain not in ("", "ai.onnx") or node.op_type not in DELEGATED or len(node.output) != 1:
+    if node.domain not in DEFAULT_DOMAINS or node.op_type not in DELEGATED or len(node.output) != 1:
         return False
     if not node.input or node.input[0] in model.constants:
         return False

@@ -14,6 +14,7 @@ from rewrites.errors import SpikingModelError
 from rewrites.graph import load_model
 
 SPIKING_DOMAIN = "ai.ann2snn"
+DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 @dataclass

@@ -31,9 +31,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from sim.model import SPIKING_DOMAIN, SpikingModel
+from sim.model import DEFAULT_DOMAINS, SPIKING_DOMAIN, SpikingModel
 
-DEFAULT_DOMAINS = ("", "ai.onnx")
 T_INPUT, EXTRA_INPUT, OBSERVE_INPUT = "loop.T", "loop.extra", "loop.observe"
 MAX_NARROW = 255  # the longest window whose spike counts fit uint8
 

@@ -14,6 +14,7 @@ from rewrites.errors import Ann2SnnError, DataError
 from rewrites.graph import load_model
 from rewrites.runtime import Session
 from sim.analysis import LayerErrors, UntilSilent, neuron_layers
+from sim.drain import check_drainable
 from sim.energy import estimate
 from sim.engine import NumpyEngine
 from sim.metrics import Accumulator, SimulationReport, finish, report_steps
@@ -85,6 +86,8 @@ def run_dataset(runner, model: SpikingModel, dataset: Dataset, T: int, extra_t: 
     steps = T + extra_t
     window_extra = extra_t + (analyses.until_silent or 0)
     drain = drain and window_extra > 0
+    if drain:
+        check_drainable(model)
     acc = Accumulator(steps, input_steps=T if drain else None)
     errors = LayerErrors(neuron_layers(model), steps, T if drain else None) if analyses.layer_error else None
     silent = UntilSilent(steps, analyses.until_silent) if analyses.until_silent else None

@@ -63,13 +63,15 @@ def test_engines_agree_under_drain_on_a_residual_cnn(tmp_path):
 
 
 def _affine_model():
-    """x [N, 1, 4, 4] -> Sub(x, m) -> Conv(+b) -> Mul(2) -> Add(c, .) -> Flatten -> Gemm(beta 0.5)
-    -> Sub(k, .) -> Add(., shape-independent signal) ; plus an int64 Add on the shape path."""
+    """x [N, 1, 4, 4] -> Sub(x, m) -> Conv(+b) -> Mul(2) -> Add(c, .) -> BatchNormalization -> Flatten
+    -> Gemm(beta 0.5) -> Sub(k, .) -> Add(., same signal) ; plus an int64 Add on the shape path."""
     rng = np.random.default_rng(0)
     inits = {
         "m": rng.normal(size=(1, 4, 4)), "w": rng.normal(size=(2, 1, 3, 3)), "b": rng.normal(size=2),
         "two": np.array(2.0), "c": rng.normal(size=(2, 1, 1)), "g": rng.normal(size=(32, 3)),
         "gc": rng.normal(size=3), "k": rng.normal(size=3),
+        "gamma": rng.uniform(0.5, 1.5, 2), "beta": rng.normal(size=2), "mu": rng.normal(size=2),
+        "var": rng.uniform(0.5, 1.5, 2),
     }
     tensors = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()]
     tensors.append(numpy_helper.from_array(np.array([0, 0], np.int64), "zero_shape"))
@@ -81,7 +83,8 @@ def _affine_model():
         helper.make_node("Shape", ["shifted"], ["shape"], name="shape"),
         helper.make_node("Slice", ["shape", "zero_start", "two_end"], ["head"], name="head"),
         helper.make_node("Add", ["head", "zero_shape"], ["same_head"], name="int_add"),
-        helper.make_node("Flatten", ["shifted"], ["flat"], name="flat"),
+        helper.make_node("BatchNormalization", ["shifted", "gamma", "beta", "mu", "var"], ["normed"], name="bn"),
+        helper.make_node("Flatten", ["normed"], ["flat"], name="flat"),
         helper.make_node("Gemm", ["flat", "g", "gc"], ["gemm"], name="gemm", beta=0.5),
         helper.make_node("Sub", ["k", "gemm"], ["flipped"], name="flip"),
         helper.make_node("Add", ["flipped", "gemm"], ["y"], name="two_signals"),
@@ -101,12 +104,12 @@ def test_bias_terms_are_the_constant_additive_terms_of_signals(tmp_path):
     proto = _affine_model()
     constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     terms = bias_terms(SpikingModel(tmp_path / "m.onnx", proto, [], ["y"], [], constants, {}))
-    found = {proto.graph.node[i].name: (t.input, t.offset) for i, t in terms.items()}
-    assert sorted(found) == ["centre", "conv", "flip", "gemm", "shift"]  # not int_add, not two_signals
+    found = {proto.graph.node[i].name: (t.inputs, t.offset_for(4)) for i, t in terms.items()}
+    assert sorted(found) == ["bn", "centre", "conv", "flip", "gemm", "shift"]  # not int_add, not two_signals
     np.testing.assert_array_equal(found["centre"][1], -constants["m"])  # Sub(x, m) adds -m
     np.testing.assert_array_equal(found["flip"][1], constants["k"])  # Sub(k, x) adds k
     np.testing.assert_allclose(found["gemm"][1], 0.5 * constants["gc"])
-    assert found["conv"][1].shape == (2, 1, 1)
+    assert found["conv"][1].shape == (2, 1, 1) and found["bn"][0] == (2, 3)  # BN: its bias and mean zeroed
     # an affine graph without its constant terms is its linear part: f(x) - f(0)
     drained = without_biases(proto, terms)
     x = np.random.default_rng(2).normal(size=(5, 1, 4, 4)).astype(np.float32)
@@ -115,7 +118,7 @@ def test_bias_terms_are_the_constant_additive_terms_of_signals(tmp_path):
     y_zero, _ = run_ort(proto, {"x": np.zeros_like(x)})
     np.testing.assert_allclose(y, y_full - y_zero, atol=1e-4)
     np.testing.assert_array_equal(head, [5, 2])
-    assert len(proto.graph.initializer) == len(drained.graph.initializer) - 5  # the original is untouched
+    assert len(proto.graph.initializer) == len(drained.graph.initializer) - 7  # the original is untouched
 
 
 def test_decoding_after_drain_divides_by_the_input_steps():
@@ -166,3 +169,36 @@ def test_layer_error_after_drain_is_zero_for_every_qcfs_layer(tmp_path):
     assert all(r["relative_rms_error"] < 1e-5 for r in rows), rows
     plain = simulate(snn, data, L, 4 * L, ann_path=ann_path, analyses=Analyses(layer_error=True))
     assert max(r["relative_rms_error"] for r in plain.layer_error["layers"]) > 0.05
+
+
+def test_densenet_batchnorm_left_unfolded_drains_on_both_engines(tmp_path):
+    """The torch DenseNet's pre-activation BatchNormalizations after a Concat stay unfolded: their offsets
+    are bias terms too (the NumPy engine subtracts them, the onnxruntime engine zeroes their bias and mean)."""
+    from pathlib import Path
+    fixture = Path(__file__).parent / "fixtures" / "torch" / "densenet_classic_op17.onnx"
+    model = onnx.load(fixture)
+    with np.load(fixture.parent / "image.calib.npz") as z:
+        x = z["x"][:12]
+    snn, _ = convert_with_data(model, x, tmp_path, neuron="signed", T=8)
+    from sim.model import load_spiking
+    spiking = load_spiking(snn)
+    ops = {spiking.nodes[i].op_type for i in bias_terms(spiking)}
+    assert "BatchNormalization" in ops
+    a, b, name = both_engines(snn, x, 8, 6, drain=True)
+    np.testing.assert_allclose(a.outputs[name], b.outputs[name], atol=1e-5)
+
+
+def test_drain_refuses_operators_that_divide_by_the_step_count(tmp_path):
+    """A product of two signals becomes SpikeMul, whose decoded value is A_t B_t / t: steps without charge
+    would shrink it, so --drain is refused with a one-line error naming the node."""
+    b = ModelBuilder(2)
+    left, right = b.gemm("input", 6, 8), b.gemm("input", 6, 8)
+    model = b.build({"input": [6]}, [b.gemm(b.node("Mul", [left, right]), 8, 3)])
+    x = np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32)
+    snn, _ = convert_with_data(model, x, tmp_path, T=8)
+    np.savez(tmp_path / "data.npz", input=x)
+    result = cli("simulate", snn, "--data", tmp_path / "data.npz", "--extra-t", 4, "--drain")
+    assert result.exit_code == 2
+    assert "SpikeMul" in result.stderr and "divides by the step count" in result.stderr
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) <= 2
+    assert cli("simulate", snn, "--data", tmp_path / "data.npz", "--extra-t", 4).exit_code == 0
