@@ -98,6 +98,7 @@ class SimulationReport:
     layer_error: dict | None = None
     until_silent: dict | None = None
     drain: bool = False
+    engine_note: str = ""  # why the engine ran otherwise than by default (the Loop fell back to stepping)
 
     @property
     def final_accuracy(self) -> float | None:
@@ -105,7 +106,8 @@ class SimulationReport:
 
     def to_json(self) -> dict:
         return {
-            "engine": self.engine, "T": self.T, "extra_t": self.extra_t, "drain": self.drain,
+            "engine": self.engine, "engine_note": self.engine_note or None, "T": self.T, "extra_t": self.extra_t,
+            "drain": self.drain,
             "samples": self.samples,
             "seconds": self.seconds, "ann_accuracy": self.ann_accuracy,
             "steps": self.steps, "accuracy": self.accuracy, "agreement": self.agreement,

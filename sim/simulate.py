@@ -115,6 +115,8 @@ def run_dataset(runner, model: SpikingModel, dataset: Dataset, T: int, extra_t: 
     report.layer_error = errors.to_json() if errors else None
     report.until_silent = silent.to_json() if silent else None
     report.drain = drain
+    if getattr(runner, "loop_reason", ""):
+        report.engine_note = f"stepped the file from Python: the ONNX Loop could not be built ({runner.loop_reason})"
     return report
 
 

@@ -235,3 +235,24 @@ def test_loop_equals_stepping_where_onnxruntime_fuses_a_residual_add(tmp_path):
     body = next(n for n in proto.graph.node if n.op_type == "Loop").attribute[0].g
     declared = {i.name: i for i in model.proto.graph.input}
     assert all(i == declared[i.name] for i in body.input if i.name.startswith("state."))
+
+
+def test_the_report_says_when_the_loop_fell_back(cnn, monkeypatch, tmp_path):
+    """simulate's report and JSON carry the reason the onnxruntime engine stepped the file instead."""
+    import json
+
+    import sim.ort
+    from test_cli import invoke
+
+    def refuse(*args, **kwargs):
+        raise ValueError("no loop here")
+
+    np.savez(tmp_path / "d.npz", input=cnn["x"])
+    plain = json.loads(invoke("simulate", cnn["if"], "--data", tmp_path / "d.npz", "--T", 4, "--engine",
+                              "onnxruntime", "--json", "-").stdout)
+    assert plain["engine_note"] is None
+    monkeypatch.setattr(sim.ort, "loop_model", refuse)
+    result = invoke("simulate", cnn["if"], "--data", tmp_path / "d.npz", "--T", 4, "--engine", "onnxruntime",
+                    "--json", tmp_path / "r.json")
+    assert result.exit_code == 0 and "note: onnxruntime engine stepped the file" in result.stdout
+    assert "no loop here" in json.loads((tmp_path / "r.json").read_text())["engine_note"]

@@ -140,6 +140,8 @@ def render(out: Output, report) -> None:
     out.print(f"{report.total_spikes_per_sample:,.0f} spikes per sample. Latency: the prediction first equals "
               f"the final one at t = {report.mean_first_final_t:.1f} on average and no longer changes from "
               f"t = {report.mean_settled_t:.1f}. {report.engine} engine, {report.seconds:.2f} s.")
+    if report.engine_note:
+        out.print(f"note: {report.engine} engine {report.engine_note}")
     e = report.energy
     if e:
         out.table("Operations and energy per sample (45 nm: 4.6 pJ per MAC, 0.9 pJ per accumulate)",
