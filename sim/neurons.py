@@ -22,17 +22,16 @@ def if_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[
     threshold = threshold.astype(np.float32, copy=False)
     fire_level = fire_level.astype(np.float32, copy=False)
     out = np.empty((T,) + x.shape[1:], np.float32)
-    v = np.zeros(x.shape[1:], np.float32)
-    m = np.empty_like(v)
+    v = np.zeros(x.shape[1:], np.float32)  # the membrane, updated in place: v + x, then v - spike
     fired = np.empty(v.shape, np.bool_)
-    counts = np.zeros(v.shape, np.int32)
+    counts = _Counts(v.shape, T)
     for t in range(T):
-        np.add(v, x[t if len(x) > 1 else 0], out=m)
-        np.greater_equal(m, fire_level, out=fired)
+        np.add(v, x[t if len(x) > 1 else 0], out=v)
+        np.greater_equal(v, fire_level, out=fired)
         np.multiply(fired, threshold, out=out[t])
-        np.subtract(m, out[t], out=v)
-        counts += fired
-    return out, counts
+        np.subtract(v, out[t], out=v)
+        counts.add(fired)
+    return out, counts.total()
 
 
 def signed_if_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,27 +43,44 @@ def signed_if_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) ->
                                                  for a in (threshold, fire_level, unfire_level, tmax))
     bounded = bool(np.any(tmax < T))  # else the count (at most one spike a step) never reaches tmax
     out = np.empty((T,) + x.shape[1:], np.float32)
-    v = np.zeros(x.shape[1:], np.float32)
+    v = np.zeros(x.shape[1:], np.float32)  # the membrane, updated in place
     count = np.zeros_like(v)
-    m = np.empty_like(v)
     up, down, gate = (np.empty(v.shape, np.bool_) for _ in range(3))
     spike = np.empty_like(v)
-    taken_back = np.zeros(v.shape, np.int32)
+    taken_back = _Counts(v.shape, T)
     for t in range(T):
-        np.add(v, x[t if len(x) > 1 else 0], out=m)
-        np.greater_equal(m, fire_level, out=up)
+        np.add(v, x[t if len(x) > 1 else 0], out=v)
+        np.greater_equal(v, fire_level, out=up)
         if bounded:
             np.less(count, tmax, out=gate)
             up &= gate
-        np.less(m, unfire_level, out=down)
+        np.less(v, unfire_level, out=down)
         np.greater(count, np.float32(0.0), out=gate)
         down &= gate
         np.subtract(up, down, out=spike, dtype=np.float32)
         np.multiply(spike, threshold, out=out[t])
-        np.subtract(m, out[t], out=v)
+        np.subtract(v, out[t], out=v)
         count += spike
-        taken_back += down
-    return out, count.astype(np.int32) + 2 * taken_back
+        taken_back.add(down)
+    return out, count.astype(np.int32) + 2 * taken_back.total()
+
+
+class _Counts:
+    """Per-neuron event counts over a window, added from boolean masks: in uint8 (a quarter of int32's memory
+    traffic) while the window is under 256 steps."""
+
+    def __init__(self, shape: tuple, T: int):
+        self.narrow = T < 256
+        self.values = np.zeros(shape, np.uint8 if self.narrow else np.int32)
+
+    def add(self, mask: np.ndarray) -> None:
+        if self.narrow:
+            np.add(self.values, mask.view(np.uint8), out=self.values)
+        else:
+            self.values += mask
+
+    def total(self) -> np.ndarray:
+        return self.values.astype(np.int32)
 
 
 def running_sum(x: np.ndarray, T: int) -> np.ndarray:
