@@ -204,10 +204,10 @@ class NumpyEngine:
                 else:
                     outs = self._standard(self.delegated.get(i) or KERNELS[node.op_type], node, attrs, inputs,
                                           steps)
+                if i in drained and isinstance(outs[0], Seq) and not outs[0].invariant:
+                    outs[0] = Seq(_without_term(outs[0].data, drained[i], T))
             except (ValueError, IndexError, *ORT_ERRORS) as exc:  # shapes the checks let through
                 raise node_failed(self.model, node, exc) from exc
-            if i in drained and isinstance(outs[0], Seq) and not outs[0].invariant:
-                outs[0] = Seq(_without_term(outs[0].data, drained[i], T))
             for name, value in zip(node.output, outs):
                 if name:
                     env[name] = value
