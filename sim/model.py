@@ -62,6 +62,14 @@ def spiking_from_proto(model: onnx.ModelProto, path: Path) -> SpikingModel:
     if repeated:
         raise SpikingModelError(f"{path}: node name(s) used more than once: {', '.join(repeated[:5])}",
                                 "the file was edited after export; export it again with `ann2snn convert`")
+    numeric = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT64,
+               onnx.TensorProto.INT32)
+    for vi in model.graph.input:
+        if vi.name in state_inputs and vi.type.tensor_type.elem_type not in numeric:
+            kind = onnx.TensorProto.DataType.Name(vi.type.tensor_type.elem_type) \
+                if vi.type.tensor_type.elem_type in onnx.TensorProto.DataType.values() else "unknown"
+            raise SpikingModelError(f"{path}: state input '{vi.name}' is declared {kind}, not a number type",
+                                    "the file was edited after export; export it again with `ann2snn convert`")
     declared = {vi.name: _dims(vi) for vi in list(model.graph.input) + list(model.graph.output)}
     for name in state_inputs:
         if declared[name] != declared[name + ".next"]:

@@ -348,13 +348,16 @@ def spiking_seeds(folder: Path, data: dict[str, Path]) -> dict[str, Path]:
 
 
 def run_spiking_case(case: Case, folder: Path, data: dict[str, Path], seeds: dict[str, Path]) -> Outcome:
-    """Mutate the exported spiking model and simulate it with both engines."""
+    """Mutate the exported spiking model and simulate it with both engines; every other case also with two
+    drain steps (sim/drain.py reads the mutated constants too)."""
     from sim.simulate import simulate
     path = make_case(case, folder, seeds[case.seed_model])
+    drain = case.seed % 2 == 1
     start = time.perf_counter()
     try:
         for engine in ("numpy", "onnxruntime"):
-            simulate(path, data[case.seed_model], 3, engine=engine, batch_size=4)
+            simulate(path, data[case.seed_model], 3, extra_t=2 if drain else 0, engine=engine, batch_size=4,
+                     drain=drain)
         return Outcome(case, "simulate", "", False, time.perf_counter() - start)
     except Ann2SnnError as exc:
         return Outcome(case, "", f"{type(exc).__name__}: {exc}", False, time.perf_counter() - start)

@@ -256,3 +256,15 @@ def test_the_report_says_when_the_loop_fell_back(cnn, monkeypatch, tmp_path):
                     "--json", tmp_path / "r.json")
     assert result.exit_code == 0 and "note: onnxruntime engine stepped the file" in result.stdout
     assert "no loop here" in json.loads((tmp_path / "r.json").read_text())["engine_note"]
+
+
+def test_a_state_input_of_a_non_number_type_is_refused(cnn, tmp_path):
+    """Found by the spiking fuzz run (a mutated state input retyped to string crashed the Loop builder):
+    loading refuses it with a one-line error before any engine is built."""
+    from rewrites.errors import SpikingModelError
+    proto = onnx.load(cnn["if"])
+    state = next(i for i in proto.graph.input if i.name.startswith("state."))
+    state.type.tensor_type.elem_type = onnx.TensorProto.STRING
+    onnx.save(proto, tmp_path / "retyped.onnx")
+    with pytest.raises(SpikingModelError, match=f"state input '{state.name}' is declared STRING"):
+        load_spiking(tmp_path / "retyped.onnx")
