@@ -258,13 +258,13 @@ def test_the_report_says_when_the_loop_fell_back(cnn, monkeypatch, tmp_path):
     assert "no loop here" in json.loads((tmp_path / "r.json").read_text())["engine_note"]
 
 
-def test_a_state_input_of_a_non_number_type_is_refused(cnn, tmp_path):
-    """Found by the spiking fuzz run (a mutated state input retyped to string crashed the Loop builder):
-    loading refuses it with a one-line error before any engine is built."""
-    from rewrites.errors import SpikingModelError
-    proto = onnx.load(cnn["if"])
-    state = next(i for i in proto.graph.input if i.name.startswith("state."))
-    state.type.tensor_type.elem_type = onnx.TensorProto.STRING
-    onnx.save(proto, tmp_path / "retyped.onnx")
-    with pytest.raises(SpikingModelError, match=f"state input '{state.name}' is declared STRING"):
-        load_spiking(tmp_path / "retyped.onnx")
+def test_a_state_input_of_a_non_number_type_is_refused(tmp_path):
+    """Found by the spiking fuzz run: a state input whose type was cleared (tests/fuzzing.py retype_input,
+    case cnn_opset11/retype_input/11000243) passed shape inference and crashed the Loop builder. Both engines
+    now refuse it with one of our errors."""
+    import fuzzing
+    data = fuzzing.write_data(tmp_path)
+    seeds = fuzzing.spiking_seeds(tmp_path, data)
+    case = fuzzing.Case("cnn_opset11", "retype_input", 11000243)
+    outcome = fuzzing.run_spiking_case(case, tmp_path, data, seeds)
+    assert not outcome.crash and "SpikingModelError" in outcome.error and "not a number type" in outcome.error
