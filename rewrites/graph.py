@@ -312,6 +312,11 @@ def check_types(model: onnx.ModelProto, path: Path) -> None:
     """Element types must be ones this onnx knows (the checker lets unknown numbers through value_info)."""
     graph = model.graph
     for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        kind = vi.type.WhichOneof("value")
+        if kind not in (None, "tensor_type"):
+            raise ModelError(f"{path}: '{vi.name}' is not a tensor (its type is {kind.removesuffix('_type')})",
+                             "ann2snn converts graphs of tensors; re-export the model without sequence, map or "
+                             "optional values")
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type not in _KNOWN_TYPES:
             raise ModelError(f"{path}: tensor '{vi.name}' has unknown element type {vi.type.tensor_type.elem_type}",
                              "the file is damaged; re-export the model")

@@ -364,3 +364,19 @@ def test_spiking_model_with_inconsistent_shapes_is_refused_at_load(tmp_path, fuz
     broken.write_bytes(snn.SerializeToString())
     with pytest.raises(ModelError, match="shape inference failed"):
         simulate(broken, fuzz_data["cnn_opset11"], 2)
+
+
+def test_a_value_that_is_not_a_tensor_is_refused_at_load(tmp_path):
+    """Was: UnboundLocalError inside onnx-graphsurgeon's exporter (exit 3); found by a bit flip that turned a
+    value_info into an empty optional type (tests/fuzz_long.py seed 21, mlp_clip_concat/flip/21001648)."""
+    model = small_cnn()
+    vi = model.graph.value_info[0]
+    vi.type.ClearField("tensor_type")
+    vi.type.optional_type.SetInParent()
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelError, match=f"'{vi.name}' is not a tensor \\(its type is optional\\)"):
+        load_model(path)
+    outcome = fuzzing.run_case(fuzzing.Case("mlp_clip_concat", "flip", 21001648), tmp_path,
+                               fuzzing.write_data(tmp_path))
+    assert not outcome.crash and "is not a tensor" in outcome.error
