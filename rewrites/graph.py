@@ -181,6 +181,11 @@ _TYPED_FIELD = {onnx.TensorProto.FLOAT: "float_data", onnx.TensorProto.DOUBLE: "
                 onnx.TensorProto.UINT32: "uint64_data"}
 _INT32_STORED = {onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8, onnx.TensorProto.UINT16,
                  onnx.TensorProto.UINT8, onnx.TensorProto.BOOL, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+_INT32_STORED |= {getattr(onnx.TensorProto, name) for name in (  # one byte each, held like the small ints
+    "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0") if hasattr(onnx.TensorProto, name)}
+_PACKED = {getattr(onnx.TensorProto, name): per_byte  # values a byte of raw data holds
+           for name, per_byte in (("UINT4", 2), ("INT4", 2), ("FLOAT4E2M1", 2), ("UINT2", 4), ("INT2", 4))
+           if hasattr(onnx.TensorProto, name)}
 
 
 def tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
@@ -204,6 +209,12 @@ def check_tensor_size(tensor: onnx.TensorProto, path: Path) -> None:
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         return
     nbytes = tensor_nbytes(tensor)
+    if tensor.data_type in _PACKED and tensor.HasField("raw_data"):
+        nbytes = -(-count // _PACKED[tensor.data_type])
+        if len(tensor.raw_data) != nbytes:
+            raise ModelError(f"{where} declares dims {dims} ({nbytes:,} packed bytes) but holds "
+                             f"{len(tensor.raw_data):,} bytes", "the file is damaged; re-export the model")
+        return
     if tensor.HasField("raw_data"):
         if nbytes is not None and len(tensor.raw_data) != nbytes:
             raise ModelError(f"{where} declares dims {dims} ({nbytes:,} bytes) but holds "

@@ -380,3 +380,19 @@ def test_a_value_that_is_not_a_tensor_is_refused_at_load(tmp_path):
     outcome = fuzzing.run_case(fuzzing.Case("mlp_clip_concat", "flip", 21001648), tmp_path,
                                fuzzing.write_data(tmp_path))
     assert not outcome.crash and "is not a tensor" in outcome.error
+
+
+@pytest.mark.parametrize("dtype, raw, message", [
+    (TensorProto.FLOAT8E4M3FN, bytes(32), r"declares dims \[8\] \(8 bytes\) but holds 32 bytes"),
+    (TensorProto.INT4, bytes(8), r"declares dims \[8\] \(4 packed bytes\) but holds 8 bytes")])
+def test_raw_data_of_one_byte_and_packed_types_must_match_the_dims(tmp_path, dtype, raw, message):
+    """Was: ValueError from numpy's reshape in the fingerprint (exit 3); found by a bit flip turning a float
+    bias into FLOAT8E4M3FN (tests/fuzz_long.py seed 23, mlp_clip_concat/flip/23001798, 1 of 10,000)."""
+    model = small_cnn()
+    bias = next(t for t in model.graph.initializer if list(t.dims) == [8])
+    bias.data_type = dtype
+    bias.raw_data = raw
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelError, match=message):
+        load_model(path)
