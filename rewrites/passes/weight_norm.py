@@ -233,11 +233,9 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
         s_in, s_out = plan.scale(pins, node.inputs[0].name), plan.scale(pins, node.outputs[0].name)
         if s_in == 1.0 and s_out == 1.0:
             continue
-        w = np.asarray(node.inputs[1].values)
-        node.inputs[1] = gs.Constant(f"{node.name}.weight", (w.astype(np.float64) * (s_in / s_out)).astype(w.dtype))
+        node.inputs[1] = gs.Constant(f"{node.name}.weight", _scaled(node.inputs[1].values, s_in / s_out))
         if node.op != "MatMul" and len(node.inputs) > 2 and node.inputs[2].name:
-            b = np.asarray(node.inputs[2].values)
-            node.inputs[2] = gs.Constant(f"{node.name}.bias", (b.astype(np.float64) / s_out).astype(b.dtype))
+            node.inputs[2] = gs.Constant(f"{node.name}.bias", _scaled(node.inputs[2].values, 1.0 / s_out))
         report.converted.append(node.name)
 
     for name in neurons:
@@ -255,6 +253,17 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
         report.converted.append(name)
         report.layers.append({"node": name, "weight_norm": True, "model_threshold": 1.0, "scale": theta})
     return report
+
+
+def _scaled(values, factor: float, block: int = 2**20) -> np.ndarray:
+    """values * factor computed in float64 and stored in the values' dtype, a block at a time (the same floats
+    as one float64 product, without a float64 copy of a large weight)."""
+    w = np.asarray(values)
+    out = np.empty(w.shape, w.dtype)
+    flat_in, flat_out = w.reshape(-1), out.reshape(-1)
+    for start in range(0, flat_in.size, block):
+        flat_out[start:start + block] = flat_in[start:start + block].astype(np.float64) * factor
+    return out
 
 
 PASS = Pass("weight_norm", run, spiking=True,
