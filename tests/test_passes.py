@@ -2,6 +2,7 @@
 and its reasons for leaving nodes alone."""
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 
 from builders import ModelBuilder, small_cnn
@@ -120,3 +121,34 @@ def test_fold_constants_evaluates_constant_subgraphs(rng):
     run_passes(graph, (fold_constants.PASS,), PassContext(ConvertOptions()))
     assert ops(graph) == ["Mul"]
     assert_same_function(model, to_model(graph, model), (1, 3, 3), rng)
+
+
+def test_layout_operators_on_weights_fold_in_numpy(rng, monkeypatch):
+    """MatMul(x, Transpose(W)), Gemm(Flatten-free Reshape(Unsqueeze(Squeeze(V)))): the layout chains on
+    constants fold without onnx-graphsurgeon's folding (which serialises the weights and runs onnxruntime);
+    the function is unchanged."""
+    b = ModelBuilder(6)
+
+    def ints(values):
+        name = b.name("i")
+        b.inits.append(onnx.numpy_helper.from_array(np.array(values, np.int64), name))
+        return name
+
+    w = b.node("Transpose", [b.const(rng.normal(size=(5, 6)))], perm=[1, 0])
+    v = b.node("Squeeze", [b.node("Unsqueeze", [b.const(rng.normal(size=(5, 4))), ints([0])]), ints([0])])
+    v = b.node("Reshape", [v, ints([0, -1])])
+    y = b.node("MatMul", [b.node("MatMul", ["input", w]), v])
+    model = b.build({"input": [6]}, [y])
+    graph = import_graph(model)
+    general = []
+    original = gs.Graph.fold_constants
+
+    def spy(self, *args, **kwargs):
+        general.append([n.op for n in self.nodes])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(gs.Graph, "fold_constants", spy)
+    report = run_passes(graph, (fold_constants.PASS,), PassContext(ConvertOptions()))[0]
+    assert ops(graph) == ["MatMul", "MatMul"] and len(report.converted) == 4
+    assert general == [["MatMul", "MatMul"]]  # the layout chains were gone before the general folding ran
+    assert_same_function(model, to_model(graph, model), (6,), rng)
