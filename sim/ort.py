@@ -10,7 +10,8 @@ Two ways, same results (tests/test_ort_engine.py):
   exposed as extra outputs of an in-memory copy and counted in NumPy.
 
 If onnxruntime cannot load the Loop model but can load the file, the engine steps the file (`loop_reason`
-says why)."""
+says why). So it does for a model of more than LOOP_WEIGHTS_LIMIT bytes of weights: each Loop body holds its
+own copy of the weights (one per kind of window, two with silent steps), the stepped file one."""
 from __future__ import annotations
 
 import numpy as np
@@ -24,6 +25,7 @@ from sim.model import SpikingModel
 from sim.neurons import NON_FIRING
 from sim.ort_loop import EXTRA_INPUT, MAX_NARROW, OBSERVE_INPUT, T_INPUT, LoopOutputs, firing_nodes, loop_model
 
+LOOP_WEIGHTS_LIMIT = 256 * 2**20
 _NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64}
 
 
@@ -38,7 +40,11 @@ class OrtEngine:
         self.loops: dict[tuple[bool, bool, bool, bool], tuple[ort.InferenceSession, LoopOutputs]] = {}
         self.session: ort.InferenceSession | None = None
         self.drained: ort.InferenceSession | None = None
-        if loop:
+        weights = sum(a.nbytes for a in model.constants.values())
+        if loop and weights > LOOP_WEIGHTS_LIMIT:
+            self.loop_reason = (f"{weights / 2**20:,.0f} MiB of weights, over {LOOP_WEIGHTS_LIMIT // 2**20} MiB: "
+                                "each Loop would hold its own copy")
+        elif loop:
             try:
                 self._loop_session(False, False, False, True)
             except SpikingModelError as exc:

@@ -116,7 +116,7 @@ def run_dataset(runner, model: SpikingModel, dataset: Dataset, T: int, extra_t: 
     report.until_silent = silent.to_json() if silent else None
     report.drain = drain
     if getattr(runner, "loop_reason", ""):
-        report.engine_note = f"stepped the file from Python: the ONNX Loop could not be built ({runner.loop_reason})"
+        report.engine_note = f"stepped the file from Python instead of running an ONNX Loop: {runner.loop_reason}"
     return report
 
 

@@ -268,3 +268,14 @@ def test_a_state_input_of_a_non_number_type_is_refused(tmp_path):
     case = fuzzing.Case("cnn_opset11", "retype_input", 11000243)
     outcome = fuzzing.run_spiking_case(case, tmp_path, data, seeds)
     assert not outcome.crash and "SpikingModelError" in outcome.error and "not a number type" in outcome.error
+
+
+def test_a_model_with_large_weights_is_stepped(cnn, monkeypatch):
+    """Each Loop body holds its own copy of the weights; above LOOP_WEIGHTS_LIMIT the engine steps the file
+    (one copy) and says why."""
+    import sim.ort
+    monkeypatch.setattr(sim.ort, "LOOP_WEIGHTS_LIMIT", 1000)
+    model = load_spiking(cnn["if"])
+    engine = OrtEngine(model)
+    assert not engine.loop and not engine.loops and "MiB of weights" in engine.loop_reason
+    _same(engine.run({"input": cnn["x"]}, 4), OrtEngine(model, loop=False).run({"input": cnn["x"]}, 4), 4)
