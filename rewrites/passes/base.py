@@ -63,3 +63,16 @@ def run_passes(graph: gs.Graph, passes: tuple[Pass, ...], ctx: PassContext) -> l
 
 def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     return any(t is tensor for t in graph.outputs)
+
+
+def replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Make `node` read `new` wherever it read `old`."""
+    for k, t in enumerate(node.inputs):
+        if t is old:
+            node.inputs[k] = new
+
+
+def redirect_readers(old: gs.Tensor, new: gs.Tensor) -> None:
+    """Make every node that reads `old` read `new` instead."""
+    for reader in list(old.outputs):
+        replace_input(reader, old, new)

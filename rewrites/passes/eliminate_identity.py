@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from rewrites.passes.base import Pass, PassContext, PassReport, is_graph_output
+from rewrites.passes.base import Pass, PassContext, PassReport, is_graph_output, redirect_readers
 
 
 def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
@@ -29,10 +29,7 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
             node.outputs.clear()
             node.inputs.clear()
         else:
-            for consumer in list(dst.outputs):
-                for k, t in enumerate(consumer.inputs):
-                    if t is dst:
-                        consumer.inputs[k] = src
+            redirect_readers(dst, src)
             node.outputs.clear()
             node.inputs.clear()
         report.converted.append(node.name)

@@ -10,7 +10,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from rewrites.passes.base import Pass, PassContext, PassReport
+from rewrites.passes.base import Pass, PassContext, PassReport, redirect_readers
 
 G_LOGGER.severity = G_LOGGER.ERROR
 logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
@@ -62,11 +62,7 @@ def fold_layout(graph: gs.Graph) -> list[str]:
         if value is None:
             continue
         out = node.outputs[0]
-        constant = gs.Constant(out.name, np.asarray(value))
-        for consumer in list(out.outputs):
-            for i, t in enumerate(consumer.inputs):
-                if t is out:
-                    consumer.inputs[i] = constant
+        redirect_readers(out, gs.Constant(out.name, np.asarray(value)))
         node.outputs.clear()
         node.inputs.clear()
         folded.append(node.name)

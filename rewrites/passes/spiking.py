@@ -6,6 +6,7 @@ import onnx_graphsurgeon as gs
 
 from rewrites.errors import ModelError
 from rewrites.neurons import DOMAIN, OperatorSpec
+from rewrites.passes.base import replace_input
 
 
 def state_pair(node_name: str, var: str, like: gs.Variable) -> tuple[gs.Variable, gs.Variable]:
@@ -53,17 +54,11 @@ def wrap_exact(graph: gs.Graph, name: str, nodes: list[gs.Node], inputs: list[gs
         mean = shaped_like(f"{name}.mean{k}", x)
         graph.nodes.append(spiking_node(RUNNING_MEAN, f"{name}.mean{k}", [x], mean, [x, step_like()]))
         for n in nodes:
-            _replace_input(n, x, mean)
+            replace_input(n, x, mean)
     for k, y in enumerate(outputs):
         value = shaped_like(f"{name}.float{k}", y)
         producer = y.inputs[0]
         producer.outputs[producer.outputs.index(y)] = value
         for reader in [r for r in y.outputs if id(r) in members]:
-            _replace_input(reader, y, value)
+            replace_input(reader, y, value)
         graph.nodes.append(spiking_node(RATE_CORRECT, f"{name}.correct{k}", [value], y, [y, step_like()]))
-
-
-def _replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
-    for k, t in enumerate(node.inputs):
-        if t is old:
-            node.inputs[k] = new
