@@ -59,18 +59,8 @@ class TensorStats:
         x = np.asarray(values)
         if x.size == 0:
             return
-        if channel_axis is None:
-            by_channel = x.reshape(1, 1, -1)
-        else:
-            axis = channel_axis % x.ndim
-            by_channel = x.reshape(math.prod(x.shape[:axis]), x.shape[axis], -1)
-        lows = by_channel.min(axis=2).min(axis=0)
-        highs = by_channel.max(axis=2).max(axis=0)
-        if not (np.isfinite(lows).all() and np.isfinite(highs).all()):
-            raise CalibrationError(f"tensor '{self.name}' holds NaN or infinite values during calibration",
-                                   "check the model and the data")
-        # row sums in the input's precision (pairwise: exact enough for a mean), added up in float64
-        sums = by_channel.sum(axis=2).astype(np.float64).sum(axis=0)
+        by_channel = _by_channel(x, channel_axis)
+        lows, highs, sums = _channel_reductions(by_channel, self.name)
         if channel_axis is None:
             _fold([self], by_channel, lows, highs, sums)
             return
@@ -236,6 +226,25 @@ def _merge_to_whole(fine: np.ndarray, ranges: list[float], half_range: float) ->
     return out
 
 
+def _by_channel(x: np.ndarray, channel_axis: int | None) -> np.ndarray:
+    """x as [A, C, B] with the channels on axis 1 (one channel holding everything without an axis)."""
+    if channel_axis is None:
+        return x.reshape(1, 1, -1)
+    axis = channel_axis % x.ndim
+    return x.reshape(math.prod(x.shape[:axis]), x.shape[axis], -1)
+
+
+def _channel_reductions(by_channel: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per channel of [A, C, B]: minimum, maximum and sum (row sums in the input's precision, pairwise and
+    exact enough for a mean, added up in float64); NaN or infinity is a CalibrationError."""
+    lows = by_channel.min(axis=2).min(axis=0)
+    highs = by_channel.max(axis=2).max(axis=0)
+    if not (np.isfinite(lows).all() and np.isfinite(highs).all()):
+        raise CalibrationError(f"tensor '{name}' holds NaN or infinite values during calibration",
+                               "check the model and the data")
+    return lows, highs, by_channel.sum(axis=2).astype(np.float64).sum(axis=0)
+
+
 def _bin_index(by_channel: np.ndarray, half_ranges: np.ndarray, bins: int) -> np.ndarray:
     """Flat bin index c * bins + floor((x + R_c) / w_c) of each value x of channel c in [A, C, B], with
     w_c = 2 R_c / bins; a channel with R_c = 0 holds only zeros, which go to the middle bin.
@@ -287,20 +296,14 @@ class ChannelFold:
         if x.size == 0:
             return
         axis = None if self.channel_axis is None or x.ndim == 0 else self.channel_axis % x.ndim
-        by_channel = x.reshape(1, 1, -1) if axis is None else \
-            x.reshape(math.prod(x.shape[:axis]), x.shape[axis], -1)
+        by_channel = _by_channel(x, axis)
         channels = by_channel.shape[1]
         if self.fine is None and not self.direct and channels * self.stats.bins > FINE_STATE_LIMIT:
             self.direct = True
         if self.direct:
             self.stats.update(x, axis)
             return
-        lows = by_channel.min(axis=2).min(axis=0)
-        highs = by_channel.max(axis=2).max(axis=0)
-        if not (np.isfinite(lows).all() and np.isfinite(highs).all()):
-            raise CalibrationError(f"tensor '{self.stats.name}' holds NaN or infinite values during calibration",
-                                   "check the model and the data")
-        sums = by_channel.sum(axis=2).astype(np.float64).sum(axis=0)
+        lows, highs, sums = _channel_reductions(by_channel, self.stats.name)
         if self.fine is None:
             self.fine = np.zeros((channels, self.stats.bins), np.int64)
             self.count = 0
