@@ -4,9 +4,9 @@ Seed 000's extra_t steps zero the input but every bias is still added at each st
 positive keeps charging and the longer window measures a different function (the seed saw extra_t hurt).
 A drain step zeroes the input and every constant additive term as well: Conv/ConvTranspose/Gemm biases, the
 offset of a BatchNormalization left unfolded, and the constant operand of an Add or Sub whose other operand
-is a signal. The charge a layer integrates over
-T + E steps is then what it integrated over the T input steps, and the neurons only settle: signed neurons
-take back early spikes, IF neurons flush what the input left below threshold. The output, summed over all
+is a signal. The charge a layer integrates over T + E steps is then what it integrated over the T input
+steps, and the neurons only settle: signed neurons take back early spikes, IF neurons flush what the input
+left below threshold. The output, summed over all
 steps, estimates T times the ANN's output, so it is decoded as that sum / T.
 
 Operators that divide by the step count (spiking products, running means, rate corrections: the transformer
