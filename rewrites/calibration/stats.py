@@ -3,6 +3,10 @@
 The histogram covers [-R, R) with a fixed number of equal bins. When a batch holds a value outside the
 range, R doubles and adjacent bins merge in pairs, so earlier counts stay exact and memory is bounded by the
 bin count, never by the amount of data. A percentile is read from the cumulative counts, exact to one bin.
+
+Count, extrema and sum always cover every value. The histogram may cover a deterministic subsample of
+large tensors (rewrites/calibration/observe.py); it then holds `binned` < `count` values, written as
+"binned" in the file's histogram (absent: every value), and percentiles are read over those.
 """
 from __future__ import annotations
 
@@ -34,12 +38,15 @@ class TensorStats:
     counts: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     channel_axis: int | None = None  # per-channel statistics along this axis, when collected
     channels: list[TensorStats] | None = field(default=None, repr=False)
+    binned: int | None = None  # values in the histogram; None: count (every value)
 
     def __post_init__(self):
         if self.bins % 4:
             raise ValueError("bins must be a multiple of 4")
         if self.counts is None:
             self.counts = np.zeros(self.bins, np.int64)
+        if self.binned is None:
+            self.binned = self.count
 
     @property
     def mean(self) -> float:
@@ -53,16 +60,23 @@ class TensorStats:
         """Fold a batch into per-channel statistics (channel `axis` of `values`) only."""
         self.update(values, axis, whole=False)
 
-    def update(self, values: np.ndarray, channel_axis: int | None = None, whole: bool = True) -> None:
+    def update(self, values: np.ndarray, channel_axis: int | None = None, whole: bool = True,
+               exact: Reductions | None = None) -> None:
         """Fold a batch in: the whole tensor unless `whole` is False, and each channel along `channel_axis`
-        when given. All channels are reduced and binned in one vectorised pass."""
+        when given. All channels are reduced and binned in one vectorised pass. With `exact` (per channel
+        min, max, sum and values per channel of the whole batch), `values` is a subsample of the batch: only
+        it is binned, the rest comes from `exact`."""
         x = np.asarray(values)
-        if x.size == 0:
+        if x.size == 0 and exact is None:
             return
         by_channel = _by_channel(x, channel_axis)
-        lows, highs, sums = _channel_reductions(by_channel, self.name)
+        if exact is None:
+            lows, highs, sums = _channel_reductions(by_channel, self.name)
+            per_channel = by_channel.size // max(by_channel.shape[1], 1)
+        else:
+            lows, highs, sums, per_channel = _checked(exact, self.name)
         if channel_axis is None:
-            _fold([self], by_channel, lows, highs, sums)
+            _fold([self], by_channel, lows, highs, sums, per_channel)
             return
         if self.channels is None:
             self.channel_axis = channel_axis
@@ -70,11 +84,11 @@ class TensorStats:
         elif len(self.channels) != by_channel.shape[1]:
             raise CalibrationError(f"tensor '{self.name}' changed its channel count during calibration")
         if not whole:
-            _fold(self.channels, by_channel, lows, highs, sums)
+            _fold(self.channels, by_channel, lows, highs, sums, per_channel)
             return
         _add_scalars([self], lows.min(keepdims=True), highs.max(keepdims=True), sums.sum(keepdims=True),
-                     by_channel.size)
-        _add_scalars(self.channels, lows, highs, sums, by_channel.size // by_channel.shape[1])
+                     per_channel * len(self.channels))
+        _add_scalars(self.channels, lows, highs, sums, per_channel)
         fine = _fine_counts(by_channel, self, self.channels)
         if fine is None:  # bins or ranges that do not nest: bin twice
             _add_counts([self], by_channel.reshape(1, 1, -1))
@@ -82,7 +96,9 @@ class TensorStats:
             return
         for t, row in zip(self.channels, fine.reshape(len(self.channels), self.channels[0].bins, -1).sum(axis=2)):
             t.counts += row
+            t.binned += by_channel.shape[0] * by_channel.shape[2]
         self.counts += _merge_to_whole(fine, [c.half_range for c in self.channels], self.half_range)
+        self.binned += by_channel.size
 
     def _grow(self, magnitude: float) -> None:
         if magnitude == 0.0 or magnitude < self.half_range:
@@ -103,9 +119,9 @@ class TensorStats:
         """The q-th percentile (0 < q <= 100) of all values seen, within one bin width."""
         if self.count == 0:
             raise CalibrationError(f"tensor '{self.name}' has no calibration samples")
-        if q >= 100.0 or self.half_range == 0.0:
-            return self.maximum if q >= 100.0 else 0.0
-        target = q / 100.0 * self.count
+        if q >= 100.0 or self.half_range == 0.0 or self.binned == 0:
+            return self.maximum if q >= 100.0 else min(max(0.0, self.minimum), self.maximum)
+        target = q / 100.0 * self.binned
         cumulative = np.cumsum(self.counts)
         i = int(np.searchsorted(cumulative, target, side="left"))
         before = cumulative[i - 1] if i > 0 else 0
@@ -121,6 +137,8 @@ class TensorStats:
             "histogram": {"bins": self.bins, "range": [-self.half_range, self.half_range],
                           "nonzero_bins": nonzero.tolist(), "counts": self.counts[nonzero].tolist()},
         }
+        if self.binned != self.count:
+            body["histogram"]["binned"] = self.binned
         if self.channels is not None:
             body["channels"] = {"axis": self.channel_axis, "stats": [c.to_json() for c in self.channels]}
         return body
@@ -142,13 +160,17 @@ class TensorStats:
         counts = np.zeros(bins, np.int64)
         counts[index.astype(np.int64)] = values.astype(np.int64)
         count = _integer(data["count"], "count")
-        if counts.sum() != count:
-            raise ValueError(f"tensor '{name}': histogram counts do not add up to count")
+        binned = _integer(hist.get("binned", count), "binned")
+        if binned > count:
+            raise ValueError(f"tensor '{name}': binned {binned} is more than count {count}")
+        if counts.sum() != binned:
+            raise ValueError(f"tensor '{name}': histogram counts do not add up to "
+                             f"{'binned' if 'binned' in hist else 'count'}")
         minimum, maximum, mean = (_finite(data[k], k) for k in ("min", "max", "mean"))
         half_range = _finite(hist["range"][1], "range")
         if (count and minimum > maximum) or half_range < 0:
             raise ValueError(f"tensor '{name}': min > max or a negative range")
-        stats = cls(name, bins, count, minimum, maximum, mean * count, half_range, counts)
+        stats = cls(name, bins, count, minimum, maximum, mean * count, half_range, counts, binned=binned)
         if "channels" in data:
             stats.channel_axis = _integer(data["channels"]["axis"], "axis")
             stats.channels = [cls.from_json(f"{name}[{c}]", d) for c, d in enumerate(data["channels"]["stats"])]
@@ -156,6 +178,10 @@ class TensorStats:
 
 
 MAX_BINS = 2**20  # a histogram read from a file is allocated, so its size is bounded
+
+# Per channel of a whole batch, computed elsewhere (in the onnxruntime graph): minimum, maximum, sum (each [C])
+# and the number of values per channel.
+Reductions = tuple[np.ndarray, np.ndarray, np.ndarray, int]
 
 
 def _integer(value, key: str) -> int:
@@ -171,9 +197,10 @@ def _finite(value, key: str) -> float:
 
 
 def _fold(targets: list[TensorStats], by_channel: np.ndarray, lows: np.ndarray, highs: np.ndarray,
-          sums: np.ndarray) -> None:
-    """Add the values [A, C, B] to C statistics: target c gets by_channel[:, c]."""
-    _add_scalars(targets, lows, highs, sums, by_channel.shape[0] * by_channel.shape[2])
+          sums: np.ndarray, per_channel: int) -> None:
+    """Add the values [A, C, B] (all `per_channel` values of each channel, or a subsample) to C statistics:
+    target c gets by_channel[:, c]."""
+    _add_scalars(targets, lows, highs, sums, per_channel)
     _add_counts(targets, by_channel)
 
 
@@ -195,6 +222,7 @@ def _add_counts(targets: list[TensorStats], by_channel: np.ndarray) -> None:
     counts = np.bincount(index, minlength=len(targets) * bins).reshape(len(targets), bins)
     for t, row in zip(targets, counts):
         t.counts += row
+        t.binned += by_channel.shape[0] * by_channel.shape[2]
 
 
 def _fine_counts(by_channel: np.ndarray, whole: TensorStats, channels: list[TensorStats]) -> np.ndarray | None:
@@ -245,6 +273,16 @@ def _channel_reductions(by_channel: np.ndarray, name: str) -> tuple[np.ndarray, 
     return lows, highs, by_channel.sum(axis=2).astype(np.float64).sum(axis=0)
 
 
+def _checked(exact: Reductions, name: str) -> Reductions:
+    """Reductions as float64 arrays; NaN or infinity (a NaN reaches the sum) is the CalibrationError of
+    _channel_reductions."""
+    lows, highs, sums = (np.asarray(v, np.float64).reshape(-1) for v in exact[:3])
+    if not (np.isfinite(lows).all() and np.isfinite(highs).all() and np.isfinite(sums).all()):
+        raise CalibrationError(f"tensor '{name}' holds NaN or infinite values during calibration",
+                               "check the model and the data")
+    return lows, highs, sums, int(exact[3])
+
+
 def _bin_index(by_channel: np.ndarray, half_ranges: np.ndarray, bins: int) -> np.ndarray:
     """Flat bin index c * bins + floor((x + R_c) / w_c) of each value x of channel c in [A, C, B], with
     w_c = 2 R_c / bins; a channel with R_c = 0 holds only zeros, which go to the middle bin.
@@ -270,6 +308,21 @@ def _bin_index(by_channel: np.ndarray, half_ranges: np.ndarray, bins: int) -> np
 
 
 
+def _flat_bin_index(values: np.ndarray, channel_ids: np.ndarray, half_ranges: np.ndarray, bins: int) -> np.ndarray:
+    """_bin_index of a flat sample whose value i belongs to channel channel_ids[i]: the same bins."""
+    safe = np.where(half_ranges > 0, half_ranges, 1.0)
+    scale = np.where(half_ranges > 0, bins / (2.0 * safe), 0.0)
+    offsets = (bins * np.arange(len(half_ranges)) + bins // 2)[channel_ids]
+    if (values.dtype == np.float32 and bins & (bins - 1) == 0 and len(half_ranges) * bins < 2**24
+            and np.array_equal(scale.astype(np.float32).astype(np.float64), scale)):
+        t = values * scale.astype(np.float32)[channel_ids]
+        np.floor(t, out=t)
+        return t.astype(np.intp) + offsets
+    index = np.floor(values.astype(np.float64) * scale[channel_ids]).astype(np.intp)
+    np.clip(index, -(bins // 2), bins // 2 - 1, out=index)
+    return index + offsets
+
+
 FINE_STATE_LIMIT = 2**20  # fine bins (int64) a ChannelFold may hold for one tensor: 8 MiB
 
 
@@ -291,22 +344,35 @@ class ChannelFold:
         self.direct = (stats.count > 0 or stats.channels is not None or stats.bins & (stats.bins - 1) != 0
                        or CHANNEL_BINS & (CHANNEL_BINS - 1) != 0 or stats.bins < CHANNEL_BINS)
 
-    def update(self, values: np.ndarray) -> None:
+    def update(self, values: np.ndarray, exact: Reductions | None = None,
+               channel_ids: np.ndarray | None = None) -> None:
+        """Fold a batch; with `exact` (see TensorStats.update), `values` is a subsample of it, binned only.
+        With `channel_ids` too, `values` is a flat subsample and value i belongs to channel channel_ids[i]
+        (one of len(exact[0]) channels; not in the fallback)."""
         x = np.asarray(values)
-        if x.size == 0:
+        if x.size == 0 and exact is None:
             return
+        if channel_ids is not None:
+            x = x.reshape(1, 1, -1)
         axis = None if self.channel_axis is None or x.ndim == 0 else self.channel_axis % x.ndim
         by_channel = _by_channel(x, axis)
-        channels = by_channel.shape[1]
+        channels = by_channel.shape[1] if channel_ids is None else len(exact[0])
         if self.fine is None and not self.direct and channels * self.stats.bins > FINE_STATE_LIMIT:
             self.direct = True
         if self.direct:
-            self.stats.update(x, axis)
+            if channel_ids is not None:
+                raise ValueError(f"tensor '{self.stats.name}': a flat subsample needs the fine counts")
+            self.stats.update(x, axis, exact=exact)
             return
-        lows, highs, sums = _channel_reductions(by_channel, self.stats.name)
+        if exact is None:
+            lows, highs, sums = _channel_reductions(by_channel, self.stats.name)
+            per_channel = by_channel.size // channels
+        else:
+            lows, highs, sums, per_channel = _checked(exact, self.stats.name)
         if self.fine is None:
             self.fine = np.zeros((channels, self.stats.bins), np.int64)
             self.count = 0
+            self.binned = np.zeros(channels, np.int64)
             self.lows = np.full(channels, math.inf)
             self.highs = np.full(channels, -math.inf)
             self.totals = np.zeros(channels)
@@ -315,9 +381,13 @@ class ChannelFold:
             raise CalibrationError(f"tensor '{self.stats.name}' changed its channel count during calibration")
         # the whole tensor's scalars and range exactly as TensorStats.update keeps them
         _add_scalars([self.stats], lows.min(keepdims=True), highs.max(keepdims=True), sums.sum(keepdims=True),
-                     by_channel.size)
+                     per_channel * channels)
         lows64, highs64 = lows.astype(np.float64), highs.astype(np.float64)
-        self.count += by_channel.size // channels
+        self.count += per_channel
+        if channel_ids is None:
+            self.binned += by_channel.size // channels
+        else:
+            self.binned += np.bincount(channel_ids, minlength=channels)
         np.minimum(self.lows, lows64, out=self.lows)
         np.maximum(self.highs, highs64, out=self.highs)
         self.totals += sums
@@ -325,14 +395,16 @@ class ChannelFold:
         for c in np.flatnonzero((magnitude > 0.0) & (magnitude >= self.ranges)).tolist():
             self.ranges[c] = _grow_row(self.fine[c], float(self.ranges[c]), float(magnitude[c]))
         bins = self.stats.bins
-        self.fine += np.bincount(_bin_index(by_channel, self.ranges, bins),
-                                 minlength=channels * bins).reshape(channels, bins)
+        index = (_bin_index(by_channel, self.ranges, bins) if channel_ids is None
+                 else _flat_bin_index(x.reshape(-1), channel_ids, self.ranges, bins))
+        self.fine += np.bincount(index, minlength=channels * bins).reshape(channels, bins)
 
     def finish(self) -> TensorStats:
         """Write the histograms into the TensorStats (and its channels, with a channel axis) and return it."""
         stats = self.stats
         if self.direct or self.fine is None:
             return stats
+        stats.binned = int(self.binned.sum())
         if self.channel_axis is None:
             stats.counts = self.fine[0].copy()
             return stats
@@ -342,10 +414,11 @@ class ChannelFold:
         stats.counts = _merge_to_whole(self.fine, self.ranges.tolist(), stats.half_range)
         stats.channel_axis = self.channel_axis
         per_channel = self.fine.reshape(len(self.fine), CHANNEL_BINS, -1).sum(axis=2)
-        stats.channels = [TensorStats(f"{stats.name}[{c}]", CHANNEL_BINS, self.count, lo, hi, total, r, row)
-                          for c, (lo, hi, total, r, row) in enumerate(zip(
+        stats.channels = [TensorStats(f"{stats.name}[{c}]", CHANNEL_BINS, self.count, lo, hi, total, r, row,
+                                      binned=b)
+                          for c, (lo, hi, total, r, row, b) in enumerate(zip(
                               self.lows.tolist(), self.highs.tolist(), self.totals.tolist(), self.ranges.tolist(),
-                              per_channel))]
+                              per_channel, self.binned.tolist()))]
         return stats
 
 
