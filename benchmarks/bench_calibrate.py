@@ -1,9 +1,11 @@
 """Calibration cost: rewrites.calibration.collect.calibrate (max + histogram statistics) against plain
 onnxruntime inference of the same model over the same data with the same batch size (target: <= 1.3x), where
-its time goes, and its peak memory as the data grows 10x (run in a subprocess per size).
+its time goes, and its peak memory as the data grows 10x (run in a subprocess per size). In the same rounds:
+calibrate() with every histogram exact (observe.SAMPLE_ABOVE unbounded: each observed tensor copied out whole,
+the path before in-graph reductions) and the older sequential loop.
 
 usage: python benchmarks/bench_calibrate.py [--model M.onnx] [--data D.npz] [--batch-size 64] [--repeat 3]
-       [--scale 10] [--skip-memory]
+       [--scale 10] [--skip-memory] [--sample-above N ...]
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from common import EXAMPLE, MB, best_of, fmt_times, load_line, machine_lines  # noqa: E402
+from rewrites.calibration import observe as observe_module  # noqa: E402
 from rewrites.calibration.collect import add_logsumexp, augment, calibrate, collect, observed_tensors  # noqa: E402
+from rewrites.calibration.observe import observe  # noqa: E402
 from rewrites.calibration.data import input_specs, load_dataset  # noqa: E402
 from rewrites.calibration.stats import DEFAULT_BINS, ChannelFold, TensorStats, _bin_index  # noqa: E402
 from rewrites.convert import normalise, to_model  # noqa: E402
@@ -56,6 +60,17 @@ def plain_end_to_end(model_path: Path, data_path: Path, batch_size: int) -> floa
     return time.perf_counter() - start
 
 
+def calibrate_exact(model_path: Path, data_path: Path, batch_size: int) -> None:
+    """calibrate() with no subsampled histogram: every observed tensor output whole, reduced and binned in NumPy
+    (the calibration file of the commit before in-graph reductions, byte for byte)."""
+    bound = observe_module.SAMPLE_ABOVE
+    observe_module.SAMPLE_ABOVE = 2**62
+    try:
+        calibrate(model_path, data_path, batch_size)
+    finally:
+        observe_module.SAMPLE_ABOVE = bound
+
+
 def calibrate_sequential(model_path: Path, data_path: Path, batch_size: int) -> None:
     """calibrate() as it was before the fold thread (commit cc95900): the same steps, then one loop that runs
     a session with spinning workers and folds each batch with TensorStats.update (histograms merged every
@@ -73,7 +88,17 @@ def calibrate_sequential(model_path: Path, data_path: Path, batch_size: int) -> 
             stats[name].update(value, 1 if value.ndim >= 2 else None)
 
 
-def time_ratio(model_path: Path, data_path: Path, batch_size: int, repeat: int) -> None:
+def calibrate_sampled(model_path: Path, data_path: Path, batch_size: int, bound: int) -> None:
+    """calibrate() with observe.SAMPLE_ABOVE = bound."""
+    old = observe_module.SAMPLE_ABOVE
+    observe_module.SAMPLE_ABOVE = bound
+    try:
+        calibrate(model_path, data_path, batch_size)
+    finally:
+        observe_module.SAMPLE_ABOVE = old
+
+
+def time_ratio(model_path: Path, data_path: Path, batch_size: int, repeat: int, bounds: list[int]) -> None:
     model = load_model(model_path)
     dataset = load_dataset(data_path, input_specs(model))
     batches = list(dataset.batches(batch_size))
@@ -85,6 +110,8 @@ def time_ratio(model_path: Path, data_path: Path, batch_size: int, repeat: int) 
     run_all(plain, batches)  # warm-up
     times = best_of({
         "calibrate": lambda: calibrate(model_path, data_path, batch_size),
+        "exact": lambda: calibrate_exact(model_path, data_path, batch_size),
+        **{f"sampled {b}": (lambda b=b: calibrate_sampled(model_path, data_path, batch_size, b)) for b in bounds},
         "sequential": lambda: calibrate_sequential(model_path, data_path, batch_size),
         "plain_e2e": lambda: plain_end_to_end(model_path, data_path, batch_size),
         "plain_runs": lambda: run_all(plain, batches),
@@ -93,6 +120,9 @@ def time_ratio(model_path: Path, data_path: Path, batch_size: int, repeat: int) 
     print("| run | seconds (best) | all runs (s) | ms per sample | / plain end to end |")
     print("|---|---:|---|---:|---:|")
     rows = [("calibrate() (read data, normalise, session, runs, statistics)", "calibrate"),
+            ("calibrate(), every histogram exact (each observed tensor copied out whole)", "exact"),
+            *[(f"calibrate(), histograms subsampled above {b} values per channel per batch", f"sampled {b}")
+              for b in bounds],
             ("calibrate() as before: sequential loop, spinning workers, TensorStats.update", "sequential"),
             ("plain inference end to end (read data, session, runs)", "plain_e2e"),
             ("plain inference, runs only (session open, data in memory)", "plain_runs")]
@@ -101,8 +131,10 @@ def time_ratio(model_path: Path, data_path: Path, batch_size: int, repeat: int) 
               f"{best[key] / best['plain_e2e']:.2f} |")
     ratio = best["calibrate"] / best["plain_e2e"]
     print(f"\ncalibrate / plain inference end to end = {ratio:.2f} (target <= 1.3: {'met' if ratio <= 1.3 else 'MISSED'});"
-          f" calibrate / plain runs only = {best['calibrate'] / best['plain_runs']:.2f}; as before: "
-          f"{best['sequential'] / best['plain_e2e']:.2f}")
+          f" calibrate / plain runs only = {best['calibrate'] / best['plain_runs']:.2f}; every histogram exact: "
+          f"{best['exact'] / best['plain_e2e']:.2f}; sequential loop: {best['sequential'] / best['plain_e2e']:.2f}"
+          + "".join(f"; subsampled above {b}: {best[f'sampled {b}'] / best['plain_e2e']:.2f}" for b in bounds)
+          + f" (library default SAMPLE_ABOVE = {observe_module.SAMPLE_ABOVE})")
     breakdown(model_path, data_path, batch_size, repeat, best["plain_runs"])
 
 
@@ -124,14 +156,17 @@ def breakdown(model_path: Path, data_path: Path, batch_size: int, repeat: int, p
         dataset = phase("load + check data", lambda: load_dataset(data_path, input_specs(model)))
         graph, _ = phase("normalise (passes, shape inference)", lambda: normalise(model))
         tensors = observed_tensors(graph)
-        augmented = phase("augment", lambda: augment(to_model(graph, model), tensors))
+        add_logsumexp(graph)
+        plan = observe(graph, tensors, batch_size, DEFAULT_BINS)
+        augmented = phase("augment (in-graph reductions and subsamples)",
+                          lambda: augment(to_model(graph, model), [o for p in plan for o in p.outputs]))
         session = phase("open session (graph optimisation on, workers not spinning)",
                         lambda: Session(augmented, str(model_path), spin=False))
         stats = {name: TensorStats(name) for name in tensors}
         timed = _TimedSession(session)
         with stats_timers() as spent:
             phase("collect(): the loop (session.run, folds on a thread, finish)",
-                  lambda: collect(timed, dataset, stats, batch_size))
+                  lambda: collect(timed, dataset, stats, batch_size, None, plan))
         inside.setdefault("session.run (main thread)", []).append(timed.seconds)
         for method, secs in spent.items():
             inside.setdefault(f"ChannelFold.{method} (fold thread)", []).append(secs)
@@ -142,6 +177,10 @@ def breakdown(model_path: Path, data_path: Path, batch_size: int, repeat: int, p
     elements = sum(int(np.prod(v.shape)) for v in session.run(tensors, next(dataset.batches(1))))
     channels = sum(len(getattr(s, "channels", None) or ()) for s in stats.values())
     per_channel = f", {channels} per-channel statistics" if channels else ""
+    binned = sum(s.binned for s in stats.values()) / max(sum(s.count for s in stats.values()), 1)
+    sampled = sum(p.sampled for p in plan)
+    per_channel += (f"; {sampled} tensors above {observe_module.SAMPLE_ABOVE} values per channel per batch "
+                    f"subsampled, {100 * binned:.1f}% of all values binned")
     print(f"\nwhere calibrate()'s time goes ({len(tensors)} observed tensors, {elements:,} values per sample, "
           f"{elements * n / 1e6:.1f} M values in all{per_channel}; best of {repeat} per phase):\n")
     print("| phase | seconds | share |")
@@ -164,12 +203,19 @@ def breakdown(model_path: Path, data_path: Path, batch_size: int, repeat: int, p
     tensors = observed_tensors(graph)
     augmented = augment(to_model(graph, model), tensors)
     outputs = [o.name for o in normalised.graph.output]
+    add_logsumexp(graph)
+    plan = observe(graph, tensors, batch_size, DEFAULT_BINS)
+    observed = [o for p in plan for o in p.outputs]
+    reduced = augment(to_model(graph, model), observed)
     variants = {
         "original model, default optimisation (the baseline)": (ort_session(str(model_path)), None),
         "normalised model, optimisation off, final output only": (ort_session(normalised, False), outputs),
         "augmented model, optimisation off, observed tensors": (ort_session(augmented, False), tensors),
         "augmented model, default optimisation, observed tensors": (ort_session(augmented, True), tensors),
-        "the same, workers not spinning (what calibrate runs)": (Session(augmented, "m", spin=False), tensors),
+        "the same, workers not spinning (calibrate with every histogram exact)":
+            (Session(augmented, "m", spin=False), tensors),
+        "in-graph reductions + subsamples, workers not spinning (what calibrate runs)":
+            (Session(reduced, "m", spin=False), observed),
     }
     for session, names in variants.values():
         run_all(session, batches, names)
@@ -335,11 +381,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="best of N (default 3)")
     ap.add_argument("--scale", type=int, default=10, help="the larger data set for the memory test, x the data")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--sample-above", type=int, action="append", default=[],
+                    help="also time calibrate() with observe.SAMPLE_ABOVE = N (repeatable)")
     args = ap.parse_args()
     print("# bench_calibrate: " + " ".join(["python", "benchmarks/bench_calibrate.py"] + sys.argv[1:]))
     for line in machine_lines():
         print(line)
-    time_ratio(args.model, args.data, args.batch_size, args.repeat)
+    time_ratio(args.model, args.data, args.batch_size, args.repeat, args.sample_above)
     if not args.skip_memory:
         memory(args.model, args.data, args.batch_size, args.scale)
     print(load_line())

@@ -13,6 +13,7 @@ import onnx_graphsurgeon as gs
 
 from rewrites import __version__
 from rewrites.calibration.data import Dataset, input_specs, load_dataset
+from rewrites.calibration.observe import Observed, observe
 from rewrites.calibration.stats import DEFAULT_BINS, Calibration, ChannelFold, TensorStats
 from rewrites.config import DEFAULT_NORM, NormSpec
 from rewrites.convert import normalise, to_model
@@ -87,16 +88,17 @@ def calibrate(model_path: str | Path, data_path: str | Path, batch_size: int = 6
     graph, _ = normalise(model)
     tensors = observed_tensors(graph)
     add_logsumexp(graph)
-    session = calibration_session(graph, model, tensors, str(model_path))
+    plan = observe(graph, tensors, batch_size, bins)
+    session = calibration_session(graph, model, [o for p in plan for o in p.outputs], str(model_path))
     del graph, model
     gc.collect()  # graphsurgeon graphs hold reference cycles: free the model's weights now, not at some later time
     stats = {name: TensorStats(name, bins) for name in tensors}
-    collect(session, dataset, stats, batch_size, progress)
+    collect(session, dataset, stats, batch_size, progress, plan)
     return Calibration(model_fingerprint, str(model_path), len(dataset), stats, __version__, method)
 
 
 def calibration_session(graph: gs.Graph, like: onnx.ModelProto, tensors: list[str], name: str) -> Session:
-    """A session of the graph with every observed tensor as an output, workers not spinning (collect() folds
+    """A session of the graph with `tensors` (observe()'s outputs) as outputs, workers not spinning (collect() folds
     statistics on a thread meanwhile). Full graph optimisation: onnxruntime keeps every graph output, so each
     observed tensor is still computed (by fused kernels: values within float rounding,
     tests/test_calibration.py); measured 1.7x faster than none.
@@ -125,18 +127,26 @@ class _WithWeights:
 
 
 def collect(session: Session, dataset: Dataset, stats: dict[str, TensorStats], batch_size: int,
-            progress: Progress | None = None) -> None:
+            progress: Progress | None = None, plan: list[Observed] | None = None) -> None:
     """Run the session batch by batch and fold every observed tensor into `stats` (channels on axis 1: [N, C],
-    [N, C, L], [N, C, H, W] as Conv and Gemm write). Batch k is folded on a worker thread while onnxruntime,
-    which releases the GIL, runs batch k + 1: at most two batches' outputs are alive at a time."""
-    names = list(stats)
+    [N, C, L], [N, C, H, W] as Conv and Gemm write), as `plan` reads it (default: every tensor whole). Batch k
+    is folded on a worker thread while onnxruntime, which releases the GIL, runs batch k + 1: at most two
+    batches' outputs are alive at a time."""
+    plan = plan if plan is not None else [Observed(name, [name]) for name in stats]
+    names = [o for p in plan for o in p.outputs]
     folds: dict[str, ChannelFold] = {}
 
     def fold(outputs: list[np.ndarray]) -> None:
-        for name, value in zip(names, outputs):
-            if name not in folds:
-                folds[name] = ChannelFold(stats[name], 1 if value.ndim >= 2 else None)
-            folds[name].update(value)
+        k = 0
+        for p in plan:
+            values = outputs[k:k + len(p.outputs)]
+            k += len(values)
+            if p.name not in folds:
+                folds[p.name] = ChannelFold(stats[p.name], 1 if values[0].ndim >= 2 else None)
+            if p.sampled:
+                folds[p.name].update(*p.fold_args(values))
+            else:
+                folds[p.name].update(values[0])
 
     done = 0
     pending: Future | None = None
