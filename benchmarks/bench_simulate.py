@@ -111,8 +111,10 @@ def bench_model(label: str, model_path: Path, calib_path: Path, feeds: dict[str,
 
     session = dense_session(model_path, threads)
     numpy_engine = NumpyEngine(spiking, workers=workers)
+    plain_engine = NumpyEngine(spiking, workers=workers, blocked=False)
     pure_engine = NumpyEngine(spiking, workers=workers, linear="numpy") if pure else None
     _set_threads(numpy_engine, threads)
+    _set_threads(plain_engine, threads)
     ort_engine = OrtEngine(spiking, threads) if threads else OrtEngine(spiking)
 
     def dense():
@@ -136,6 +138,7 @@ def bench_model(label: str, model_path: Path, calib_path: Path, feeds: dict[str,
           f"onnxruntime {100 * np.mean(ort_mean.argmax(-1) == ann_pred):.1f}%")
 
     variants = {"dense": dense, "numpy": lambda: numpy_engine.run(feeds, T),
+                "plain": lambda: plain_engine.run(feeds, T),
                 "pure": lambda: pure_engine.run(feeds, T), "ort": lambda: ort_engine.run(feeds, T)}
     if not pure:
         del variants["pure"]
@@ -147,12 +150,14 @@ def bench_model(label: str, model_path: Path, calib_path: Path, feeds: dict[str,
     print("|---|---:|---|---:|---:|")
     names = {"dense": f"dense limit: ANN x {T} (onnxruntime)",
              "numpy": "NumpyEngine.run (defaults: linear ops under onnxruntime)",
+             "plain": "NumpyEngine.run, blocked=False (plain NCHW between the operators)",
              "pure": "NumpyEngine.run, linear=\"numpy\"", "ort": "OrtEngine.run (Loop, the default)"}
     for key in times:
         print(f"| {names[key]} | {best[key]:.3f} | {fmt_times(times[key])} | "
               f"{1000 * best[key] / sample_steps:.4f} | {best[key] / best['dense']:.2f} |")
     ratio = best["numpy"] / best["dense"]
     print(f"\nnumpy/dense = {ratio:.2f} (target <= 1.5: {'met' if ratio <= 1.5 else 'MISSED'}), "
+          f"plain layout/dense = {best['plain'] / best['dense']:.2f}, "
           f"pure numpy/dense = {best.get('pure', float('nan')) / best['dense']:.2f}, "
           f"ort/dense = {best['ort'] / best['dense']:.2f}")
 
@@ -207,7 +212,8 @@ def bench_model(label: str, model_path: Path, calib_path: Path, feeds: dict[str,
 def _set_threads(engine: NumpyEngine, threads: int) -> None:
     """--ort-threads also sets the intra-op threads of the engine's onnxruntime kernels (before first use)."""
     if threads:
-        for node in engine.delegated.values():
+        pools = [p.keywords["pool"] for p in list(engine.pools.values()) + list(engine.blocked_pools.values())]
+        for node in list(engine.delegated.values()) + list(engine.blocked_convs.values()) + pools:
             node.threads = threads
 
 
@@ -419,12 +425,14 @@ def main() -> None:
                                        budgets, args.breakdown, tmp, args.ort_threads, args.workers,
                                        not args.skip_pure))
     print("\n## summary\n")
-    print("| model | dense (s) | numpy (s) | pure numpy (s) | ort (s) | numpy/dense | pure numpy/dense | ort/dense |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | dense (s) | numpy (s) | numpy, plain layout (s) | pure numpy (s) | ort (s) | numpy/dense | "
+          "plain layout/dense | pure numpy/dense | ort/dense |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         pure = r.get("pure", float("nan"))
-        print(f"| {r['label']} | {r['dense']:.3f} | {r['numpy']:.3f} | {pure:.3f} | {r['ort']:.3f} | "
-              f"{r['numpy'] / r['dense']:.2f} | {pure / r['dense']:.2f} | {r['ort'] / r['dense']:.2f} |")
+        print(f"| {r['label']} | {r['dense']:.3f} | {r['numpy']:.3f} | {r['plain']:.3f} | {pure:.3f} | {r['ort']:.3f} | "
+              f"{r['numpy'] / r['dense']:.2f} | {r['plain'] / r['dense']:.2f} | {pure / r['dense']:.2f} | "
+              f"{r['ort'] / r['dense']:.2f} |")
     print(load_line())
 
 

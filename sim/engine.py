@@ -27,6 +27,8 @@ import onnxruntime as ort
 from rewrites.errors import SpikingModelError
 from sim.drain import BiasTerm, bias_terms
 from sim.model import DEFAULT_DOMAINS, SPIKING_DOMAIN, SpikingModel
+from sim.nchwc import (blocked_constant, blocked_conv, blocked_maxpool, blocked_view, from_blocked, poolable,
+                       to_blocked)
 from sim.neurons import NEURON_KERNELS, maxpool_neuron
 from sim.ops import KERNELS, attributes
 
@@ -42,6 +44,7 @@ BATCH_FIRST = frozenset({
 })
 DELEGATED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # run under onnxruntime by default
 LINEAR_BACKENDS = ("onnxruntime", "numpy")
+BLOCKED_NEURONS = frozenset({"IFNeuron", "SignedIFNeuron"})  # elementwise in their input
 AXIS_OPS = frozenset({"Flatten", "Softmax", "LogSoftmax", "Concat", "Split", "LayerNormalization", "ArgMax",
                       "Gather"})
 
@@ -60,6 +63,7 @@ class Seq:
     """A per-step tensor over the window: data[t] is its value at step t (data[0] at every step if len 1)."""
 
     data: np.ndarray
+    block: int = 0  # > 0: the data hold onnxruntime's channel-blocked order (sim/nchwc.py), this many channels a block
 
     @property
     def invariant(self) -> bool:
@@ -132,7 +136,7 @@ class NumpyEngine:
     name = "numpy"
 
     def __init__(self, model: SpikingModel, memory_budget: int = 8 * 2**20, workers: int | None = None,
-                 linear: str = "onnxruntime"):
+                 linear: str = "onnxruntime", blocked: bool = True):
         if linear not in LINEAR_BACKENDS:
             raise SpikingModelError(f"unknown linear backend {linear!r}", f"choose one of {', '.join(LINEAR_BACKENDS)}")
         self.model = model
@@ -156,6 +160,14 @@ class NumpyEngine:
         self.pools = {i: partial(maxpool_neuron, pool=OrtNode(model, _maxpool_of(node), threads))
                       for i, node in enumerate(self.nodes)
                       if linear == "onnxruntime" and node.domain == SPIKING_DOMAIN and node.op_type == "MaxPoolNeuron"}
+        # with `blocked`, Convs (and MaxPool neurons) that onnxruntime runs channel-blocked keep that layout
+        # between them (sim/nchwc.py): same floats, no reorder on every call
+        opsets = [o for o in model.proto.opset_import if o.domain in DEFAULT_DOMAINS]
+        self.blocked_convs = {i: conv for i in self.delegated if blocked and self.nodes[i].op_type == "Conv"
+                              and (conv := blocked_conv(self.nodes[i], model.constants, opsets, threads))}
+        self.blocked_pools = {i: partial(maxpool_neuron, pool=blocked_maxpool(node, threads))
+                              for i, node in enumerate(self.nodes)
+                              if self.blocked_convs and i in self.pools and poolable(node)}
         self.drain_terms: dict[int, BiasTerm] | None = None
         self.sample_bytes = 4 * max([_per_sample_size(vi) for vi in list(model.proto.graph.input)
                                      + list(model.proto.graph.value_info)] + [1])
@@ -195,15 +207,24 @@ class NumpyEngine:
                 env[name] = Seq(seq)
             else:
                 env[name] = Seq(x[None])
+        blocking = bool(self.blocked_convs) and not drained
         for i, (node, attrs) in enumerate(zip(self.nodes, self.attrs)):
             inputs = [env[n] if n else None for n in node.input]
+            block = self._block_of(i, node, inputs) if blocking else 0
+            if not block and node.op_type not in ("Shape", "Size"):
+                for k, name in enumerate(node.input):
+                    if isinstance(inputs[k], Seq) and inputs[k].block:
+                        env[name] = inputs[k] = _plain(inputs[k])
             try:
-                if node.domain == SPIKING_DOMAIN:
-                    kernel = self.pools.get(i) or NEURON_KERNELS[node.op_type]
-                    outs = self._neuron(kernel, node, attrs, inputs, steps, result, observe)
+                if block and i in self.blocked_convs:
+                    outs = self._blocked_conv(self.blocked_convs[i], node, attrs, inputs, steps)
+                elif node.domain == SPIKING_DOMAIN:
+                    kernel = (self.blocked_pools.get(i) if block else None) or self.pools.get(i) \
+                        or NEURON_KERNELS[node.op_type]
+                    outs = self._neuron(kernel, node, attrs, inputs, steps, result, observe, block)
                 else:
                     outs = self._standard(self.delegated.get(i) or KERNELS[node.op_type], node, attrs, inputs,
-                                          steps)
+                                          steps, block)
                 if i in drained and isinstance(outs[0], Seq) and not outs[0].invariant:
                     outs[0] = Seq(_without_term(outs[0].data, drained[i], T))
             except (ValueError, IndexError, *ORT_ERRORS) as exc:  # shapes the checks let through
@@ -214,31 +235,75 @@ class NumpyEngine:
             for name in self.last_use.get(i, ()):
                 env.pop(name, None)
         for name in self.model.outputs:
-            value = env[name]
+            value = _plain(env[name])
             data = value.data if isinstance(value, Seq) else np.broadcast_to(value, (1,) + np.shape(value))
             result.outputs[name] = np.broadcast_to(data, (steps,) + data.shape[1:])
         return result
 
+    def _block_of(self, i: int, node: onnx.NodeProto, inputs: list) -> int:
+        """The block size to run node i in the channel-blocked layout, or 0 to run it on plain tensors."""
+        if i in self.blocked_convs:
+            return self.blocked_convs[i].block
+        seqs = [v for v in inputs if isinstance(v, Seq)]
+        if not seqs or not seqs[0].block or any(s.block != seqs[0].block for s in seqs):
+            return 0
+        block = seqs[0].block
+        if node.domain == SPIKING_DOMAIN:
+            if node.op_type == "MaxPoolNeuron":
+                return block if i in self.blocked_pools else 0
+            if node.op_type not in BLOCKED_NEURONS or not isinstance(inputs[0], Seq):
+                return 0
+        elif node.op_type not in ELEMENTWISE or len({s.data.shape[1:] for s in seqs}) != 1:
+            return 0
+        if seqs[0].data.ndim != 5:
+            return 0
+        per_step = seqs[0].data.shape[1:]
+        constants = [v for name, v in zip(node.input, inputs)
+                     if name and not name.startswith("state.") and not isinstance(v, Seq)]
+        return block if all(blocked_constant(c, per_step, block) is not None for c in constants) else 0
+
+    def _blocked_conv(self, conv, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int) -> list:
+        x = inputs[0]
+        if conv.input_blocked and not x.block:
+            x = Seq(to_blocked(x.data, conv.block), conv.block)
+        elif not conv.input_blocked and x.block:
+            x = _plain(x)
+        outs = self._standard(conv, node, attrs, [x] + inputs[1:], steps)
+        outs[0].block = conv.block
+        return outs
+
     def _neuron(self, kernel, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int, result: WindowResult,
-                observe: int) -> list:
+                observe: int, block: int = 0) -> list:
         args = [v.data if isinstance(v, Seq) else v
                 for name, v in zip(node.input, inputs) if not name.startswith("state.")]
         if not isinstance(inputs[0], Seq):
             args[0] = np.asarray(args[0])[None]
+        shape = args[0].shape[1:]
+        if block and node.op_type in BLOCKED_NEURONS:  # elementwise: run on the memory order
+            args = [blocked_view(args[0], block)] + [blocked_constant(c, shape, block) for c in args[1:]]
         out, counts = kernel(args, attrs, steps)
+        if block and node.op_type in BLOCKED_NEURONS:
+            out = out.reshape((steps,) + shape)
         if counts is not None:
             result.spikes.setdefault(node.name, LayerSpikes(node.name, node.op_type, 0)).add_counts(counts, steps)
             if observe:
                 result.observe(node.name, out, observe)
-        return [Seq(out)] + [None] * (len(node.output) - 1)
+                if block:
+                    result.sums[node.name] = from_blocked(result.sums[node.name], block)
+        return [Seq(out, block)] + [None] * (len(node.output) - 1)
 
-    def _standard(self, kernel, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int) -> list:
+    def _standard(self, kernel, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int, block: int = 0) -> list:
         op = node.op_type
         seqs = [v for v in inputs if isinstance(v, Seq)]
         if not seqs:
             return kernel(inputs, attrs)
         if op in ("Shape", "Size"):
             return kernel([seqs[0].data[0]], attrs)
+        if block:  # elementwise on channel-blocked tensors of one shape (_block_of)
+            per_step = seqs[0].data.shape[1:]
+            plain = [blocked_view(v.data, block) if isinstance(v, Seq)
+                     else None if v is None else blocked_constant(v, per_step, block) for v in inputs]
+            return [Seq(o.reshape(o.shape[:1] + per_step), block) for o in kernel(plain, attrs)]
         if all(s.invariant for s in seqs):
             plain = [v.data[0] if isinstance(v, Seq) else v for v in inputs]
             return [Seq(o[None]) for o in kernel(plain, attrs)]
@@ -312,6 +377,13 @@ class OrtNode:
             self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises untyped errors
             self.reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
+def _plain(value):
+    """A Seq in plain order (a copy when it is channel-blocked); anything else as it is."""
+    if isinstance(value, Seq) and value.block:
+        return Seq(from_blocked(value.data, value.block))
+    return value
 
 
 def _without_term(data: np.ndarray, term: BiasTerm, T: int) -> np.ndarray:

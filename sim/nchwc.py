@@ -1,0 +1,182 @@
+"""onnxruntime's channel-blocked (NCHWc) kernels for the NumPy engine.
+
+In a whole graph onnxruntime runs Conv and pooling on a channel-blocked layout: [N, C/b, H, W, b] in memory,
+b = 8 or 16 channels (its SIMD width), reordered once at the graph's input and once at its output. A one-node
+Conv session pays both reorders on every call, a quarter of its time. The engine instead keeps a tensor in
+the blocked layout from one such Conv to the next: the neurons and elementwise operators between them do not
+care about the order of elements, as long as their per-channel constants are blocked the same way.
+
+The blocked Conv is the node onnxruntime's own optimiser writes for a one-node Conv model (found in the model
+it saves), with the reorders around it left out, so it computes the same floats as the plain session. These
+are internal onnxruntime operators (domain com.microsoft.nchwc): when the optimised model does not have the
+expected form (another CPU, another onnxruntime), `blocked_conv` returns None and the engine runs the plain
+session."""
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+import threading
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+NCHWC_DOMAIN = "com.microsoft.nchwc"
+
+
+def _session(proto: onnx.ModelProto, threads: int, optimise: bool = False,
+             optimised_path: str | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    if not optimise:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if optimised_path:
+        options.optimized_model_filepath = optimised_path
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _optimised(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model as onnxruntime's full optimisation rewrites it for this CPU."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "optimised.onnx")
+        _session(proto, 1, optimise=True, optimised_path=path)
+        return onnx.load(path)
+
+
+def _conv_model(node: onnx.NodeProto, inits: list[onnx.TensorProto], channels: int, opsets) -> onnx.ModelProto:
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT,
+                                                                             [None, channels, None, None])],
+                              [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+@functools.cache
+def block_size() -> int:
+    """Channels per block of onnxruntime's NCHWc layout on this machine (0 when it does not use one): the
+    padded output channels of a one-channel Conv."""
+    try:
+        w = onnx.numpy_helper.from_array(np.ones((1, 16, 1, 1), np.float32), "w")
+        node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1, 1])
+        proto = _optimised(_conv_model(node, [w], 16, [helper.make_opsetid("", 17)]))
+        conv = [n for n in proto.graph.node if n.domain == NCHWC_DOMAIN and n.op_type == "Conv"]
+        weights = {t.name: t for t in proto.graph.initializer}
+        return int(weights[conv[0].input[1]].dims[0]) if conv else 0
+    except Exception:  # onnxruntime raises untyped errors; no blocked layout then
+        return 0
+
+
+class _Lazy:
+    """A one-node model run by a session built on first use (so that `threads` can still be set)."""
+
+    def __init__(self, model: onnx.ModelProto, threads: int):
+        self.model, self.threads = model, threads
+        self.session: ort.InferenceSession | None = None
+        self.lock = threading.Lock()
+
+    def __call__(self, inputs: list, attrs: dict) -> list:
+        with self.lock:
+            if self.session is None:
+                self.session = _session(self.model, self.threads)
+        return self.session.run(None, {"x": np.ascontiguousarray(inputs[0])})
+
+
+class BlockedConv(_Lazy):
+    """A Conv node as onnxruntime's NCHWc Conv: blocked output, input blocked or plain (`input_blocked`; the
+    optimiser feeds a Conv of fewer input channels than a block with plain NCHW)."""
+
+    def __init__(self, model: onnx.ModelProto, threads: int, input_blocked: bool, block: int):
+        super().__init__(model, threads)
+        self.input_blocked, self.block = input_blocked, block
+
+
+def blocked_conv(node: onnx.NodeProto, constants: dict[str, np.ndarray], opsets, threads: int) -> BlockedConv | None:
+    """The node as a blocked Conv, or None when onnxruntime does not block it whole (output channels not a
+    multiple of the block, 1-D or 3-D convolution, ...)."""
+    block = block_size()
+    weight = constants.get(node.input[1]) if len(node.input) > 1 else None
+    if not block or node.op_type != "Conv" or weight is None or weight.ndim != 4 or weight.shape[0] % block:
+        return None
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    inits = [onnx.numpy_helper.from_array(constants[n], n) for n in dict.fromkeys(node.input[1:]) if n]
+    try:
+        proto = _optimised(_conv_model(node, inits, weight.shape[1] * group, opsets))
+    except Exception:  # onnxruntime raises untyped errors
+        return None
+    nodes = [(n.domain, n.op_type) for n in proto.graph.node]
+    reorder_in = nodes == [(NCHWC_DOMAIN, "ReorderInput"), (NCHWC_DOMAIN, "Conv"), (NCHWC_DOMAIN, "ReorderOutput")]
+    if not reorder_in and nodes != [(NCHWC_DOMAIN, "Conv"), (NCHWC_DOMAIN, "ReorderOutput")]:
+        return None
+    if any(a.name == "channels_last" and a.i for n in proto.graph.node for a in n.attribute):
+        return None
+    conv = proto.graph.node[1 if reorder_in else 0]
+    conv.input[0], conv.output[0] = "x", "y"
+    used = set(conv.input[1:])
+    graph = helper.make_graph([conv], "blocked_conv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [t for t in proto.graph.initializer if t.name in used])
+    model = helper.make_model(graph, opset_imports=list(opsets) + [helper.make_opsetid(NCHWC_DOMAIN, 1)])
+    return BlockedConv(model, threads, reorder_in, block)
+
+
+POOL_ATTRIBUTES = ("auto_pad", "kernel_shape", "dilations", "strides", "pads", "ceil_mode")
+
+
+def blocked_maxpool(node: onnx.NodeProto, threads: int) -> _Lazy:
+    """The 2-D MaxPool of a MaxPool neuron's running sums (`poolable`), on blocked input, as onnxruntime's
+    NCHWc MaxPool."""
+    pool = helper.make_node("MaxPool", ["x"], ["y"], domain=NCHWC_DOMAIN)
+    pool.attribute.extend(a for a in node.attribute if a.name in POOL_ATTRIBUTES)
+    graph = helper.make_graph([pool], "blocked_maxpool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return _Lazy(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                         helper.make_opsetid(NCHWC_DOMAIN, 1)]), threads)
+
+
+def poolable(node: onnx.NodeProto) -> bool:
+    """A MaxPool neuron whose pooling the NCHWc MaxPool computes alike: 2-D, default storage order."""
+    kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), [])
+    storage = next((a.i for a in node.attribute if a.name == "storage_order"), 0)
+    return len(kernel) == 2 and not storage
+
+
+def to_blocked(x: np.ndarray, block: int) -> np.ndarray:
+    """[..., C, H, W] in plain order -> the same shape holding the blocked order [..., C/b, H, W, b]."""
+    *lead, c, h, w = x.shape
+    blocked = x.reshape(*lead, c // block, block, h, w)
+    return np.ascontiguousarray(np.moveaxis(blocked, -3, -1)).reshape(x.shape)
+
+
+def from_blocked(x: np.ndarray, block: int) -> np.ndarray:
+    *lead, c, h, w = x.shape
+    blocked = x.reshape(*lead, c // block, h, w, block)
+    return np.ascontiguousarray(np.moveaxis(blocked, -1, -3)).reshape(x.shape)
+
+
+def blocked_view(x: np.ndarray, block: int) -> np.ndarray:
+    """A blocked [..., C, H, W] tensor as its memory order [..., C/b, H, W, b] (a view)."""
+    *lead, c, h, w = x.shape
+    return x.reshape(*lead, c // block, h, w, block)
+
+
+def blocked_constant(value: np.ndarray, per_step: tuple[int, ...], block: int) -> np.ndarray | None:
+    """A constant operand of an elementwise op on a blocked tensor of per-step shape [N, C, H, W], shaped to
+    broadcast against its memory-order view [..., C/b, H, W, b]; None when it also varies over the batch."""
+    value = np.asarray(value)
+    if value.size == 1:
+        return value.reshape(())
+    if value.ndim == 4:
+        if value.shape[0] != 1:
+            return None
+        value = value[0]
+    if value.ndim > 3:
+        return None
+    try:
+        full = np.broadcast_to(value, per_step[1:])
+    except ValueError:
+        return None
+    return np.ascontiguousarray(np.moveaxis(full.reshape(per_step[1] // block, block, *per_step[2:]), 1, -1))

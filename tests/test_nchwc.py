@@ -1,0 +1,146 @@
+"""The NumPy engine's channel-blocked layout (sim/nchwc.py) computes exactly what the plain layout does."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from builders import ModelBuilder
+from rewrites.calibration.collect import calibrate
+from rewrites.config import ConvertOptions, Neuron, NormSpec
+from rewrites.convert import convert_model
+from rewrites.graph import save_model
+from sim.engine import NumpyEngine, OrtNode
+from sim.model import load_spiking
+from sim.nchwc import blocked_constant, blocked_conv, blocked_view, block_size, from_blocked, to_blocked
+from sim.ort import OrtEngine
+
+BLOCK = block_size()
+needs_blocks = pytest.mark.skipif(not BLOCK, reason="onnxruntime uses no channel-blocked layout on this CPU")
+
+
+def test_layout_round_trip_and_order():
+    x = np.arange(2 * 32 * 3 * 5, dtype=np.float32).reshape(2, 32, 3, 5)
+    for block in (8, 16):
+        blocked = to_blocked(x, block)
+        assert blocked.shape == x.shape
+        np.testing.assert_array_equal(from_blocked(blocked, block), x)
+        # memory order [N, C/b, H, W, b]: element (n, c, h, w) sits at block c // b, lane c % b
+        view = blocked_view(blocked, block)
+        assert view[1, 17 // block, 2, 4, 17 % block] == x[1, 17, 2, 4]
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (32, 1, 1), (1, 32, 1, 1), (32, 3, 5), (3, 5), (5,), (1, 1, 5)])
+def test_blocked_constants_broadcast_like_plain(shape):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 2, 32, 3, 5)).astype(np.float32)  # [T, N, C, H, W]
+    c = rng.normal(size=shape).astype(np.float32)
+    for block in (8, 16):
+        blocked = blocked_constant(c, x.shape[1:], block)
+        got = (blocked_view(to_blocked(x, block), block) * blocked).reshape(x.shape)
+        np.testing.assert_array_equal(from_blocked(got, block), x * c)
+
+
+def test_constants_that_vary_over_the_batch_are_refused():
+    assert blocked_constant(np.ones((2, 32, 1, 1), np.float32), (2, 32, 3, 5), 16) is None
+
+
+def _conv_node(cin: int, cout: int, k: int = 3, stride: int = 1, group: int = 1):
+    rng = np.random.default_rng(cin * 100 + cout)
+    constants = {"w": rng.normal(size=(cout, cin // group, k, k)).astype(np.float32),
+                 "b": rng.normal(size=cout).astype(np.float32)}
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", kernel_shape=[k, k],
+                            strides=[stride, stride], pads=[k // 2] * 4, group=group)
+    return node, constants
+
+
+class _Model:  # what OrtNode reads of a SpikingModel
+    def __init__(self, constants):
+        self.constants = constants
+        self.proto = helper.make_model(helper.make_graph([], "m", [], []), opset_imports=[helper.make_opsetid("", 17)])
+
+
+@needs_blocks
+@pytest.mark.parametrize("cin,cout,k,stride,group", [
+    (16, 16, 3, 1, 1), (32, 64, 3, 2, 1), (16, 32, 1, 1, 1), (1, 16, 3, 1, 1), (3, 32, 3, 1, 1), (32, 32, 3, 1, 32)])
+def test_blocked_conv_equals_the_plain_session(cin, cout, k, stride, group):
+    node, constants = _conv_node(cin, cout, k, stride, group)
+    conv = blocked_conv(node, constants, [helper.make_opsetid("", 17)], 1)
+    assert conv is not None
+    x = (np.random.default_rng(1).random((6, cin, 12, 12)) < 0.3).astype(np.float32) * 0.7
+    plain = OrtNode(_Model(constants), node, 1)([x], {})[0]
+    got = conv([to_blocked(x, BLOCK) if conv.input_blocked else x], {})[0]
+    assert conv.input_blocked == (cin >= BLOCK)
+    np.testing.assert_array_equal(from_blocked(got, BLOCK), plain)
+
+
+@needs_blocks
+def test_conv_whose_channels_do_not_fill_blocks_is_not_blocked():
+    node, constants = _conv_node(16, BLOCK + 2)
+    assert blocked_conv(node, constants, [helper.make_opsetid("", 17)], 1) is None
+
+
+def _cnn(seed: int = 0) -> onnx.ModelProto:
+    """Blocked-friendly and unfriendly parts: 32/16 channels, MaxPool, a residual Add, a per-channel scale
+    (Mul by a [C,1,1] constant), a Conv of 10 channels (not a whole block), GlobalAveragePool, Gemm."""
+    b = ModelBuilder(seed)
+    x = b.node("Relu", [b.bn(b.conv("input", 3, 32), 32)])
+    x = b.node("MaxPool", [b.node("Relu", [b.bn(b.conv(x, 32, 32), 32)])], kernel_shape=[2, 2], strides=[2, 2])
+    y = b.node("Relu", [b.conv(x, 32, 32)])
+    y = b.node("Mul", [b.conv(y, 32, 32), b.const(b.rng.uniform(0.5, 1.5, (32, 1, 1)), "scale")])
+    x = b.node("Relu", [b.node("Add", [x, y])])
+    x = b.node("Relu", [b.conv(x, 32, 16, stride=2)])
+    x = b.node("Relu", [b.conv(x, 16, 10)])
+    x = b.node("Flatten", [b.node("GlobalAveragePool", [x])])
+    return b.build({"input": [3, 16, 16]}, [b.gemm(x, 10, 10)])
+
+
+def _convert(tmp_path, options: ConvertOptions, name: str):
+    model = _cnn()
+    x = np.random.default_rng(2).random((48, 3, 16, 16)).astype(np.float32)
+    save_model(model, tmp_path / f"{name}.onnx")
+    np.savez(tmp_path / f"{name}.npz", x=x)
+    calibration = calibrate(tmp_path / f"{name}.onnx", tmp_path / f"{name}.npz", batch_size=16)
+    save_model(convert_model(model, calibration, options).model, tmp_path / f"{name}.snn.onnx")
+    return load_spiking(tmp_path / f"{name}.snn.onnx"), x[:24]
+
+
+OPTIONS = {
+    "if": ConvertOptions(NormSpec.parse("max")),
+    "per_channel": ConvertOptions(NormSpec.parse("percentile:99.9"), per_channel=True),
+    "signed": ConvertOptions(NormSpec.parse("max"), neuron=Neuron.SIGNED, tmax=6, default_T=12),
+}
+
+
+@needs_blocks
+@pytest.mark.parametrize("variant", list(OPTIONS))
+def test_engine_blocked_equals_plain(tmp_path, variant):
+    model, x = _convert(tmp_path, OPTIONS[variant], variant)
+    blocked, plain = NumpyEngine(model, memory_budget=2**20), NumpyEngine(model, memory_budget=2**20, blocked=False)
+    assert len(blocked.blocked_convs) == 5 and len(blocked.blocked_pools) == 1  # the 10-channel Conv stays plain
+    assert not plain.blocked_convs
+    for observe in (0, 5):
+        a = blocked.run({"input": x}, 16, observe=observe)
+        b = plain.run({"input": x}, 16, observe=observe)
+        for name in b.outputs:
+            np.testing.assert_array_equal(a.outputs[name], b.outputs[name])
+        assert a.spikes == b.spikes
+        assert a.sums.keys() == b.sums.keys()
+        for name in b.sums:
+            np.testing.assert_array_equal(a.sums[name], b.sums[name])
+        np.testing.assert_array_equal(a.active, b.active)
+    assert sum(s.spikes for s in b.spikes.values()) > 0
+
+
+@needs_blocks
+def test_blocked_engine_agrees_with_onnxruntime_and_drains_unblocked(tmp_path):
+    model, x = _convert(tmp_path, OPTIONS["if"], "drain")
+    name = model.outputs[0]
+    engine = NumpyEngine(model)
+    ours = engine.run({"input": x}, 16).outputs[name]
+    theirs = OrtEngine(model).run({"input": x}, 16).outputs[name]
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    drained = engine.run({"input": x}, 8, extra_t=8, drain=True).outputs[name]
+    reference = NumpyEngine(model, blocked=False).run({"input": x}, 8, extra_t=8, drain=True).outputs[name]
+    np.testing.assert_array_equal(drained, reference)
