@@ -8,7 +8,7 @@ The project's target: numpy/dense <= 1.5 at T = 32. The onnxruntime engine's own
 IOBinding): bench_ort_engine.py.
 
 usage: python benchmarks/bench_simulate.py [--T 32] [--batch 200] [--repeat 3] [--model M.onnx --data D.npz
-       [--calib C.npz]] [--budgets 2,8,32,128] [--no-resnet] [--breakdown] [--ort-threads N] [--workers N]
+       [--calib C.npz]] [--budgets 8,16,32,128] [--no-resnet] [--breakdown] [--ort-threads N] [--workers N]
        [--skip-pure]
 """
 from __future__ import annotations
@@ -391,7 +391,7 @@ def main() -> None:
                                                "else --data)")
     ap.add_argument("--skip-pure", action="store_true", help="do not time the engine with linear=\"numpy\"")
     ap.add_argument("--workers", type=int, help="NumPy engine worker threads (default: one per CPU)")
-    ap.add_argument("--budgets", default="2,8,32,128", help="NumPy engine memory budgets to sweep, MiB")
+    ap.add_argument("--budgets", default="8,16,32,128", help="NumPy engine memory budgets to sweep, MiB")
     ap.add_argument("--no-resnet", action="store_true", help="skip the ResNet-style graph")
     ap.add_argument("--resnet-calib", type=int, default=64, help="random calibration images for the ResNet graph")
     ap.add_argument("--breakdown", action="store_true", help="also time the NumPy engine by op type")

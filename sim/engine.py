@@ -6,10 +6,11 @@ A stateless operator runs once on a time-invariant input; otherwise elementwise 
 the time axis, batch-first operators (Conv, Gemm, pooling, ...) run once with time folded into the batch,
 and anything else runs step by step. Spiking operators scan over time in their native kernels.
 
-The heavy stateless linear operators (Conv, ConvTranspose, Gemm, MatMul with constant weights) run under
+The heavy stateless operators (Conv, ConvTranspose, Gemm, MatMul with constant weights, pooling) run under
 onnxruntime by default, one small session per node fed the folded [T*B, ...] tensor: its convolution is 2-3x
-faster than the NumPy kernel. `linear="numpy"` keeps everything in NumPy. Batch slices run on a thread pool
-(NumPy and onnxruntime release the GIL)."""
+faster than the NumPy kernel. Between Convs that onnxruntime runs channel-blocked, tensors stay in that
+layout (sim/nchwc.py). `linear="numpy"` keeps everything in NumPy. Batch slices run on a thread pool (NumPy
+and onnxruntime release the GIL)."""
 from __future__ import annotations
 
 import os
@@ -27,8 +28,7 @@ import onnxruntime as ort
 from rewrites.errors import SpikingModelError
 from sim.drain import BiasTerm, bias_terms
 from sim.model import DEFAULT_DOMAINS, SPIKING_DOMAIN, SpikingModel
-from sim.nchwc import (blocked_constant, blocked_conv, blocked_maxpool, blocked_view, from_blocked, poolable,
-                       to_blocked)
+from sim.nchwc import blocked_constant, blocked_conv, blocked_pool, blocked_view, from_blocked, to_blocked
 from sim.neurons import NEURON_KERNELS, maxpool_neuron
 from sim.ops import KERNELS, attributes
 
@@ -42,13 +42,16 @@ BATCH_FIRST = frozenset({
     "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
     "BatchNormalization", "LRN", "InstanceNormalization", "DepthToSpace", "SpaceToDepth",
 })
-DELEGATED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # run under onnxruntime by default
+# run under onnxruntime by default
+DELEGATED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool", "GlobalAveragePool", "MaxPool",
+                       "GlobalMaxPool"})
 LINEAR_BACKENDS = ("onnxruntime", "numpy")
 BLOCKED_NEURONS = frozenset({"IFNeuron", "SignedIFNeuron"})  # elementwise in their input
 AXIS_OPS = frozenset({"Flatten", "Softmax", "LogSoftmax", "Concat", "Split", "LayerNormalization", "ArgMax",
                       "Gather"})
 
 
+DEFAULT_MEMORY_BUDGET = 16 * 2**20  # bytes of one [T, slice, ...] tensor; the fastest of 8-32 MiB (docs/benchmarks.md)
 ORT_ERRORS = (Fail, InvalidArgument, RuntimeException)
 
 
@@ -135,7 +138,7 @@ class NumpyEngine:
 
     name = "numpy"
 
-    def __init__(self, model: SpikingModel, memory_budget: int = 8 * 2**20, workers: int | None = None,
+    def __init__(self, model: SpikingModel, memory_budget: int = DEFAULT_MEMORY_BUDGET, workers: int | None = None,
                  linear: str = "onnxruntime", blocked: bool = True):
         if linear not in LINEAR_BACKENDS:
             raise SpikingModelError(f"unknown linear backend {linear!r}", f"choose one of {', '.join(LINEAR_BACKENDS)}")
@@ -165,9 +168,11 @@ class NumpyEngine:
         opsets = [o for o in model.proto.opset_import if o.domain in DEFAULT_DOMAINS]
         self.blocked_convs = {i: conv for i in self.delegated if blocked and self.nodes[i].op_type == "Conv"
                               and (conv := blocked_conv(self.nodes[i], model.constants, opsets, threads))}
-        self.blocked_pools = {i: partial(maxpool_neuron, pool=blocked_maxpool(node, threads))
-                              for i, node in enumerate(self.nodes)
-                              if self.blocked_convs and i in self.pools and poolable(node)}
+        # pooling nodes and MaxPool neurons that take a blocked input as it is
+        self.blocked_ops = {i: pool for i in self.delegated if self.blocked_convs and self.nodes[i].op_type != "Conv"
+                            and (pool := blocked_pool(self.nodes[i], threads))}
+        self.blocked_pools = {i: partial(maxpool_neuron, pool=pool) for i in self.pools
+                              if self.blocked_convs and (pool := blocked_pool(self.nodes[i], threads, "MaxPool"))}
         self.drain_terms: dict[int, BiasTerm] | None = None
         self.sample_bytes = 4 * max([_per_sample_size(vi) for vi in list(model.proto.graph.input)
                                      + list(model.proto.graph.value_info)] + [1])
@@ -216,8 +221,9 @@ class NumpyEngine:
                     if isinstance(inputs[k], Seq) and inputs[k].block:
                         env[name] = inputs[k] = _plain(inputs[k])
             try:
-                if block and i in self.blocked_convs:
-                    outs = self._blocked_conv(self.blocked_convs[i], node, attrs, inputs, steps)
+                if block and (i in self.blocked_convs or i in self.blocked_ops):
+                    kernel = self.blocked_convs.get(i) or self.blocked_ops[i]
+                    outs = self._blocked(kernel, node, attrs, inputs, steps)
                 elif node.domain == SPIKING_DOMAIN:
                     kernel = (self.blocked_pools.get(i) if block else None) or self.pools.get(i) \
                         or NEURON_KERNELS[node.op_type]
@@ -244,6 +250,9 @@ class NumpyEngine:
         """The block size to run node i in the channel-blocked layout, or 0 to run it on plain tensors."""
         if i in self.blocked_convs:
             return self.blocked_convs[i].block
+        if i in self.blocked_ops:
+            x = inputs[0]
+            return x.block if isinstance(x, Seq) and x.data.ndim == 5 else 0
         seqs = [v for v in inputs if isinstance(v, Seq)]
         if not seqs or not seqs[0].block or any(s.block != seqs[0].block for s in seqs):
             return 0
@@ -262,14 +271,15 @@ class NumpyEngine:
                      if name and not name.startswith("state.") and not isinstance(v, Seq)]
         return block if all(blocked_constant(c, per_step, block) is not None for c in constants) else 0
 
-    def _blocked_conv(self, conv, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int) -> list:
+    def _blocked(self, kernel, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int) -> list:
+        """A node under its NCHWc kernel: the input brought to the layout the kernel takes, the output blocked."""
         x = inputs[0]
-        if conv.input_blocked and not x.block:
-            x = Seq(to_blocked(x.data, conv.block), conv.block)
-        elif not conv.input_blocked and x.block:
+        if kernel.input_blocked and not x.block:
+            x = Seq(to_blocked(x.data, kernel.block), kernel.block)
+        elif not kernel.input_blocked and x.block:
             x = _plain(x)
-        outs = self._standard(conv, node, attrs, [x] + inputs[1:], steps)
-        outs[0].block = conv.block
+        outs = self._standard(kernel, node, attrs, [x] + inputs[1:], steps)
+        outs[0].block = kernel.block
         return outs
 
     def _neuron(self, kernel, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int, result: WindowResult,
@@ -338,7 +348,7 @@ class NumpyEngine:
 
 
 class OrtNode:
-    """One stateless linear node as a one-node onnxruntime session with its constant inputs baked in, called
+    """One stateless linear or pooling node as a one-node onnxruntime session with its constant inputs baked in, called
     like a NumPy kernel. The session is built on first use. Inputs other than float32, and a node that
     onnxruntime cannot load (`reason` says why), go to the NumPy kernel."""
 

@@ -84,8 +84,8 @@ class _Lazy:
         return self.session.run(None, {"x": np.ascontiguousarray(inputs[0])})
 
 
-class BlockedConv(_Lazy):
-    """A Conv node as onnxruntime's NCHWc Conv: blocked output, input blocked or plain (`input_blocked`; the
+class BlockedKernel(_Lazy):
+    """A node as onnxruntime's NCHWc kernel: blocked output, input blocked or plain (`input_blocked`; the
     optimiser feeds a Conv of fewer input channels than a block with plain NCHW)."""
 
     def __init__(self, model: onnx.ModelProto, threads: int, input_blocked: bool, block: int):
@@ -93,7 +93,7 @@ class BlockedConv(_Lazy):
         self.input_blocked, self.block = input_blocked, block
 
 
-def blocked_conv(node: onnx.NodeProto, constants: dict[str, np.ndarray], opsets, threads: int) -> BlockedConv | None:
+def blocked_conv(node: onnx.NodeProto, constants: dict[str, np.ndarray], opsets, threads: int) -> BlockedKernel | None:
     """The node as a blocked Conv, or None when onnxruntime does not block it whole (output channels not a
     multiple of the block, 1-D or 3-D convolution, ...)."""
     block = block_size()
@@ -120,28 +120,30 @@ def blocked_conv(node: onnx.NodeProto, constants: dict[str, np.ndarray], opsets,
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [t for t in proto.graph.initializer if t.name in used])
     model = helper.make_model(graph, opset_imports=list(opsets) + [helper.make_opsetid(NCHWC_DOMAIN, 1)])
-    return BlockedConv(model, threads, reorder_in, block)
+    return BlockedKernel(model, threads, reorder_in, block)
 
 
-POOL_ATTRIBUTES = ("auto_pad", "kernel_shape", "dilations", "strides", "pads", "ceil_mode")
+POOL_ATTRIBUTES = {"MaxPool": ("auto_pad", "kernel_shape", "dilations", "strides", "pads", "ceil_mode"),
+                   "AveragePool": ("auto_pad", "kernel_shape", "strides", "pads", "ceil_mode", "count_include_pad"),
+                   "GlobalAveragePool": (), "GlobalMaxPool": ()}
 
 
-def blocked_maxpool(node: onnx.NodeProto, threads: int) -> _Lazy:
-    """The 2-D MaxPool of a MaxPool neuron's running sums (`poolable`), on blocked input, as onnxruntime's
-    NCHWc MaxPool."""
-    pool = helper.make_node("MaxPool", ["x"], ["y"], domain=NCHWC_DOMAIN)
-    pool.attribute.extend(a for a in node.attribute if a.name in POOL_ATTRIBUTES)
-    graph = helper.make_graph([pool], "blocked_maxpool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    return _Lazy(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                         helper.make_opsetid(NCHWC_DOMAIN, 1)]), threads)
-
-
-def poolable(node: onnx.NodeProto) -> bool:
-    """A MaxPool neuron whose pooling the NCHWc MaxPool computes alike: 2-D, default storage order."""
-    kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), [])
+def blocked_pool(node: onnx.NodeProto, threads: int, op: str | None = None) -> BlockedKernel | None:
+    """A 2-D pooling node (or, with op="MaxPool", the pooling of a MaxPool neuron's running sums) as
+    onnxruntime's NCHWc pooling of blocked input; None for other pools (1-D, 3-D, MaxPool indices)."""
+    op = op or node.op_type
+    block = block_size()
+    kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), None)
     storage = next((a.i for a in node.attribute if a.name == "storage_order"), 0)
-    return len(kernel) == 2 and not storage
+    if not block or op not in POOL_ATTRIBUTES or (kernel is not None and len(kernel) != 2) or storage \
+            or (op == "MaxPool" and not node.domain and len([o for o in node.output if o]) != 1):
+        return None
+    pool = helper.make_node(op, ["x"], ["y"], domain=NCHWC_DOMAIN)
+    pool.attribute.extend(a for a in node.attribute if a.name in POOL_ATTRIBUTES[op])
+    graph = helper.make_graph([pool], "blocked_pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(NCHWC_DOMAIN, 1)])
+    return BlockedKernel(model, threads, True, block)
 
 
 def to_blocked(x: np.ndarray, block: int) -> np.ndarray:

@@ -13,7 +13,8 @@ from rewrites.convert import convert_model
 from rewrites.graph import save_model
 from sim.engine import NumpyEngine, OrtNode
 from sim.model import load_spiking
-from sim.nchwc import blocked_constant, blocked_conv, blocked_view, block_size, from_blocked, to_blocked
+from sim.nchwc import (blocked_constant, blocked_conv, blocked_pool, blocked_view, block_size, from_blocked,
+                       to_blocked)
 from sim.ort import OrtEngine
 
 BLOCK = block_size()
@@ -81,9 +82,34 @@ def test_conv_whose_channels_do_not_fill_blocks_is_not_blocked():
     assert blocked_conv(node, constants, [helper.make_opsetid("", 17)], 1) is None
 
 
+@needs_blocks
+@pytest.mark.parametrize("op,attrs", [
+    ("MaxPool", dict(kernel_shape=[2, 2], strides=[2, 2])),
+    ("MaxPool", dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])),
+    ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 2])),
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=0)),
+    ("GlobalAveragePool", {}), ("GlobalMaxPool", {})])
+def test_blocked_pool_equals_the_plain_session(op, attrs):
+    node = helper.make_node(op, ["x"], ["y"], name="pool", **attrs)
+    pool = blocked_pool(node, 1)
+    assert pool is not None and pool.input_blocked
+    x = np.random.default_rng(3).normal(size=(6, 32, 12, 12)).astype(np.float32)
+    plain = OrtNode(_Model({}), node, 1)([x], {})[0]
+    got = from_blocked(pool([to_blocked(x, BLOCK)], {})[0], BLOCK)
+    # averages may add in another order: a few float32 ulps of values of order 1
+    np.testing.assert_allclose(got, plain, rtol=0, atol=1e-6 if "Average" in op else 0)
+
+
+def test_pools_onnxruntime_does_not_block_are_refused():
+    assert blocked_pool(helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2]), 1) is None
+    assert blocked_pool(helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2]), 1) is None
+    assert blocked_pool(helper.make_node("LpPool", ["x"], ["y"], kernel_shape=[2, 2]), 1) is None
+
+
 def _cnn(seed: int = 0) -> onnx.ModelProto:
     """Blocked-friendly and unfriendly parts: 32/16 channels, MaxPool, a residual Add, a per-channel scale
-    (Mul by a [C,1,1] constant), a Conv of 10 channels (not a whole block), GlobalAveragePool, Gemm."""
+    (Mul by a [C,1,1] constant), AveragePool, a Conv of 10 channels (not a whole block), GlobalAveragePool,
+    Gemm."""
     b = ModelBuilder(seed)
     x = b.node("Relu", [b.bn(b.conv("input", 3, 32), 32)])
     x = b.node("MaxPool", [b.node("Relu", [b.bn(b.conv(x, 32, 32), 32)])], kernel_shape=[2, 2], strides=[2, 2])
@@ -91,6 +117,7 @@ def _cnn(seed: int = 0) -> onnx.ModelProto:
     y = b.node("Mul", [b.conv(y, 32, 32), b.const(b.rng.uniform(0.5, 1.5, (32, 1, 1)), "scale")])
     x = b.node("Relu", [b.node("Add", [x, y])])
     x = b.node("Relu", [b.conv(x, 32, 16, stride=2)])
+    x = b.node("AveragePool", [x], kernel_shape=[2, 2], strides=[2, 2])
     x = b.node("Relu", [b.conv(x, 16, 10)])
     x = b.node("Flatten", [b.node("GlobalAveragePool", [x])])
     return b.build({"input": [3, 16, 16]}, [b.gemm(x, 10, 10)])
@@ -118,7 +145,8 @@ OPTIONS = {
 def test_engine_blocked_equals_plain(tmp_path, variant):
     model, x = _convert(tmp_path, OPTIONS[variant], variant)
     blocked, plain = NumpyEngine(model, memory_budget=2**20), NumpyEngine(model, memory_budget=2**20, blocked=False)
-    assert len(blocked.blocked_convs) == 5 and len(blocked.blocked_pools) == 1  # the 10-channel Conv stays plain
+    # the 10-channel Conv and the GlobalAveragePool after it stay plain
+    assert len(blocked.blocked_convs) == 5 and len(blocked.blocked_pools) == 1 and len(blocked.blocked_ops) == 2
     assert not plain.blocked_convs
     for observe in (0, 5):
         a = blocked.run({"input": x}, 16, observe=observe)

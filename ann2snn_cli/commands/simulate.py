@@ -28,7 +28,7 @@ def command(
     batch_size: BatchOpt = 128,
     limit: LimitOpt = None,
     max_memory: Annotated[int, typer.Option("--max-memory", min=1, metavar="MB", help="NumPy engine: bound on "
-                                            "one [T, batch, ...] tensor; the batch is run in slices that fit.")] = 32,
+                                            "one [T, batch, ...] tensor; the batch is run in slices that fit.")] = 16,
     min_accuracy: Annotated[Optional[float], typer.Option("--min-accuracy", metavar="PERCENT", help="Gate: exit 1 "
                             "if the accuracy at the last step is below PERCENT (needs labels y).")] = None,
     max_drop: Annotated[Optional[float], typer.Option("--max-drop", metavar="POINTS", help="Gate: exit 1 if the "
