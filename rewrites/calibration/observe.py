@@ -4,10 +4,8 @@ A tensor with at most SAMPLE_ABOVE values per channel in a batch is an output as
 reduced and binned in NumPy. A larger one never leaves onnxruntime whole: the graph computes, per sample and
 channel, its minimum, maximum and sum over every value, and a subsample for the histogram:
 
-- reductions, rank 4 [N, C, H, W]: GlobalMaxPool, GlobalAveragePool (times H*W for the sum) and
-  GlobalMaxPool of a depthwise Conv with weight -1 (minus the minimum). These run on onnxruntime's blocked
-  (NCHWc) layout after a Conv, where ReduceMin/ReduceMax/ReduceSum would run on a copy reordered to NCHW and
-  cost 1.3x as much on examples/fmnist_cnn. Other ranks: ReduceMin/ReduceMax/ReduceSum over axes 2...
+- reductions: ReduceMin, ReduceMax and ReduceSum over axes 2... (pooling on onnxruntime's blocked layout
+  instead, GlobalMaxPool / GlobalAveragePool / a depthwise Conv of weight -1, measured slower);
 - subsample: every s-th value of the whole batch flattened (Reshape [-1], Slice with step s), s the smallest
   prime from 3 that does not divide C * (values per channel of a sample) and keeps about batch * that / s
   values per channel within SAMPLE_ABOVE. s and C * H * W being coprime, consecutive samples of the batch
