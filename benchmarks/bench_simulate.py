@@ -62,12 +62,14 @@ def convert(model_path: Path, calib_path: Path, out: Path) -> tuple[float, float
 @contextlib.contextmanager
 def op_timers(engine: NumpyEngine | None = None):
     """Time every NumPy kernel call by op type (top-level calls only: a neuron kernel's own MaxPool call is
-    part of the neuron's time), and the onnxruntime kernels of `engine`'s delegated nodes as "<op> (onnxruntime)".
-    Patches the kernel registries and the engine in this process and restores them."""
+    part of the neuron's time), the onnxruntime kernels of `engine`'s delegated nodes as "<op> (onnxruntime)"
+    ("(onnxruntime, blocked)" for its NCHWc kernels) and its MaxPool neurons. Patches the kernel registries and
+    the engine in this process and restores them."""
     totals: dict[str, float] = defaultdict(float)
     depth = [0]
     saved = [(registry, dict(registry)) for registry in (sim_ops.KERNELS, sim_neurons.NEURON_KERNELS)]
-    delegated = dict(engine.delegated) if engine is not None else {}
+    tables = ("delegated", "blocked_convs", "blocked_ops", "pools", "blocked_pools")
+    engine_saved = {t: dict(getattr(engine, t)) for t in tables} if engine is not None else {}
 
     def wrap(op, fn):
         def timed(*args, **kwargs):
@@ -84,16 +86,32 @@ def op_timers(engine: NumpyEngine | None = None):
     for registry, original in saved:
         for op, fn in original.items():
             registry[op] = wrap(op, fn)
-    for i, fn in delegated.items():
-        engine.delegated[i] = wrap(f"{engine.nodes[i].op_type} (onnxruntime)", fn)
+    labels = {"delegated": "{} (onnxruntime)", "blocked_convs": "{} (onnxruntime, blocked)",
+              "blocked_ops": "{} (onnxruntime, blocked)", "pools": "{}", "blocked_pools": "{} (blocked pooling)"}
+    for table, kernels in engine_saved.items():
+        for i, fn in kernels.items():
+            getattr(engine, table)[i] = _Timed(wrap(labels[table].format(engine.nodes[i].op_type), fn), fn)
     try:
         yield totals
     finally:
         for registry, original in saved:
             registry.clear()
             registry.update(original)
-        if engine is not None:
-            engine.delegated.update(delegated)
+        for table, kernels in engine_saved.items():
+            getattr(engine, table).update(kernels)
+
+
+class _Timed:
+    """A timed kernel that still shows the wrapped one's attributes (a blocked kernel's layout)."""
+
+    def __init__(self, timed, kernel):
+        self.timed, self.kernel = timed, kernel
+
+    def __call__(self, *args, **kwargs):
+        return self.timed(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.kernel, name)
 
 
 def bench_model(label: str, model_path: Path, calib_path: Path, feeds: dict[str, np.ndarray], T: int, repeat: int,
