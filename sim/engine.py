@@ -29,7 +29,7 @@ from rewrites.errors import SpikingModelError
 from sim.drain import BiasTerm, bias_terms
 from sim.model import DEFAULT_DOMAINS, SPIKING_DOMAIN, SpikingModel
 from sim.nchwc import blocked_constant, blocked_conv, blocked_pool, blocked_view, from_blocked, to_blocked
-from sim.neurons import NEURON_KERNELS, maxpool_neuron
+from sim.neurons import NEURON_KERNELS, REUSING, maxpool_neuron
 from sim.ops import KERNELS, attributes
 
 ELEMENTWISE = frozenset({
@@ -227,7 +227,8 @@ class NumpyEngine:
                 elif node.domain == SPIKING_DOMAIN:
                     kernel = (self.blocked_pools.get(i) if block else None) or self.pools.get(i) \
                         or NEURON_KERNELS[node.op_type]
-                    outs = self._neuron(kernel, node, attrs, inputs, steps, result, observe, block)
+                    reuse = node.op_type in REUSING and self._given_up(i, node, inputs[0], env, steps)
+                    outs = self._neuron(kernel, node, attrs, inputs, steps, result, observe, block, reuse)
                 else:
                     outs = self._standard(self.delegated.get(i) or KERNELS[node.op_type], node, attrs, inputs,
                                           steps, block)
@@ -245,6 +246,14 @@ class NumpyEngine:
             data = value.data if isinstance(value, Seq) else np.broadcast_to(value, (1,) + np.shape(value))
             result.outputs[name] = np.broadcast_to(data, (steps,) + data.shape[1:])
         return result
+
+    def _given_up(self, i: int, node: onnx.NodeProto, x, env: dict, steps: int) -> bool:
+        """True when node i is the last reader of its first input, a [steps, ...] array the engine made (a fed
+        input is a [1, ...] view of the caller's array) that no other live tensor shares memory with: its
+        kernel may then write its output over it."""
+        if steps < 2 or not isinstance(x, Seq) or len(x.data) != steps or node.input[0] not in self.last_use.get(i, ()):
+            return False
+        return not any(isinstance(v, Seq) and v is not x and np.may_share_memory(v.data, x.data) for v in env.values())
 
     def _block_of(self, i: int, node: onnx.NodeProto, inputs: list) -> int:
         """The block size to run node i in the channel-blocked layout, or 0 to run it on plain tensors."""
@@ -283,7 +292,7 @@ class NumpyEngine:
         return outs
 
     def _neuron(self, kernel, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int, result: WindowResult,
-                observe: int, block: int = 0) -> list:
+                observe: int, block: int = 0, reuse_input: bool = False) -> list:
         args = [v.data if isinstance(v, Seq) else v
                 for name, v in zip(node.input, inputs) if not name.startswith("state.")]
         if not isinstance(inputs[0], Seq):
@@ -291,7 +300,7 @@ class NumpyEngine:
         shape = args[0].shape[1:]
         if block and node.op_type in BLOCKED_NEURONS:  # elementwise: run on the memory order
             args = [blocked_view(args[0], block)] + [blocked_constant(c, shape, block) for c in args[1:]]
-        out, counts = kernel(args, attrs, steps)
+        out, counts = kernel(args, attrs, steps, reuse_input=True) if reuse_input else kernel(args, attrs, steps)
         if block and node.op_type in BLOCKED_NEURONS:
             out = out.reshape((steps,) + shape)
         if counts is not None:

@@ -1,0 +1,98 @@
+"""Neuron kernels write their output over an input the engine gives up (NumpyEngine._given_up): never over a
+tensor that is read later, shared with a live view, or fed by the caller."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from builders import ModelBuilder
+from sim.engine import NumpyEngine, Seq
+from sim.model import load_spiking
+from sim.neurons import if_neuron, maxpool_neuron, signed_if_neuron
+from sim.ort import OrtEngine
+from spiking_helpers import convert_with_data
+
+
+def _shared_inputs():
+    """Each neuron's input is also read later: by a residual Add, and through a Flatten view by a Gemm."""
+    b = ModelBuilder(3)
+    x = b.conv("input", 1, 4)
+    r = b.node("Relu", [x])
+    x = b.node("Add", [x, b.conv(r, 4, 4)])  # x read after the neuron on it
+    flat = b.node("Flatten", [x])  # a view of x
+    h = b.node("Relu", [flat])
+    out = b.node("Add", [b.gemm(h, 4 * 6 * 6, 5), b.gemm(b.node("Flatten", [x]), 4 * 6 * 6, 5)])
+    return b.build({"input": [1, 6, 6]}, [out])
+
+
+def _chain():
+    b = ModelBuilder(4)
+    x = b.node("Relu", [b.conv("input", 1, 4)])
+    x = b.node("MaxPool", [b.node("Relu", [b.conv(x, 4, 4)])], kernel_shape=[2, 2], strides=[2, 2])
+    x = b.node("Flatten", [x])
+    return b.build({"input": [1, 6, 6]}, [b.gemm(x, 4 * 3 * 3, 5)])
+
+
+@pytest.mark.parametrize("build,neuron", [(_shared_inputs, "if"), (_chain, "if"), (_chain, "signed")])
+def test_reused_inputs_change_nothing(tmp_path, monkeypatch, build, neuron):
+    x = np.random.default_rng(0).random((12, 1, 6, 6)).astype(np.float32)
+    path, _ = convert_with_data(build(), x, tmp_path, neuron=neuron)
+    model = load_spiking(path)
+    name = model.outputs[0]
+    fed = x.copy()
+    given = []
+    original = NumpyEngine._given_up
+
+    def spy(self, *args):
+        given.append(original(self, *args))
+        return given[-1]
+
+    monkeypatch.setattr(NumpyEngine, "_given_up", spy)
+    ours = NumpyEngine(model).run({"input": fed}, 12, observe=6)
+    np.testing.assert_array_equal(fed, x)  # the caller's array is never written
+    monkeypatch.setattr(NumpyEngine, "_given_up", lambda *args: False)
+    fresh = NumpyEngine(model).run({"input": x}, 12, observe=6)
+    np.testing.assert_array_equal(ours.outputs[name], fresh.outputs[name])
+    assert ours.spikes == fresh.spikes
+    for layer in fresh.sums:
+        np.testing.assert_array_equal(ours.sums[layer], fresh.sums[layer])
+    np.testing.assert_allclose(ours.outputs[name], OrtEngine(model).run({"input": x}, 12).outputs[name], atol=1e-5)
+    assert given[0] is False  # the first neuron's input is the same at every step (direct coding): [1, ...]
+    if build is _chain:
+        assert any(given)
+
+
+@pytest.mark.parametrize("kernel,extra", [(if_neuron, 2), (signed_if_neuron, 4), (maxpool_neuron, 0)])
+def test_kernels_reusing_their_input_equal_fresh_output(kernel, extra):
+    rng = np.random.default_rng(1)
+    x = rng.normal(0.2, 0.6, (9, 2, 3, 4, 4)).astype(np.float32)
+    params = [np.array(0.8, np.float32), np.array(0.4, np.float32), np.array(-0.4, np.float32),
+              np.array(5, np.float32)][:extra]
+    attrs = {"kernel_shape": [2, 2], "strides": [2, 2]}
+    fresh = kernel([x.copy()] + params, attrs, 9)
+    given = x.copy()
+    reused = kernel([given] + params, attrs, 9, reuse_input=True)
+    np.testing.assert_array_equal(reused[0], fresh[0])
+    if fresh[1] is not None:
+        np.testing.assert_array_equal(reused[1], fresh[1])
+    if kernel is not maxpool_neuron:
+        assert np.shares_memory(reused[0], given)
+
+
+def test_given_up_only_when_nothing_else_can_read_it(tmp_path):
+    x = np.random.default_rng(0).random((6, 1, 6, 6)).astype(np.float32)
+    model = load_spiking(convert_with_data(_chain(), x, tmp_path)[0])
+    engine = NumpyEngine(model)
+    i = next(k for k, n in enumerate(model.nodes) if n.op_type == "IFNeuron" and k > 1)
+    node = model.nodes[i]
+    data = np.zeros((8, 6, 4, 6, 6), np.float32)
+    seq = Seq(data)
+    assert engine._given_up(i, node, seq, {node.input[0]: seq}, 8)
+    assert not engine._given_up(i, node, seq, {node.input[0]: seq}, 1)  # one step: could be the caller's array
+    assert not engine._given_up(i, node, Seq(data[:1]), {}, 8)  # time-invariant [1, ...]
+    view = Seq(data.reshape(8, 6, -1))
+    assert not engine._given_up(i, node, seq, {node.input[0]: seq, "other": view}, 8)  # a live view of it
+    shared = load_spiking(convert_with_data(_shared_inputs(), x, tmp_path, name="shared")[0])
+    k = next(k for k, n in enumerate(shared.nodes) if n.op_type == "IFNeuron")  # its input is read by an Add later
+    first = shared.nodes[k]
+    assert not NumpyEngine(shared)._given_up(k, first, seq, {first.input[0]: seq}, 8)
