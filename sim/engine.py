@@ -168,7 +168,7 @@ class NumpyEngine:
         opsets = [o for o in model.proto.opset_import if o.domain in DEFAULT_DOMAINS]
         self.blocked_convs = {i: conv for i in self.delegated if blocked and self.nodes[i].op_type == "Conv"
                               and (conv := blocked_conv(self.nodes[i], model.constants, opsets, threads))}
-        # pooling nodes and MaxPool neurons that take a blocked input as it is
+        # max pooling nodes and MaxPool neurons that take a blocked input as it is
         self.blocked_ops = {i: pool for i in self.delegated if self.blocked_convs and self.nodes[i].op_type != "Conv"
                             and (pool := blocked_pool(self.nodes[i], threads))}
         self.blocked_pools = {i: partial(maxpool_neuron, pool=pool) for i in self.pools

@@ -112,6 +112,8 @@ def blocked_conv(node: onnx.NodeProto, constants: dict[str, np.ndarray], opsets,
         return None
     if any(a.name == "channels_last" and a.i for n in proto.graph.node for a in n.attribute):
         return None
+    if reorder_in and (weight.shape[1] * group) % block:  # the reorder would pad the input channels
+        return None
     conv = proto.graph.node[1 if reorder_in else 0]
     conv.input[0], conv.output[0] = "x", "y"
     used = set(conv.input[1:])
@@ -123,14 +125,15 @@ def blocked_conv(node: onnx.NodeProto, constants: dict[str, np.ndarray], opsets,
     return BlockedKernel(model, threads, reorder_in, block)
 
 
+# Max pooling only: a maximum is the same float in any order, while onnxruntime's blocked AveragePool and
+# GlobalAveragePool add in another order than its plain ones (a few ulps; tests/test_nchwc.py).
 POOL_ATTRIBUTES = {"MaxPool": ("auto_pad", "kernel_shape", "dilations", "strides", "pads", "ceil_mode"),
-                   "AveragePool": ("auto_pad", "kernel_shape", "strides", "pads", "ceil_mode", "count_include_pad"),
-                   "GlobalAveragePool": (), "GlobalMaxPool": ()}
+                   "GlobalMaxPool": ()}
 
 
 def blocked_pool(node: onnx.NodeProto, threads: int, op: str | None = None) -> BlockedKernel | None:
-    """A 2-D pooling node (or, with op="MaxPool", the pooling of a MaxPool neuron's running sums) as
-    onnxruntime's NCHWc pooling of blocked input; None for other pools (1-D, 3-D, MaxPool indices)."""
+    """A 2-D max pooling node (or, with op="MaxPool", the pooling of a MaxPool neuron's running sums) as
+    onnxruntime's NCHWc pooling of blocked input; None for other pools (averages, 1-D, 3-D, MaxPool indices)."""
     op = op or node.op_type
     block = block_size()
     kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), None)
