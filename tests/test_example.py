@@ -50,3 +50,20 @@ def test_engines_agree_on_example(spiking_example):
     a = NumpyEngine(model).run({"input": x}, 32, 2).outputs[model.outputs[0]]
     b = OrtEngine(model).run({"input": x}, 32, 2).outputs[model.outputs[0]]
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fmnist_vit/model.onnx", "fmnist_vit/model_opset13.onnx",
+                                  "fmnist_vit/model_dynamo.onnx", "fmnist_qcfs_L4/model.onnx",
+                                  "fmnist_qcfs_L8/model.onnx"])
+def test_engines_agree_on_every_example(tmp_path, name):
+    """Default conversion of each bundled model: the two engines give the same step outputs (to float
+    rounding, 1e-5), so the same spikes, over 64 test images."""
+    path = EXAMPLE.parent / name
+    calibration = calibrate(path, CALIB, limit=200)
+    snn = tmp_path / "model.snn.onnx"
+    save_model(convert_model(load_model(path), calibration, ConvertOptions()).model, snn)
+    model = load_spiking(snn)
+    x = np.load(TEST)["x"][:64]
+    a = NumpyEngine(model).run({"input": x}, 16, 2).outputs[model.outputs[0]]
+    b = OrtEngine(model).run({"input": x}, 16, 2).outputs[model.outputs[0]]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
