@@ -31,8 +31,14 @@ import onnx
 import pytest
 
 from conftest import run_ort
+from rewrites.calibration.collect import calibrate
+from rewrites.calibration.data import input_specs, load_dataset
+from rewrites.config import ConvertOptions
+from rewrites.convert import convert_model
+from rewrites.graph import load_model, save_model
 from sim.engine import NumpyEngine
 from sim.model import load_spiking
+from sim.ort import OrtEngine
 from test_cli import invoke, ok
 
 FIXTURES = Path(__file__).parent / "fixtures" / "torch"
@@ -152,3 +158,18 @@ def test_convert_without_T_accepts_the_calibration_of_a_model_with_constantofsha
     ok(invoke("calibrate", model, "--data", data(model.name, "calib"), "-o", tmp_path / "c.json"))
     ok(invoke("convert", model, "--calib", tmp_path / "c.json", "-o", tmp_path / "s.onnx", "--nonlinear",
               "exact"))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_engines_agree_on_every_fixture(tmp_path, model):
+    """Default conversion: the NumPy and onnxruntime engines give the same step outputs (float rounding,
+    1e-5) on every architecture, so they fire the same spikes."""
+    path = FIXTURES / model
+    snn = tmp_path / "m.snn.onnx"
+    save_model(convert_model(load_model(path), calibrate(path, data(model, "calib")), ConvertOptions()).model, snn)
+    spiking = load_spiking(snn)
+    dataset = load_dataset(data(model, "test"), input_specs(load_model(path)), 8)
+    feeds = {k: np.asarray(v) for k, v in dataset.inputs.items()}
+    ours, theirs = NumpyEngine(spiking).run(feeds, 8), OrtEngine(spiking).run(feeds, 8)
+    for name in spiking.outputs:
+        np.testing.assert_allclose(ours.outputs[name], theirs.outputs[name], rtol=1e-5, atol=1e-5)
