@@ -235,8 +235,10 @@ class NumpyEngine:
                     reuse = node.op_type in REUSING and self._given_up(i, node, inputs[0], env, steps)
                     outs = self._neuron(kernel, node, attrs, inputs, steps, result, observe, block, reuse)
                 else:
+                    reuse = next((k for k in (0, 1) if node.op_type in IN_PLACE and len(node.input) == 2
+                                  and self._reusable(i, node.input[k], inputs[k], env, steps)), None)
                     outs = self._standard(self.delegated.get(i) or KERNELS[node.op_type], node, attrs, inputs,
-                                          steps, block)
+                                          steps, block, reuse)
                 if i in drained and isinstance(outs[0], Seq) and not outs[0].invariant:
                     outs[0] = Seq(_without_term(outs[0].data, drained[i], T))
             except (ValueError, IndexError, *ORT_ERRORS) as exc:  # shapes the checks let through
@@ -253,10 +255,14 @@ class NumpyEngine:
         return result
 
     def _given_up(self, i: int, node: onnx.NodeProto, x, env: dict, steps: int) -> bool:
-        """True when node i is the last reader of its first input, a [steps, ...] array the engine made (a fed
-        input is a [1, ...] view of the caller's array) that no other live tensor shares memory with: its
-        kernel may then write its output over it."""
-        if steps < 2 or not isinstance(x, Seq) or len(x.data) != steps or node.input[0] not in self.last_use.get(i, ()):
+        """_reusable for node i's first input."""
+        return self._reusable(i, node.input[0], x, env, steps)
+
+    def _reusable(self, i: int, name: str, x, env: dict, steps: int) -> bool:
+        """True when node i is the last reader of tensor `name`, a [steps, ...] array the engine made (a fed
+        input is a [1, ...] view of the caller's array) that no other live tensor shares memory with: node i
+        may then write its output over it."""
+        if steps < 2 or not isinstance(x, Seq) or len(x.data) != steps or name not in self.last_use.get(i, ()):
             return False
         return not any(isinstance(v, Seq) and v is not x and np.may_share_memory(v.data, x.data) for v in env.values())
 
@@ -316,7 +322,9 @@ class NumpyEngine:
                     result.sums[node.name] = from_blocked(result.sums[node.name], block)
         return [Seq(out, block)] + [None] * (len(node.output) - 1)
 
-    def _standard(self, kernel, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int, block: int = 0) -> list:
+    def _standard(self, kernel, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int, block: int = 0,
+                  reuse: int | None = None) -> list:
+        """`reuse`: the index of an input given up (_reusable) that an Add, Sub or Mul may write its result over."""
         op = node.op_type
         seqs = [v for v in inputs if isinstance(v, Seq)]
         if not seqs:
@@ -327,13 +335,14 @@ class NumpyEngine:
             per_step = seqs[0].data.shape[1:]
             plain = [blocked_view(v.data, block) if isinstance(v, Seq)
                      else None if v is None else blocked_constant(v, per_step, block) for v in inputs]
-            return [Seq(o.reshape(o.shape[:1] + per_step), block) for o in kernel(plain, attrs)]
+            outs = _in_place(op, plain, reuse) or kernel(plain, attrs)
+            return [Seq(o.reshape(o.shape[:1] + per_step), block) for o in outs]
         if all(s.invariant for s in seqs):
             plain = [v.data[0] if isinstance(v, Seq) else v for v in inputs]
             return [Seq(o[None]) for o in kernel(plain, attrs)]
         if op in ELEMENTWISE and _broadcasts_over_time(inputs):
             plain = [v.data if isinstance(v, Seq) else v for v in inputs]
-            return [Seq(o) for o in kernel(plain, attrs)]
+            return [Seq(o) for o in _in_place(op, plain, reuse) or kernel(plain, attrs)]
         if op == "Reshape":
             x = inputs[0].data
             target = kernel([x[0], inputs[1]], attrs)[0].shape
@@ -401,6 +410,21 @@ class OrtNode:
             self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises untyped errors
             self.reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
+IN_PLACE = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}
+
+
+def _in_place(op: str, operands: list, reuse: int | None) -> list | None:
+    """[op(a, b)] written over operand `reuse` when the result has its shape and float32 type, else None."""
+    if reuse is None or op not in IN_PLACE:
+        return None
+    target = operands[reuse]
+    if (target.dtype != np.float32 or not target.flags.writeable or not target.flags.c_contiguous
+            or np.result_type(*operands) != np.float32
+            or np.broadcast_shapes(*(np.shape(o) for o in operands)) != target.shape):
+        return None
+    return [IN_PLACE[op](operands[0], operands[1], out=target)]
 
 
 def _plain(value):

@@ -1,5 +1,6 @@
-"""Neuron kernels write their output over an input the engine gives up (NumpyEngine._given_up): never over a
-tensor that is read later, shared with a live view, or fed by the caller."""
+"""Neuron kernels, Add, Sub and Mul write their output over an input the engine gives up
+(NumpyEngine._reusable): never over a tensor that is read later, shared with a live view, or fed by the
+caller."""
 from __future__ import annotations
 
 import numpy as np
@@ -41,25 +42,27 @@ def test_reused_inputs_change_nothing(tmp_path, monkeypatch, build, neuron):
     name = model.outputs[0]
     fed = x.copy()
     given = []
-    original = NumpyEngine._given_up
+    original = NumpyEngine._reusable
 
-    def spy(self, *args):
-        given.append(original(self, *args))
-        return given[-1]
+    def spy(self, i, name, *args):
+        given.append((model.nodes[i].op_type, original(self, i, name, *args)))
+        return given[-1][1]
 
-    monkeypatch.setattr(NumpyEngine, "_given_up", spy)
+    monkeypatch.setattr(NumpyEngine, "_reusable", spy)
     ours = NumpyEngine(model).run({"input": fed}, 12, observe=6)
     np.testing.assert_array_equal(fed, x)  # the caller's array is never written
-    monkeypatch.setattr(NumpyEngine, "_given_up", lambda *args: False)
+    monkeypatch.setattr(NumpyEngine, "_reusable", lambda *args: False)
     fresh = NumpyEngine(model).run({"input": x}, 12, observe=6)
     np.testing.assert_array_equal(ours.outputs[name], fresh.outputs[name])
     assert ours.spikes == fresh.spikes
     for layer in fresh.sums:
         np.testing.assert_array_equal(ours.sums[layer], fresh.sums[layer])
     np.testing.assert_allclose(ours.outputs[name], OrtEngine(model).run({"input": x}, 12).outputs[name], atol=1e-5)
-    assert given[0] is False  # the first neuron's input is the same at every step (direct coding): [1, ...]
+    assert given[0][1] is False  # the first neuron's input is the same at every step: [1, ...]
     if build is _chain:
-        assert any(given)
+        assert any(op.endswith("IFNeuron") and reused for op, reused in given)
+    else:
+        assert ("Add", True) in given  # the residual Add writes over its Conv's output, not over x
 
 
 @pytest.mark.parametrize("kernel,extra", [(if_neuron, 2), (signed_if_neuron, 4), (maxpool_neuron, 0)])
@@ -96,3 +99,17 @@ def test_given_up_only_when_nothing_else_can_read_it(tmp_path):
     k = next(k for k, n in enumerate(shared.nodes) if n.op_type == "IFNeuron")  # its input is read by an Add later
     first = shared.nodes[k]
     assert not NumpyEngine(shared)._given_up(k, first, seq, {first.input[0]: seq}, 8)
+
+
+def test_in_place_arithmetic_only_when_the_result_fits_the_given_up_operand():
+    from sim.engine import _in_place
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    row = np.ones(3, np.float32)
+    assert _in_place("Add", [a.copy(), row], None) is None
+    out = _in_place("Sub", [row, b := a.copy()], 1)[0]  # written over the second operand
+    assert out is b and np.array_equal(out, row - a)
+    assert _in_place("Add", [row, a.copy()], 0) is None  # the result is larger than the row
+    assert _in_place("Add", [a.astype(np.float64), a], 0) is None
+    assert _in_place("Div", [a.copy(), row], 0) is None
+    assert _in_place("Mul", [a.copy(), np.array(2.0, np.float32)], 0) is not None
+    assert _in_place("Mul", [a.copy(), np.float64(2.0)], 0) is None  # float64 result, as the kernel gives
