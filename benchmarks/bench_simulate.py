@@ -233,6 +233,7 @@ def _set_threads(engine: NumpyEngine, threads: int) -> None:
         pools = [p.keywords["pool"] for p in list(engine.pools.values()) + list(engine.blocked_pools.values())]
         for node in list(engine.delegated.values()) + list(engine.blocked_convs.values()) + pools:
             node.threads = threads
+            node.session = None  # rebuilt on first use with these threads
 
 
 class _TimedRun:

@@ -74,6 +74,7 @@ class _Lazy:
 
     def __init__(self, model: onnx.ModelProto, threads: int):
         self.model, self.threads = model, threads
+        self.input = model.graph.input[0].name
         self.session: ort.InferenceSession | None = None
         self.lock = threading.Lock()
 
@@ -81,7 +82,7 @@ class _Lazy:
         with self.lock:
             if self.session is None:
                 self.session = _session(self.model, self.threads)
-        return self.session.run(None, {"x": np.ascontiguousarray(inputs[0])})
+        return self.session.run(None, {self.input: np.ascontiguousarray(inputs[0])})
 
 
 class BlockedKernel(_Lazy):
@@ -115,14 +116,19 @@ def blocked_conv(node: onnx.NodeProto, constants: dict[str, np.ndarray], opsets,
     if reorder_in and (weight.shape[1] * group) % block:  # the reorder would pad the input channels
         return None
     conv = proto.graph.node[1 if reorder_in else 0]
-    conv.input[0], conv.output[0] = "x", "y"
     used = set(conv.input[1:])
-    graph = helper.make_graph([conv], "blocked_conv",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    x, y = (next(f"{base}{k}" for k in range(len(used) + 1) if f"{base}{k}" not in used) for base in ("x", "y"))
+    conv.input[0], conv.output[0] = x, y
+    graph = helper.make_graph([conv], "blocked_conv", [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)],
                               [t for t in proto.graph.initializer if t.name in used])
     model = helper.make_model(graph, opset_imports=list(opsets) + [helper.make_opsetid(NCHWC_DOMAIN, 1)])
-    return BlockedKernel(model, threads, reorder_in, block)
+    kernel = BlockedKernel(model, threads, reorder_in, block)
+    try:  # built now, so that a model onnxruntime refuses runs plain instead of failing at the first call
+        kernel.session = _session(model, threads)
+    except Exception:  # onnxruntime raises untyped errors
+        return None
+    return kernel
 
 
 # Max pooling only: a maximum is the same float in any order, while onnxruntime's blocked AveragePool and
@@ -172,6 +178,8 @@ def blocked_constant(value: np.ndarray, per_step: tuple[int, ...], block: int) -
     """A constant operand of an elementwise op on a blocked tensor of per-step shape [N, C, H, W], shaped to
     broadcast against its memory-order view [..., C/b, H, W, b]; None when it also varies over the batch."""
     value = np.asarray(value)
+    if value.ndim > len(per_step):  # it would add axes in front of the batch
+        return None
     if value.size == 1:
         return value.reshape(())
     if value.ndim == 4:

@@ -242,3 +242,45 @@ def test_random_cnns_blocked_equal_plain(tmp_path, seed):
     for name in b.sums:
         np.testing.assert_array_equal(a.sums[name], b.sums[name])
     np.testing.assert_allclose(a.outputs[out], OrtEngine(model).run({"input": x}, 10).outputs[out], atol=1e-5)
+
+
+@needs_blocks
+@pytest.mark.parametrize("bias", ["x", "y"])
+def test_blocked_conv_whose_bias_has_the_kernel_io_names(bias):
+    """onnxruntime keeps a bias initializer's name in the optimised model: it must not collide with the
+    blocked kernel's own input and output."""
+    node, constants = _conv_node(16, 16)
+    constants[bias] = constants.pop("b")
+    node.input[0], node.input[2], node.output[0] = "data", bias, "out"
+    conv = blocked_conv(node, constants, [helper.make_opsetid("", 17)], 1)
+    x = (np.random.default_rng(1).random((4, 16, 8, 8)) < 0.3).astype(np.float32)
+    plain = OrtNode(_Model(constants), node, 1)([x], {})[0]
+    np.testing.assert_array_equal(from_blocked(conv([to_blocked(x, BLOCK)], {})[0], BLOCK), plain)
+
+
+def test_constants_of_higher_rank_than_a_step_are_refused():
+    assert blocked_constant(np.ones((1, 1, 1, 1, 1), np.float32), (2, 32, 3, 5), 16) is None
+
+
+@needs_blocks
+def test_blocked_tensor_cast_to_double_reaches_a_pool_unblocked(tmp_path):
+    """onnxruntime's blocked kernels take float32: a cast tensor goes to the plain path (NumPy's MaxPool)."""
+    from onnx import TensorProto
+    from sim.model import spiking_from_proto
+    from spiking_helpers import convert_with_data
+    b = ModelBuilder(0)
+    x = b.node("Relu", [b.conv(b.node("Relu", [b.conv("input", 16, 16)]), 16, 16)])
+    x_data = np.random.default_rng(0).random((8, 16, 6, 6)).astype(np.float32)
+    path, _ = convert_with_data(b.build({"input": [16, 6, 6]}, [x]), x_data, tmp_path, T=8)
+    proto = load_spiking(path).proto
+    last = [n for n in proto.graph.node if n.op_type == "IFNeuron"][-1].output[0]
+    proto.graph.node.extend([helper.make_node("Cast", [last], ["c"], to=TensorProto.DOUBLE),
+                             helper.make_node("MaxPool", ["c"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+                             helper.make_node("Cast", ["p"], ["y"], to=TensorProto.FLOAT)])
+    state = [o for o in proto.graph.output if o.name.startswith("state.")]
+    del proto.graph.output[:]
+    proto.graph.output.extend([helper.make_tensor_value_info("y", TensorProto.FLOAT, None)] + state)
+    model = spiking_from_proto(proto, tmp_path / "cast.snn.onnx")
+    ours = NumpyEngine(model).run({"input": x_data}, 8).outputs["y"]
+    np.testing.assert_array_equal(ours, NumpyEngine(model, blocked=False).run({"input": x_data}, 8).outputs["y"])
+    np.testing.assert_allclose(ours, OrtEngine(model).run({"input": x_data}, 8).outputs["y"], atol=1e-5)
