@@ -195,13 +195,19 @@ class NumpyEngine:
         step = max(1, self.memory_budget // (self.sample_bytes * (T + extra_t)))
         if self.workers > 1:
             step = min(step, -(-batch // self.workers))
+        step = max(2, step)  # two samples a slice at least, so that an output not batched on axis 1 shows
         if batch <= step:
             return run(feeds)
         slices = [{k: v[i:i + step] for k, v in feeds.items()} for i in range(0, batch, step)]
         if self.workers == 1:
-            return WindowResult.concat([run(f) for f in slices])
-        with ThreadPoolExecutor(min(self.workers, len(slices))) as pool:
-            return WindowResult.concat(list(pool.map(run, slices)))
+            parts = [run(f) for f in slices]
+        else:
+            with ThreadPoolExecutor(min(self.workers, len(slices))) as pool:
+                parts = list(pool.map(run, slices))
+        if not all(out.ndim > 1 and out.shape[1] == len(next(iter(f.values())))
+                   for part, f in zip(parts, slices) for out in part.outputs.values()):
+            return run(feeds)  # an output whose axis 1 is not the batch (a Shape, a rank-raising constant)
+        return WindowResult.concat(parts)
 
     def _run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int, observe: int,
              drained: dict[int, BiasTerm]) -> WindowResult:

@@ -113,3 +113,27 @@ def test_in_place_arithmetic_only_when_the_result_fits_the_given_up_operand():
     assert _in_place("Div", [a.copy(), row], 0) is None
     assert _in_place("Mul", [a.copy(), np.array(2.0, np.float32)], 0) is not None
     assert _in_place("Mul", [a.copy(), np.float64(2.0)], 0) is None  # float64 result, as the kernel gives
+
+
+def test_outputs_not_batched_on_axis_1_are_not_joined_across_slices(tmp_path):
+    """Slices of the batch are joined on axis 1 of [T, B, ...]; an output with another layout there (a
+    constant that adds a leading axis, a mean over the batch) makes the engine run the batch whole."""
+    from onnx import TensorProto, helper, numpy_helper
+    from sim.model import spiking_from_proto
+    x = np.random.default_rng(0).random((7, 1, 6, 6)).astype(np.float32)
+    proto = load_spiking(convert_with_data(_chain(), x, tmp_path)[0]).proto
+    logits = [o.name for o in proto.graph.output if not o.name.startswith("state.")][0]
+    proto.graph.initializer.append(numpy_helper.from_array(np.full((1, 1, 1), 0.5, np.float32), "half"))
+    proto.graph.node.extend([helper.make_node("Mul", [logits, "half"], ["raised"]),
+                             helper.make_node("ReduceMean", [logits], ["over_batch"], axes=[0], keepdims=1)])
+    state = [o for o in proto.graph.output if o.name.startswith("state.")]
+    del proto.graph.output[:]
+    proto.graph.output.extend([helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                               for n in (logits, "raised", "over_batch")] + state)
+    model = spiking_from_proto(proto, tmp_path / "odd.snn.onnx")
+    whole = NumpyEngine(model, memory_budget=2**40, workers=1).run({"input": x}, 6).outputs
+    for workers in (1, 2):
+        sliced = NumpyEngine(model, memory_budget=1, workers=workers).run({"input": x}, 6).outputs
+        for name in whole:
+            np.testing.assert_allclose(sliced[name], whole[name], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(whole["raised"], OrtEngine(model).run({"input": x}, 6).outputs["raised"], atol=1e-5)
