@@ -150,6 +150,10 @@ class NumpyEngine:
         self.model = model
         self.nodes = model.nodes
         self.attrs = [attributes(n) for n in self.nodes]
+        opset = next((o.version for o in model.proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+        for node, attrs in zip(self.nodes, self.attrs):
+            if node.op_type in ("Softmax", "LogSoftmax") and node.domain in DEFAULT_DOMAINS:
+                attrs["opset"] = opset  # their axis semantics changed at opset 13 (sim.ops.softmax_axes)
         for node in self.nodes:
             known = NEURON_KERNELS if node.domain == SPIKING_DOMAIN else KERNELS
             if node.op_type not in known:
@@ -512,7 +516,10 @@ def _foldable(op: str, attrs: dict, inputs: list) -> bool:
             return False
         if op == "Gather":
             return attrs.get("axis", 0) % rank != 0
-        default = 1 if op in ("Flatten", "Softmax", "LogSoftmax") else (-1 if op == "LayerNormalization" else 0)
+        if op in ("Softmax", "LogSoftmax"):
+            default = 1 if attrs.get("opset", 13) < 13 else -1
+        else:
+            default = 1 if op == "Flatten" else (-1 if op == "LayerNormalization" else 0)
         axis = attrs.get("axis", default)
         return axis % rank != 0 if axis != 0 else False
     return False

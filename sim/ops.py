@@ -691,25 +691,34 @@ def _layer_normalization(inputs, attrs):
     return [y.astype(x.dtype, copy=False), mean, inverse_std]
 
 
-def _softmax_shifted(x: np.ndarray, axis: int) -> np.ndarray:
+def _softmax_shifted(x: np.ndarray, axis: int | tuple[int, ...]) -> np.ndarray:
     return x - x.max(axis=axis, keepdims=True)
+
+
+def softmax_axes(attrs: dict, rank: int) -> tuple[int, ...]:
+    """The axes a Softmax or LogSoftmax normalises over: its axis from opset 13 (default -1); before, the
+    input is taken as 2-D at `axis` (default 1), so every axis from it on. `opset` in attrs: the model's
+    (the engine adds it; 13 when absent)."""
+    if attrs.get("opset", 13) < 13:
+        return tuple(range(_normalize_axis(attrs.get("axis", 1), rank), rank))
+    return (_normalize_axis(attrs.get("axis", -1), rank),)
 
 
 @_register("Softmax")
 def _softmax(inputs, attrs):
     x = inputs[0]
-    axis = attrs.get("axis", -1)
-    exponentials = np.exp(_softmax_shifted(x, axis))
-    exponentials /= exponentials.sum(axis=axis, keepdims=True)
+    axes = softmax_axes(attrs, x.ndim)
+    exponentials = np.exp(_softmax_shifted(x, axes))
+    exponentials /= exponentials.sum(axis=axes, keepdims=True)
     return [exponentials]
 
 
 @_register("LogSoftmax")
 def _log_softmax(inputs, attrs):
     x = inputs[0]
-    axis = attrs.get("axis", -1)
-    shifted = _softmax_shifted(x, axis)
-    return [shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))]
+    axes = softmax_axes(attrs, x.ndim)
+    shifted = _softmax_shifted(x, axes)
+    return [shifted - np.log(np.exp(shifted).sum(axis=axes, keepdims=True))]
 
 
 # ---------------------------------------------------------------- reductions

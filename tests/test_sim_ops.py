@@ -826,3 +826,39 @@ def test_unknown_linear_backend_is_refused(tmp_path):
     model, _ = _linear_snn(tmp_path)
     with pytest.raises(SpikingModelError, match="linear backend"):
         NumpyEngine(model, linear="blas")
+
+
+@pytest.mark.parametrize("opset", [11, 12, 13, 17])
+@pytest.mark.parametrize("op,axis", [("Softmax", None), ("Softmax", 2), ("LogSoftmax", 1), ("LogSoftmax", -1)])
+def test_numpy_softmax_follows_the_axis_semantics_of_the_opset(opset, op, axis):
+    """Before opset 13 Softmax and LogSoftmax normalise over every axis from `axis` on (default 1); from 13
+    over `axis` alone (default -1). The NumPy kernel, given the model's opset, matches onnxruntime."""
+    x = np.random.default_rng(opset).normal(size=(3, 4, 5, 6)).astype(np.float32)
+    attrs = {} if axis is None else {"axis": axis}
+    node = helper.make_node(op, ["x"], ["y"], **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ops.KERNELS[op]([x], {**attrs, "opset": opset})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_engine_gives_softmax_the_model_opset(tmp_path):
+    from builders import ModelBuilder
+    from sim.model import spiking_from_proto
+    from spiking_helpers import convert_with_data
+    b = ModelBuilder(0)
+    x = b.node("Relu", [b.conv("input", 1, 6)])
+    data = np.random.default_rng(0).random((8, 1, 5, 5)).astype(np.float32)
+    proto = load_spiking(convert_with_data(b.build({"input": [1, 5, 5]}, [x]), data, tmp_path, T=8)[0]).proto
+    last = [n for n in proto.graph.node if n.op_type == "IFNeuron"][-1].output[0]
+    proto.graph.node.append(helper.make_node("Softmax", [last], ["y"], axis=1))  # over C, H and W before 13
+    state = [o for o in proto.graph.output if o.name.startswith("state.")]
+    del proto.graph.output[:]
+    proto.graph.output.extend([helper.make_tensor_value_info("y", TensorProto.FLOAT, None)] + state)
+    next(o for o in proto.opset_import if o.domain == "").version = 12
+    model = spiking_from_proto(proto, tmp_path / "softmax12.snn.onnx")
+    ours = NumpyEngine(model, linear="numpy").run({"input": data}, 8).outputs["y"]
+    np.testing.assert_allclose(ours, OrtEngine(model).run({"input": data}, 8).outputs["y"], atol=1e-6)
