@@ -30,7 +30,7 @@ from sim.drain import BiasTerm, bias_terms
 from sim.model import DEFAULT_DOMAINS, SPIKING_DOMAIN, SpikingModel
 from sim.nchwc import blocked_constant, blocked_conv, blocked_pool, blocked_view, from_blocked, to_blocked
 from sim.neurons import NEURON_KERNELS, REUSING, maxpool_neuron
-from sim.ops import KERNELS, attributes
+from sim.ops import KERNELS, attributes, axes_from, softmax_axes
 
 ELEMENTWISE = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Greater", "Less",
@@ -150,7 +150,7 @@ class NumpyEngine:
         self.model = model
         self.nodes = model.nodes
         self.attrs = [attributes(n) for n in self.nodes]
-        opset = next((o.version for o in model.proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+        opset = next((o.version for o in model.proto.opset_import if o.domain in DEFAULT_DOMAINS), 13)
         for node, attrs in zip(self.nodes, self.attrs):
             if node.op_type in ("Softmax", "LogSoftmax") and node.domain in DEFAULT_DOMAINS:
                 attrs["opset"] = opset  # their axis semantics changed at opset 13 (sim.ops.softmax_axes)
@@ -242,7 +242,7 @@ class NumpyEngine:
                 elif node.domain == SPIKING_DOMAIN:
                     kernel = (self.blocked_pools.get(i) if block else None) or self.pools.get(i) \
                         or NEURON_KERNELS[node.op_type]
-                    reuse = node.op_type in REUSING and self._given_up(i, node, inputs[0], env, steps)
+                    reuse = node.op_type in REUSING and self._reusable(i, node.input[0], inputs[0], env, steps)
                     outs = self._neuron(kernel, node, attrs, inputs, steps, result, observe, block, reuse)
                 else:
                     reuse = next((k for k in (0, 1) if node.op_type in IN_PLACE and len(node.input) == 2
@@ -263,10 +263,6 @@ class NumpyEngine:
             data = value.data if isinstance(value, Seq) else np.broadcast_to(value, (1,) + np.shape(value))
             result.outputs[name] = np.broadcast_to(data, (steps,) + data.shape[1:])
         return result
-
-    def _given_up(self, i: int, node: onnx.NodeProto, x, env: dict, steps: int) -> bool:
-        """_reusable for node i's first input."""
-        return self._reusable(i, node.input[0], x, env, steps)
 
     def _reusable(self, i: int, name: str, x, env: dict, steps: int) -> bool:
         """True when node i is the last reader of tensor `name`, a [steps, ...] array the engine made (a fed
@@ -507,19 +503,16 @@ def _foldable(op: str, attrs: dict, inputs: list) -> bool:
         perm = attrs.get("perm")
         return perm is not None and perm[0] == 0
     if op in ORDER_DEPENDENT and op.startswith("Reduce"):
-        axes = attrs.get("axes")
-        if axes is None and len(inputs) > 1 and inputs[1] is not None and not isinstance(inputs[1], Seq):
-            axes = np.asarray(inputs[1]).reshape(-1).tolist()
+        axes = axes_from(inputs, 1, attrs)
         return bool(axes) and all(int(a) % rank != 0 for a in axes)
+    if op in ("Softmax", "LogSoftmax"):
+        return 0 not in softmax_axes(attrs, rank)
     if op in AXIS_OPS:
         if op == "Concat" and not all(isinstance(v, Seq) for v in inputs):
             return False
         if op == "Gather":
             return attrs.get("axis", 0) % rank != 0
-        if op in ("Softmax", "LogSoftmax"):
-            default = 1 if attrs.get("opset", 13) < 13 else -1
-        else:
-            default = 1 if op == "Flatten" else (-1 if op == "LayerNormalization" else 0)
+        default = 1 if op == "Flatten" else (-1 if op == "LayerNormalization" else 0)
         axis = attrs.get("axis", default)
         return axis % rank != 0 if axis != 0 else False
     return False

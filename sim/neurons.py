@@ -105,7 +105,8 @@ def running_sum(x: np.ndarray, T: int, reuse_input: bool = False) -> np.ndarray:
 
 
 def maxpool_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int,
-                   pool: Callable[[list, dict], list] | None = None, reuse_input: bool = False) -> tuple[np.ndarray, None]:
+                   pool: Callable[[list, dict], list] | None = None,
+                   reuse_input: bool = False) -> tuple[np.ndarray, None]:
     """`pool`: the MaxPool kernel of the folded [T * B, ...] sums (default NumPy's; the engine passes a faster one)."""
     x = inputs[0]
     acc = running_sum(x, T, reuse_input)

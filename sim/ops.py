@@ -76,7 +76,7 @@ def _int_list(values: np.ndarray | Sequence[int]) -> list[int]:
     return [int(v) for v in np.asarray(values).reshape(-1)]
 
 
-def _axes_from(inputs: Sequence[np.ndarray | None], index: int, attrs: dict[str, Any]) -> list[int] | None:
+def axes_from(inputs: Sequence[np.ndarray | None], index: int, attrs: dict[str, Any]) -> list[int] | None:
     """Axes given as input ``index`` (newer opsets) or as the ``axes`` attribute."""
     axes_input = _optional(inputs, index)
     if axes_input is not None:
@@ -727,7 +727,7 @@ def _log_softmax(inputs, attrs):
 def _reduction(function: Callable[..., np.ndarray], axes_input_index: int = 1) -> Kernel:
     def kernel(inputs, attrs):
         x = inputs[0]
-        axes = _axes_from(inputs, axes_input_index, attrs)
+        axes = axes_from(inputs, axes_input_index, attrs)
         keepdims = bool(attrs.get("keepdims", 1))
         if not axes:
             if attrs.get("noop_with_empty_axes", 0):
@@ -863,7 +863,7 @@ def _gather(inputs, attrs):
 @_register("Squeeze")
 def _squeeze(inputs, attrs):
     x = inputs[0]
-    axes = _axes_from(inputs, 1, attrs)
+    axes = axes_from(inputs, 1, attrs)
     if axes is None:
         return [np.squeeze(x)]
     return [np.squeeze(x, axis=tuple(_normalize_axis(a, x.ndim) for a in axes))]
@@ -872,7 +872,7 @@ def _squeeze(inputs, attrs):
 @_register("Unsqueeze")
 def _unsqueeze(inputs, attrs):
     x = inputs[0]
-    axes = _axes_from(inputs, 1, attrs)
+    axes = axes_from(inputs, 1, attrs)
     rank = x.ndim + len(axes)
     return [np.expand_dims(x, tuple(_normalize_axis(a, rank) for a in axes))]
 
@@ -895,7 +895,7 @@ def _pad(inputs, attrs):
         pads = _int_list(pads_input)
         value_input = _optional(inputs, 2)
         value = _scalar(value_input) if value_input is not None and value_input.size else 0
-        axes = _axes_from(inputs, 3, {})
+        axes = axes_from(inputs, 3, {})
     else:
         pads = list(attrs["pads"])
         value = attrs.get("value", 0.0)

@@ -82,7 +82,7 @@ def test_kernels_reusing_their_input_equal_fresh_output(kernel, extra):
         assert np.shares_memory(reused[0], given)
 
 
-def test_given_up_only_when_nothing_else_can_read_it(tmp_path):
+def test_reusable_only_when_nothing_else_can_read_it(tmp_path):
     x = np.random.default_rng(0).random((6, 1, 6, 6)).astype(np.float32)
     model = load_spiking(convert_with_data(_chain(), x, tmp_path)[0])
     engine = NumpyEngine(model)
@@ -90,15 +90,15 @@ def test_given_up_only_when_nothing_else_can_read_it(tmp_path):
     node = model.nodes[i]
     data = np.zeros((8, 6, 4, 6, 6), np.float32)
     seq = Seq(data)
-    assert engine._given_up(i, node, seq, {node.input[0]: seq}, 8)
-    assert not engine._given_up(i, node, seq, {node.input[0]: seq}, 1)  # one step: could be the caller's array
-    assert not engine._given_up(i, node, Seq(data[:1]), {}, 8)  # time-invariant [1, ...]
+    assert engine._reusable(i, node.input[0], seq, {node.input[0]: seq}, 8)
+    assert not engine._reusable(i, node.input[0], seq, {node.input[0]: seq}, 1)  # one step: could be the caller's array
+    assert not engine._reusable(i, node.input[0], Seq(data[:1]), {}, 8)  # time-invariant [1, ...]
     view = Seq(data.reshape(8, 6, -1))
-    assert not engine._given_up(i, node, seq, {node.input[0]: seq, "other": view}, 8)  # a live view of it
+    assert not engine._reusable(i, node.input[0], seq, {node.input[0]: seq, "other": view}, 8)  # a live view of it
     shared = load_spiking(convert_with_data(_shared_inputs(), x, tmp_path, name="shared")[0])
     k = next(k for k, n in enumerate(shared.nodes) if n.op_type == "IFNeuron")  # its input is read by an Add later
     first = shared.nodes[k]
-    assert not NumpyEngine(shared)._given_up(k, first, seq, {first.input[0]: seq}, 8)
+    assert not NumpyEngine(shared)._reusable(k, first.input[0], seq, {first.input[0]: seq}, 8)
 
 
 def test_in_place_arithmetic_only_when_the_result_fits_the_given_up_operand():
