@@ -172,6 +172,13 @@ class NumpyEngine:
         self.pools = {i: partial(maxpool_neuron, pool=OrtNode(model, _maxpool_of(node), threads))
                       for i, node in enumerate(self.nodes)
                       if linear == "onnxruntime" and node.domain == SPIKING_DOMAIN and node.op_type == "MaxPoolNeuron"}
+        # SpikeMatMul index -> its kernel with the products under onnxruntime's MatMul: the GEMM of the stepped file,
+        # whose sums round as OpenBLAS's do not (the first difference of the engines on the ViT example, 2e-5 at
+        # step 0, flipped spikes downstream); per matrix its floats do not depend on how many are batched
+        self.products = {i: partial(NEURON_KERNELS[node.op_type],
+                                    product=OrtNode(model, _product_of(node), threads, constants={}))
+                         for i, node in enumerate(self.nodes)
+                         if linear == "onnxruntime" and node.domain == SPIKING_DOMAIN and node.op_type == "SpikeMatMul"}
         # with `blocked`, Convs (and MaxPool neurons) that onnxruntime runs channel-blocked keep that layout
         # between them (sim/nchwc.py): same floats, no reorder on every call
         opsets = [o for o in model.proto.opset_import if o.domain in DEFAULT_DOMAINS]
@@ -241,7 +248,7 @@ class NumpyEngine:
                     outs = self._blocked(kernel, node, attrs, inputs, steps)
                 elif node.domain == SPIKING_DOMAIN:
                     kernel = (self.blocked_pools.get(i) if block else None) or self.pools.get(i) \
-                        or NEURON_KERNELS[node.op_type]
+                        or self.products.get(i) or NEURON_KERNELS[node.op_type]
                     reuse = node.op_type in REUSING and self._reusable(i, node.input[0], inputs[0], env, steps)
                     outs = self._neuron(kernel, node, attrs, inputs, steps, result, observe, block, reuse)
                 else:
@@ -381,33 +388,37 @@ class NumpyEngine:
 
 class OrtNode:
     """One stateless linear or pooling node as a one-node onnxruntime session with its constant inputs baked in, called
-    like a NumPy kernel. The session is built on first use. Inputs other than float32, and a node that
-    onnxruntime cannot load (`reason` says why), go to the NumPy kernel."""
+    like a NumPy kernel. Its other inputs are fed (the first alone for a delegated node; both operands of the
+    products of a spike product, whose node has no constants). The session is built on first use. Inputs other
+    than float32, and a node that onnxruntime cannot load (`reason` says why), go to the NumPy kernel."""
 
-    def __init__(self, model: SpikingModel, node: onnx.NodeProto, threads: int):
+    def __init__(self, model: SpikingModel, node: onnx.NodeProto, threads: int,
+                 constants: dict[str, np.ndarray] | None = None):
         self.model, self.node, self.threads = model, node, threads
+        self.constants = model.constants if constants is None else constants
         self.fallback = KERNELS[node.op_type]
         self.session: ort.InferenceSession | None = None
         self.reason = ""
         self.lock = threading.Lock()
 
     def __call__(self, inputs: list, attrs: dict) -> list:
-        x = inputs[0]
-        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.size == 0:
+        feeds = {name: x for name, x in zip(self.node.input, inputs) if name and name not in self.constants}
+        if not all(isinstance(x, np.ndarray) and x.dtype == np.float32 and x.size for x in feeds.values()):
             return self.fallback(inputs, attrs)
         with self.lock:
             if self.session is None and not self.reason:
-                self._build(x.ndim)
+                self._build({name: x.ndim for name, x in feeds.items()})
         if self.session is None:
             return self.fallback(inputs, attrs)
-        return self.session.run(None, {self.node.input[0]: np.ascontiguousarray(x)})
+        return self.session.run(None, {name: np.ascontiguousarray(x) for name, x in feeds.items()})
 
-    def _build(self, rank: int) -> None:
-        node, constants = self.node, self.model.constants
-        inits = [onnx.numpy_helper.from_array(constants[n], n) for n in dict.fromkeys(node.input[1:]) if n]
+    def _build(self, ranks: dict[str, int]) -> None:
+        node = self.node
+        inits = [onnx.numpy_helper.from_array(self.constants[n], n)
+                 for n in dict.fromkeys(node.input) if n in self.constants]
         graph = onnx.helper.make_graph(
             [node], node.name or node.op_type,
-            [onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, [None] * rank)],
+            [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [None] * r) for n, r in ranks.items()],
             [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in node.output], inits)
         opsets = [o for o in self.model.proto.opset_import if o.domain in DEFAULT_DOMAINS]
         proto = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=self.model.proto.ir_version)
@@ -459,6 +470,11 @@ def _maxpool_of(node: onnx.NodeProto) -> onnx.NodeProto:
     del pool.input[1:]
     del pool.output[1:]
     return pool
+
+
+def _product_of(node: onnx.NodeProto) -> onnx.NodeProto:
+    """The standard MatMul of a SpikeMatMul's products, of two fed operands (its kernel names them)."""
+    return onnx.helper.make_node("MatMul", ["a", "b"], ["y"], name=f"{node.name}.product")
 
 
 def _delegable(model: SpikingModel, node: onnx.NodeProto) -> bool:

@@ -142,14 +142,21 @@ def rate_correct(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tup
 
 
 def _spike_product(op: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> NeuronKernel:
-    def kernel(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, None]:
+    def kernel(inputs: list[np.ndarray], attrs: dict[str, Any], T: int,
+               product: Callable[[list, dict], list] | None = None) -> tuple[np.ndarray, None]:
+        """`product`: the kernel of the products [x, y] -> [x op y] over [T, B, ...] (default NumPy's `op`; the
+        engine passes onnxruntime's MatMul, whose sums round as in the stepped file and OpenBLAS's do not)."""
         a, b = (np.asarray(v, np.float32) for v in inputs[:2])
         sum_b = running_sum(b, T)
         sum_a_before = np.zeros((T,) + a.shape[1:], np.float32)
         if T > 1:
             sum_a_before[1:] = running_sum(a, T - 1)
-        delta = op(_over_window(a, T), sum_b)
-        delta += op(sum_a_before, _over_window(b, T))
+        if product is None:
+            delta = op(_over_window(a, T), sum_b)
+            delta += op(sum_a_before, _over_window(b, T))
+        else:  # a and b of length 1 broadcast over the window inside the product
+            delta = product([a, sum_b], attrs)[0]
+            delta += product([sum_a_before, b], attrs)[0]
         out = np.empty_like(delta)
         emitted = np.zeros(delta.shape[1:], np.float32)
         for t in range(T):
