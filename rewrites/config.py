@@ -80,6 +80,20 @@ class NormSpec:
 
 
 @dataclass(frozen=True)
+class LayerSetting:
+    """One ReLU layer's conversion where it departs from the options: chosen per layer by `convert` on the
+    calibration data (ann2snn/tune.py)."""
+
+    neuron: Neuron
+    norm: NormSpec
+    per_channel: bool
+    phi: float
+
+    def to_json(self) -> dict:
+        return {"neuron": self.neuron.value, "norm": str(self.norm), "per_channel": self.per_channel, "phi": self.phi}
+
+
+@dataclass(frozen=True)
 class ConvertOptions:
     norm: NormSpec = field(default_factory=NormSpec)
     phi: float = 0.5
@@ -92,6 +106,12 @@ class ConvertOptions:
     nonlinear: Nonlinear = Nonlinear.UGO
     ugo_size: int | None = None  # hidden neurons per UGO; None: STA's size for the function
     allow_float: tuple[str, ...] = ()  # op types kept as exact float operators when nothing else maps them
+    drain_steps: int = 0  # E: the drain steps the file is converted for (metadata ann2snn.drain_steps)
+    layer_settings: dict[str, LayerSetting] = field(default_factory=dict)  # by ReLU node name
+
+    def setting(self, node: str) -> LayerSetting:
+        """The conversion of ReLU layer `node`: its own setting, else the options'."""
+        return self.layer_settings.get(node) or LayerSetting(self.neuron, self.norm, self.per_channel, self.phi)
 
     @property
     def effective_tmax(self) -> int:
@@ -105,6 +125,8 @@ class ConvertOptions:
             raise Ann2SnnError(f"invalid T {self.default_T}", "T must be at least 1")
         if not isinstance(self.neuron, Neuron):
             raise Ann2SnnError(f"invalid --neuron {self.neuron!r}", "use 'if' or 'signed'")
+        if self.drain_steps < 0:
+            raise Ann2SnnError(f"invalid --drain-steps {self.drain_steps}", "use 0 or more drain steps")
         if self.ugo_size is not None and self.ugo_size < 1:
             raise Ann2SnnError(f"invalid --ugo-size {self.ugo_size}", "use at least 1 hidden neuron")
         if self.tmax is not None:

@@ -20,7 +20,7 @@ from onnx import helper
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onnx
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
-from rewrites import __version__
+from rewrites import __version__, drive
 from rewrites.config import ConvertOptions
 from rewrites.errors import ModelError
 from rewrites.graph import WEIGHTLESS_ABOVE, default_opset, without_weights
@@ -156,9 +156,19 @@ def spiking_nodes(graph: gs.Graph) -> list[gs.Node]:
     return [n for n in graph.nodes if n.domain == DOMAIN]
 
 
+def _with_budget(layers: list[dict], gated: drive.DriveGate) -> list[dict]:
+    """Layer entries with the signed neurons' spike budget as the file holds it: the steps with drive so far
+    ('steps') or none (null) where the gate replaced the conversion's T."""
+    budget = set(gated.budget)
+    kind = "steps" if gated.drive is not None else None
+    return [{**layer, "tmax": kind} if layer["node"] in budget else layer for layer in layers]
+
+
 def export_spiking(graph: gs.Graph, source: onnx.ModelProto, options: ConvertOptions,
                    layers: list[dict], fingerprint: str) -> onnx.ModelProto:
     graph.cleanup().toposort()
+    gated = drive.gate(graph, default_budget=options.tmax is None)
+    graph.toposort()
     used = {}
     for node in spiking_nodes(graph):
         spec = OPERATORS[node.op]
@@ -166,11 +176,15 @@ def export_spiking(graph: gs.Graph, source: onnx.ModelProto, options: ConvertOpt
         k = len(spec.state)
         graph.inputs.extend(node.inputs[len(node.inputs) - k:])
         graph.outputs.extend(node.outputs[1:1 + k])
+    if gated.drive is not None:
+        graph.inputs.append(gated.drive)
     opset = default_opset(source)
     # constants that passes replaced (weight_norm's scaled weights) are garbage held in graphsurgeon's reference
     # cycles, with any values they loaded: free them before the model's copy of the weights is built
     gc.collect()
     model = graph_to_model(graph, release=True)
+    if gated.drive is not None:  # an input with a default: a runtime that does not feed it steps with input
+        model.graph.initializer.append(helper.make_tensor(drive.DRIVE, onnx.TensorProto.FLOAT, [], [1.0]))
     del model.opset_import[:]
     model.opset_import.extend([helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
     model.ir_version = max(source.ir_version, 8)
@@ -188,8 +202,11 @@ def export_spiking(graph: gs.Graph, source: onnx.ModelProto, options: ConvertOpt
         "ann2snn.norm": str(options.norm),
         "ann2snn.nonlinear": options.nonlinear.value,
         "ann2snn.source_fingerprint": fingerprint,
-        "ann2snn.layers": json.dumps(layers),
+        "ann2snn.layers": json.dumps(_with_budget(layers, gated)),
+        "ann2snn.drain_steps": str(options.drain_steps if gated.drive is not None else 0),
     })
+    if gated.reason:
+        meta["ann2snn.no_drain"] = gated.reason
     del model.metadata_props[:]
     for key in sorted(meta):
         model.metadata_props.add(key=key, value=meta[key])

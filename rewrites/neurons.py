@@ -89,6 +89,19 @@ RATE_CORRECT = OperatorSpec(
 )
 
 
+STEP_COUNT = OperatorSpec(
+    "StepCount",
+    inputs=("drive",),
+    state=("count",),
+    attributes=(),
+    doc=(
+        "The number of steps with drive so far (shape [1]): Y = count + drive; count_next = Y. Fed the file's "
+        "snn.drive, it counts the input steps and stays put in drain steps: the spike budget of the signed "
+        "neurons, so that a file run longer than its T keeps its meaning."
+    ),
+)
+
+
 def _product_spec(op: str, how: str) -> OperatorSpec:
     return OperatorSpec(
         f"Spike{op}",
@@ -109,7 +122,9 @@ SPIKE_MATMUL = _product_spec("MatMul", "a matrix product")
 SPIKE_MUL = _product_spec("Mul", "elementwise")
 
 OPERATORS: dict[str, OperatorSpec] = {spec.op_type: spec for spec in (
-    IF_NEURON, SIGNED_IF_NEURON, MAXPOOL_NEURON, RUNNING_MEAN, RATE_CORRECT, SPIKE_MATMUL, SPIKE_MUL)}
+    IF_NEURON, SIGNED_IF_NEURON, MAXPOOL_NEURON, RUNNING_MEAN, RATE_CORRECT, SPIKE_MATMUL, SPIKE_MUL, STEP_COUNT)}
+# operators whose output divides by the step count: steps without charge (drain) would dilute them
+TIME_NORMALISED = frozenset({"SpikeMatMul", "SpikeMul", "RunningMean", "RateCorrect"})
 STEP_STATE = "step"  # the per-node step counter, shape [1]
 
 
@@ -212,6 +227,14 @@ def _product_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
     return _function(spec, nodes, opset)
 
 
+def _step_count_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
+    nodes = [
+        helper.make_node("Add", ["count", "drive"], ["Y"]),
+        helper.make_node("Identity", ["Y"], ["count_next"]),
+    ]
+    return _function(spec, nodes, opset)
+
+
 def _function(spec: OperatorSpec, nodes: list[onnx.NodeProto], opset: int) -> onnx.FunctionProto:
     return helper.make_function(
         DOMAIN, spec.op_type,
@@ -226,4 +249,5 @@ def _function(spec: OperatorSpec, nodes: list[onnx.NodeProto], opset: int) -> on
 
 _BODIES = {"IFNeuron": _if_neuron_body, "SignedIFNeuron": _signed_if_neuron_body,
            "MaxPoolNeuron": _maxpool_neuron_body, "RunningMean": _running_mean_body,
-           "RateCorrect": _rate_correct_body, "SpikeMatMul": _product_body, "SpikeMul": _product_body}
+           "RateCorrect": _rate_correct_body, "SpikeMatMul": _product_body, "SpikeMul": _product_body,
+           "StepCount": _step_count_body}

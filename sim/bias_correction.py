@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from rewrites.calibration.data import Dataset, load_dataset
 from sim.analysis import neuron_layers
 from sim.engine import NumpyEngine
-from sim.model import SpikingModel, spiking_from_proto
+from sim.model import DRIVE, SpikingModel, spiking_from_proto
 from sim.ort import OrtEngine
 from sim.simulate import AnnReference
 
@@ -49,20 +49,31 @@ def _driving_bias(model: onnx.ModelProto, tensor: str) -> tuple[onnx.NodeProto |
 
 
 def _set_bias(model: onnx.ModelProto, node: onnx.NodeProto, shift: np.ndarray) -> str:
+    """Add `shift` to the bias of `node`, through the file's drain gate (a Mul by snn.drive) if it has one;
+    a bias made here is gated too, so that drain steps still leave it out."""
     inits = {t.name: t for t in model.graph.initializer}
-    if len(node.input) > 2 and node.input[2] in inits:
-        old = inits[node.input[2]]
-        bias = numpy_helper.to_array(old).astype(np.float64) + shift
-        old.CopyFrom(numpy_helper.from_array(bias.astype(np.float32), old.name))
+    gates = {n.output[0]: n for n in model.graph.node if n.op_type == "Mul" and DRIVE in n.input}
+    bias = node.input[2] if len(node.input) > 2 else ""
+    if bias in gates:
+        bias = next(x for x in gates[bias].input if x != DRIVE)
+    if bias in inits:
+        old = inits[bias]
+        value = numpy_helper.to_array(old).astype(np.float64) + shift
+        old.CopyFrom(numpy_helper.from_array(value.astype(np.float32), old.name))
         return old.name
     name = f"{node.name}.bias_corrected"
     model.graph.initializer.append(numpy_helper.from_array(shift.astype(np.float32), name))
+    read = name
+    if DRIVE in {i.name for i in model.graph.input}:
+        read = f"{name}.driven"
+        position = list(model.graph.node).index(node)
+        model.graph.node.insert(position, onnx.helper.make_node("Mul", [name, DRIVE], [read], f"{name}.gate"))
     while len(node.input) < 2:
         node.input.append("")
     if len(node.input) == 2:
-        node.input.append(name)
+        node.input.append(read)
     else:
-        node.input[2] = name
+        node.input[2] = read
     return name
 
 

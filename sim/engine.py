@@ -200,7 +200,7 @@ class NumpyEngine:
         leading steps, and per-step activity."""
         if drain and extra_t and self.drain_terms is None:
             self.drain_terms = bias_terms(self.model)
-        drained = self.drain_terms if drain and extra_t else {}
+        drained = self.drain_terms if drain and extra_t else None
         run = lambda f: self._run(f, T, extra_t, observe, drained)  # noqa: E731
         batch = len(next(iter(feeds.values())))
         step = max(1, self.memory_budget // (self.sample_bytes * (T + extra_t)))
@@ -221,7 +221,8 @@ class NumpyEngine:
         return WindowResult.concat(parts)
 
     def _run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int, observe: int,
-             drained: dict[int, BiasTerm]) -> WindowResult:
+             drained: dict[int, BiasTerm] | None) -> WindowResult:
+        """`drained`: the bias terms left out after T steps, None when the silent steps are not drain steps."""
         steps = T + extra_t
         result = WindowResult({})
         env: dict[str, Any] = dict(self.model.constants)
@@ -235,6 +236,8 @@ class NumpyEngine:
             else:
                 env[name] = Seq(x[None])
         blocking = bool(self.blocked_convs) and not drained
+        drain_attrs = {"driven_steps": T} if drained is not None else {}
+        drained = drained or {}
         for i, (node, attrs) in enumerate(zip(self.nodes, self.attrs)):
             inputs = [env[n] if n else None for n in node.input]
             block = self._block_of(i, node, inputs) if blocking else 0
@@ -249,6 +252,10 @@ class NumpyEngine:
                 elif node.domain == SPIKING_DOMAIN:
                     kernel = (self.blocked_pools.get(i) if block else None) or self.pools.get(i) \
                         or self.products.get(i) or NEURON_KERNELS[node.op_type]
+                    if node.op_type == "StepCount":
+                        attrs = {**attrs, **drain_attrs}
+                    elif node.op_type == "SignedIFNeuron" and isinstance(inputs[4], Seq):
+                        attrs = {**attrs, "tmax_per_step": True}
                     reuse = node.op_type in REUSING and self._reusable(i, node.input[0], inputs[0], env, steps)
                     outs = self._neuron(kernel, node, attrs, inputs, steps, result, observe, block, reuse)
                 else:
@@ -289,7 +296,8 @@ class NumpyEngine:
             return self.blocked_convs[i].block
         if i in self.blocked_ops:
             return x.block if x.data.ndim == 5 else 0
-        seqs = [v for v in inputs if isinstance(v, Seq)]
+        budget = 4 if node.domain == SPIKING_DOMAIN and node.op_type == "SignedIFNeuron" else -1  # a step count
+        seqs = [v for k, v in enumerate(inputs) if isinstance(v, Seq) and k != budget]
         if not seqs or not seqs[0].block or any(s.block != seqs[0].block for s in seqs):
             return 0
         block = seqs[0].block
@@ -326,7 +334,9 @@ class NumpyEngine:
             args[0] = np.asarray(args[0])[None]
         shape = args[0].shape[1:]
         if block and node.op_type in BLOCKED_NEURONS:  # elementwise: run on the memory order
-            args = [blocked_view(args[0], block)] + [blocked_constant(c, shape, block) for c in args[1:]]
+            args = [blocked_view(args[0], block)] + [c if attrs.get("tmax_per_step") and k == 4
+                                                     else blocked_constant(c, shape, block)
+                                                     for k, c in enumerate(args[1:], start=1)]
         out, counts = kernel(args, attrs, steps, reuse_input=True) if reuse_input else kernel(args, attrs, steps)
         if block and node.op_type in BLOCKED_NEURONS:
             out = out.reshape((steps,) + shape)

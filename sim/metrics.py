@@ -98,6 +98,7 @@ class SimulationReport:
     layer_error: dict | None = None
     until_silent: dict | None = None
     drain: bool = False
+    notes: list[str] = field(default_factory=list)  # where the run departs from what the file was converted for
     engine_note: str = ""  # why the engine ran otherwise than by default (the Loop fell back to stepping)
 
     @property
@@ -107,7 +108,7 @@ class SimulationReport:
     def to_json(self) -> dict:
         return {
             "engine": self.engine, "engine_note": self.engine_note or None, "T": self.T, "extra_t": self.extra_t,
-            "drain": self.drain,
+            "drain": self.drain, "notes": self.notes,
             "samples": self.samples,
             "seconds": self.seconds, "ann_accuracy": self.ann_accuracy,
             "steps": self.steps, "accuracy": self.accuracy, "agreement": self.agreement,

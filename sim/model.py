@@ -15,6 +15,7 @@ from rewrites.graph import load_model
 
 SPIKING_DOMAIN = "ai.ann2snn"
 DEFAULT_DOMAINS = ("", "ai.onnx")
+DRIVE = "snn.drive"  # the file's optional drain gate (docs/contract.md)
 
 
 @dataclass
@@ -26,6 +27,9 @@ class SpikingModel:
     state_inputs: list[str]
     constants: dict[str, np.ndarray]
     metadata: dict[str, str]
+    # the file's drain gate folded away (fold_drive): the (node, input) pairs that read a gated constant
+    gated: frozenset[tuple[int, int]] = frozenset()
+    drainable: bool = False  # the file has the gate
 
     @property
     def nodes(self) -> list[onnx.NodeProto]:
@@ -39,6 +43,12 @@ class SpikingModel:
     def default_T(self) -> int | None:
         value = self.metadata.get("ann2snn.default_T")
         return int(value) if value and value.isdigit() else None
+
+    @property
+    def drain_steps(self) -> int:
+        """The drain steps the file was converted for (0: none, or a file without the gate)."""
+        value = self.metadata.get("ann2snn.drain_steps", "")
+        return int(value) if value.isdigit() and self.drainable else 0
 
 
 def load_spiking(path: str | Path) -> SpikingModel:
@@ -92,7 +102,37 @@ def spiking_from_proto(model: onnx.ModelProto, path: Path) -> SpikingModel:
     if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
         raise SpikingModelError(f"{path}: metadata 'ann2snn.layers' is not a JSON list of objects",
                                 "the file was edited after export; export it again with `ann2snn convert`")
-    return SpikingModel(path, model, input_specs(model), data_outputs, state_inputs, constants, metadata)
+    folded, gated = fold_drive(model)
+    return SpikingModel(path, folded, input_specs(model), data_outputs, state_inputs, constants, metadata, gated,
+                        folded is not model)
+
+
+def fold_drive(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, frozenset[tuple[int, int]]]:
+    """The file's step at drive 1 without its gates (every Mul by snn.drive of a constant or of a data input
+    is dropped and its readers read the operand), and the (node index, input index) pairs that read a gated
+    constant, indexed in the folded model. Other readers of snn.drive (the step count) keep reading it."""
+    graph = proto.graph
+    if DRIVE not in {i.name for i in graph.input}:
+        return proto, frozenset()
+    gates = {n.output[0]: next(x for x in n.input if x != DRIVE) for n in graph.node
+             if n.op_type == "Mul" and n.domain in DEFAULT_DOMAINS and DRIVE in n.input and len(n.input) == 2}
+    constants = {t.name for t in graph.initializer}
+    folded = onnx.ModelProto()
+    folded.CopyFrom(proto)
+    kept = [n for n in folded.graph.node if not (n.op_type == "Mul" and n.output[0] in gates)]
+    gated = set()
+    for i, node in enumerate(kept):
+        for k, name in enumerate(node.input):
+            if name in gates:
+                node.input[k] = gates[name]
+                if gates[name] in constants:
+                    gated.add((i, k))
+    del folded.graph.node[:]
+    folded.graph.node.extend(kept)
+    kept_info = [vi for vi in folded.graph.value_info if vi.name not in gates]
+    del folded.graph.value_info[:]
+    folded.graph.value_info.extend(kept_info)
+    return folded, frozenset(gated)
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list:

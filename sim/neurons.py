@@ -51,7 +51,12 @@ def signed_if_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int,
     x, threshold, fire_level, unfire_level, tmax = (np.asarray(a) for a in inputs[:5])
     threshold, fire_level, unfire_level, tmax = (a.astype(np.float32, copy=False)
                                                  for a in (threshold, fire_level, unfire_level, tmax))
-    bounded = bool(np.any(tmax < T))  # else the count (at most one spike a step) never reaches tmax
+    if attrs.get("tmax_per_step"):  # the budget is a sequence [T, 1] (a StepCount): one value a step
+        budget = tmax.reshape(T)
+        bounded = bool(np.any(budget < np.arange(1, T + 1)))
+    else:
+        budget = np.broadcast_to(tmax, (T,) + tmax.shape)
+        bounded = bool(np.any(tmax < T))  # else the count (at most one spike a step) never reaches tmax
     out = _output_for(x, T, reuse_input)
     v = np.zeros(x.shape[1:], np.float32)  # the membrane, updated in place
     count = np.zeros_like(v)
@@ -62,7 +67,7 @@ def signed_if_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int,
         np.add(v, x[t if len(x) > 1 else 0], out=v)
         np.greater_equal(v, fire_level, out=up)
         if bounded:
-            np.less(count, tmax, out=gate)
+            np.less(count, budget[t], out=gate)
             up &= gate
         np.less(v, unfire_level, out=down)
         np.greater(count, np.float32(0.0), out=gate)
@@ -167,8 +172,15 @@ def _spike_product(op: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Neuron
     return kernel
 
 
+def step_count(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, None]:
+    """Steps with drive so far, [T, 1]: 1, 2, .. up to attrs["driven_steps"] (the input steps; default every
+    step), then constant through the drain steps."""
+    driven = attrs.get("driven_steps", T)
+    return np.minimum(np.arange(1, T + 1), driven).astype(np.float32).reshape(T, 1), None
+
+
 REUSING = frozenset({"IFNeuron", "SignedIFNeuron", "MaxPoolNeuron"})  # kernels that take reuse_input
-NON_FIRING = frozenset({"MaxPoolNeuron", "RunningMean", "RateCorrect", "SpikeMatMul", "SpikeMul"})
+NON_FIRING = frozenset({"MaxPoolNeuron", "RunningMean", "RateCorrect", "SpikeMatMul", "SpikeMul", "StepCount"})
 NEURON_KERNELS: dict[str, NeuronKernel] = {
     "IFNeuron": if_neuron,
     "SignedIFNeuron": signed_if_neuron,
@@ -177,4 +189,5 @@ NEURON_KERNELS: dict[str, NeuronKernel] = {
     "RateCorrect": rate_correct,
     "SpikeMatMul": _spike_product(np.matmul),
     "SpikeMul": _spike_product(np.multiply),
+    "StepCount": step_count,
 }

@@ -58,20 +58,56 @@ class Analyses:
     until_silent: int | None = None  # cap on the silent steps
 
 
-def simulate(snn_path: str | Path, data_path: str | Path, T: int, extra_t: int = 0, engine: str = "numpy",
-             ann_path: str | Path | None = None, batch_size: int = 128, limit: int | None = None,
-             progress: Progress | None = None, memory_budget: int | None = None,
-             analyses: Analyses = Analyses(), drain: bool = False) -> SimulationReport:
-    """`drain`: the silent steps (extra_t, until-silent) also leave out every bias (sim/drain.py)."""
-    check_window(T, extra_t, batch_size)
+@dataclass(frozen=True)
+class Window:
+    """The steps of a run: T input steps, then extra_t silent steps, drain steps with `drain`."""
+
+    T: int
+    extra_t: int
+    drain: bool
+    notes: tuple[str, ...] = ()
+
+
+def window_for(model: SpikingModel, T: int | None, extra_t: int | None, drain: bool | None) -> Window:
+    """The window a run uses where it is not told: T from the file's ann2snn.default_T (else 32), and the
+    file's ann2snn.drain_steps as drain steps. Notes say where the run departs from what the file was
+    converted for."""
+    file_T = model.default_T
+    steps = T or file_T or 32
+    drain_steps = model.drain_steps
+    if extra_t is None:
+        extra_t = drain_steps if drain is not False else 0
+        drain = bool(drain_steps) if drain is None else drain
+    drain = bool(drain) and extra_t > 0
+    notes = []
+    if file_T and steps != file_T:
+        notes.append(f"the file was converted for T = {file_T} (its thresholds, spike budgets and any bias "
+                     f"correction target that T); this run has T = {steps}")
+    if drain_steps and not drain:
+        notes.append(f"the file was converted to be read after {drain_steps} drain steps (ann2snn.drain_steps); "
+                     "this run has none")
+    return Window(steps, extra_t, drain, tuple(notes))
+
+
+def simulate(snn_path: str | Path, data_path: str | Path, T: int | None = None, extra_t: int | None = None,
+             engine: str = "numpy", ann_path: str | Path | None = None, batch_size: int = 128,
+             limit: int | None = None, progress: Progress | None = None, memory_budget: int | None = None,
+             analyses: Analyses = Analyses(), drain: bool | None = None) -> SimulationReport:
+    """`drain`: the silent steps (extra_t, until-silent) are drain steps (sim/drain.py). T, extra_t and drain
+    left None follow the file (window_for)."""
     model = load_spiking(snn_path)
+    window = window_for(model, T, extra_t, drain)
+    check_window(window.T, window.extra_t, batch_size)
     dataset = load_dataset(data_path, model.inputs, limit)
     runner = make_engine(model, engine, memory_budget)
     if analyses.layer_error and not ann_path:
         raise Ann2SnnError("the layer error report needs the ANN", "pass --ann MODEL")
-    extra = LayerErrors(neuron_layers(model), T + extra_t).tensors() if analyses.layer_error else []
+    extra = LayerErrors(neuron_layers(model), window.T + window.extra_t).tensors() if analyses.layer_error else []
     ann = AnnReference(ann_path, model, extra) if ann_path else None
-    return run_dataset(runner, model, dataset, T, extra_t, ann, batch_size, progress, analyses, drain)
+    report = run_dataset(runner, model, dataset, window.T, window.extra_t, ann, batch_size, progress, analyses,
+                         window.drain)
+    report.notes = list(window.notes)
+    return report
 
 
 def check_window(T: int, extra_t: int, batch_size: int) -> None:

@@ -36,3 +36,23 @@ def both_engines(snn_path: Path, x: np.ndarray, T: int, extra_t: int = 0, drain:
     a = NumpyEngine(model).run({name: x}, T, extra_t, drain=drain)
     b = OrtEngine(model).run({name: x}, T, extra_t, drain=drain)
     return a, b, model.outputs[0]
+
+
+def step_by_contract(snn_path: Path, feeds: dict[str, np.ndarray], T: int, drain: int = 0) -> np.ndarray:
+    """The decoded first output after T input steps and `drain` steps with snn.drive = 0, stepping the file
+    knowing only the public contract (docs/contract.md): state fed zeros, then its .next outputs; the mean of
+    the step outputs divides by T. No simulator code is used."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(snn_path), providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in session.get_outputs()]
+    states = [i for i in session.get_inputs() if i.name.startswith("state.")]
+    batch = len(next(iter(feeds.values())))
+    state = {s.name: np.zeros([d if isinstance(d, int) else batch for d in s.shape], np.float32) for s in states}
+    first = next(o for o in outputs if not o.startswith("state."))
+    total = 0.0
+    for t in range(T + drain):
+        values = session.run([first] + [s.name + ".next" for s in states],
+                             {**feeds, **state, "snn.drive": np.array(1.0 if t < T else 0.0, np.float32)})
+        total = total + values[0].astype(np.float64)
+        state = dict(zip(state, values[1:]))
+    return total / T

@@ -11,27 +11,29 @@ import json
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from builders import ModelBuilder, small_cnn
 from conftest import run_ort
+from rewrites import drive
 from rewrites.config import Neuron
 from sim.drain import bias_terms, without_biases
 from sim.metrics import running_mean
-from sim.model import SpikingModel
-from spiking_helpers import both_engines, convert_with_data
+from sim.model import SpikingModel, fold_drive
+from spiking_helpers import both_engines, convert_with_data, step_by_contract
 from test_cli import invoke as cli
 from test_qcfs import classic, to_spiking
 
 L = 4
 
 
-def deep_qcfs(seed=3):
+def deep_qcfs(seed=3, levels=L):
     """input [N, 6] -> Gemm(10) -> QCFS(1.5) -> Gemm(8) -> QCFS(2.0) -> Gemm(5), every bias nonzero."""
     b = ModelBuilder(seed)
-    x = classic(b, b.gemm("input", 6, 10), 1.5, L, True)
-    x = classic(b, b.gemm(x, 10, 8), 2.0, L, True)
+    x = classic(b, b.gemm("input", 6, 10), 1.5, levels, True)
+    x = classic(b, b.gemm(x, 10, 8), 2.0, levels, True)
     return b.build({"input": [6]}, [b.gemm(x, 8, 5)])
 
 
@@ -50,6 +52,25 @@ def test_qcfs_network_at_T_equal_L_plus_drain_is_the_ann(tmp_path):
     _, biased, _ = both_engines(snn, x, L, extra, drain=False)
     decoded = running_mean(biased.outputs[name], input_steps=L)[-1]
     assert np.abs(decoded - ann).max() > 0.1
+
+
+def test_the_file_drains_by_its_own_gate(tmp_path):
+    """Stepped by the contract alone (snn.drive fed 0 after T steps), the exported file is the QCFS ANN at
+    T = L, as the simulator finds it. Run for 2L input steps, its signed neurons' budget (the steps with
+    drive) grows with it: the same closed form gives the QCFS network of 2L levels, not a collapse."""
+    model = deep_qcfs()
+    x = np.random.default_rng(0).normal(0, 1.5, (64, 6)).astype(np.float32)
+    (ann,) = run_ort(model, {"input": x})
+    snn, _ = to_spiking(model, tmp_path, L, neuron=Neuron.SIGNED)
+    extra = 4 * L
+    np.testing.assert_allclose(step_by_contract(snn, {"input": x}, L, extra), ann, atol=1e-4)
+    numpy_run, _, name = both_engines(snn, x, L, extra, drain=True)
+    np.testing.assert_allclose(running_mean(numpy_run.outputs[name], input_steps=L)[-1],
+                               step_by_contract(snn, {"input": x}, L, extra), atol=1e-5)
+    (finer,) = run_ort(deep_qcfs(levels=2 * L), {"input": x})
+    np.testing.assert_allclose(step_by_contract(snn, {"input": x}, 2 * L, 2 * extra), finer, atol=1e-4)
+    for run in both_engines(snn, x, 2 * L, 2 * extra, drain=True)[:2]:
+        np.testing.assert_allclose(running_mean(run.outputs[name], input_steps=2 * L)[-1], finer, atol=1e-4)
 
 
 def test_engines_agree_under_drain_on_a_residual_cnn(tmp_path):
@@ -100,25 +121,52 @@ def _affine_model():
     return model
 
 
-def test_bias_terms_are_the_constant_additive_terms_of_signals(tmp_path):
+def _gated(proto):
+    """`proto` with the converter's drain gate (rewrites/drive.py), as export_spiking adds it."""
+    graph = gs.import_onnx(proto)
+    report = drive.gate(graph, default_budget=False)
+    graph.inputs.append(report.drive)
+    model = gs.export_onnx(graph)
+    model.graph.initializer.append(helper.make_tensor(drive.DRIVE, TensorProto.FLOAT, [], [1.0]))
+    return model, report
+
+
+def test_the_gate_covers_the_constant_additive_terms_of_signals(tmp_path):
     proto = _affine_model()
+    gated, report = _gated(proto)
+    # not int_add (integers on the shape path), not two_signals (no constant)
+    assert sorted(report.gated) == ["bn.2", "bn.3", "centre.1", "conv.2", "flip.0", "gemm.2", "shift.0"]
+    assert report.inputs == ["x"] and report.reason == ""
+    model = _as_model(gated, tmp_path)
+    assert [n.name for n in model.proto.graph.node] == [n.name for n in proto.graph.node]  # folded at drive 1
+    terms = bias_terms(model)
     constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    terms = bias_terms(SpikingModel(tmp_path / "m.onnx", proto, [], ["y"], [], constants, {}))
-    found = {proto.graph.node[i].name: (t.inputs, t.offset_for(4)) for i, t in terms.items()}
-    assert sorted(found) == ["bn", "centre", "conv", "flip", "gemm", "shift"]  # not int_add, not two_signals
+    found = {model.nodes[i].name: (t.inputs, t.offset_for(4)) for i, t in terms.items()}
+    assert sorted(found) == ["bn", "centre", "conv", "flip", "gemm", "shift"]
     np.testing.assert_array_equal(found["centre"][1], -constants["m"])  # Sub(x, m) adds -m
     np.testing.assert_array_equal(found["flip"][1], constants["k"])  # Sub(k, x) adds k
     np.testing.assert_allclose(found["gemm"][1], 0.5 * constants["gc"])
     assert found["conv"][1].shape == (2, 1, 1) and found["bn"][0] == (2, 3)  # BN: its bias and mean zeroed
     # an affine graph without its constant terms is its linear part: f(x) - f(0)
-    drained = without_biases(proto, terms)
+    drained = without_biases(model.proto, terms)
     x = np.random.default_rng(2).normal(size=(5, 1, 4, 4)).astype(np.float32)
     y, head = run_ort(drained, {"x": x})
     y_full, _ = run_ort(proto, {"x": x})
     y_zero, _ = run_ort(proto, {"x": np.zeros_like(x)})
     np.testing.assert_allclose(y, y_full - y_zero, atol=1e-4)
     np.testing.assert_array_equal(head, [5, 2])
-    assert len(proto.graph.initializer) == len(drained.graph.initializer) - 7  # the original is untouched
+    # the file itself, fed drive 0: every term and the input gated, so the output is f(0) - f(0) = 0
+    y_gated, _ = run_ort(gated, {"x": x, drive.DRIVE: np.array(0.0, np.float32)})
+    np.testing.assert_allclose(y_gated, 0.0, atol=1e-5)
+    y_open, _ = run_ort(gated, {"x": x})  # not fed: its initializer, 1
+    np.testing.assert_array_equal(y_open, y_full)
+
+
+def _as_model(proto, tmp_path):
+    """The gated plain model read as the simulator reads a file: gate folded, gated pairs kept."""
+    folded, gated = fold_drive(proto)
+    constants = {t.name: numpy_helper.to_array(t) for t in folded.graph.initializer}
+    return SpikingModel(tmp_path / "m.onnx", folded, [], ["y"], [], constants, {}, gated, True)
 
 
 def test_decoding_after_drain_divides_by_the_input_steps():

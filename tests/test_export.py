@@ -29,16 +29,22 @@ def test_state_contract(tmp_path):
     outputs = [o.name for o in snn.graph.output]
     # the original inputs and outputs first, same names, same order
     assert inputs[:1] == [i.name for i in model.graph.input] and outputs[:1] == [o.name for o in model.graph.output]
-    states = inputs[1:]
+    # then the state, then the drain gate: a scalar float input whose initializer holds 1
+    assert inputs[-1] == "snn.drive"
+    states = inputs[1:-1]
     assert states and all(s.startswith("state.") for s in states)
     assert outputs[1:] == [s + ".next" for s in states]
-    for vi in snn.graph.input[1:]:
+    drive = next(i for i in snn.graph.input if i.name == "snn.drive")
+    assert drive.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and not drive.type.tensor_type.shape.dim
+    assert onnx.numpy_helper.to_array(next(t for t in snn.graph.initializer if t.name == "snn.drive")) == 1.0
+    for vi in snn.graph.input[1:-1]:
         dims = vi.type.tensor_type.shape.dim
         assert dims[0].dim_param and all(d.dim_value > 0 for d in dims[1:])
     assert {f.name for f in snn.functions} == {"IFNeuron", "MaxPoolNeuron"}
     assert {f.domain for f in snn.functions} == {"ai.ann2snn"}
     meta = {p.key: p.value for p in snn.metadata_props}
     assert meta["ann2snn.decoding"] == "mean" and meta["ann2snn.coding"] == "direct"
+    assert meta["ann2snn.drain_steps"] == "0" and "ann2snn.no_drain" not in meta
     assert [l["node"] for l in json.loads(meta["ann2snn.layers"])] == [l["node"] for l in result.layers]
 
 

@@ -260,12 +260,12 @@ def test_the_report_says_when_the_loop_fell_back(cnn, monkeypatch, tmp_path):
 
 def test_a_state_input_of_a_non_number_type_is_refused(tmp_path):
     """Found by the spiking fuzz run: a state input whose type was cleared (tests/fuzzing.py retype_input,
-    case cnn_opset11/retype_input/11000243) passed shape inference and crashed the Loop builder. Both engines
-    now refuse it with one of our errors."""
+    case cnn_opset11/retype_input/11000243; 11000002 since the inputs end with snn.drive) passed shape
+    inference and crashed the Loop builder. Both engines now refuse it with one of our errors."""
     import fuzzing
     data = fuzzing.write_data(tmp_path)
     seeds = fuzzing.spiking_seeds(tmp_path, data)
-    case = fuzzing.Case("cnn_opset11", "retype_input", 11000243)
+    case = fuzzing.Case("cnn_opset11", "retype_input", 11000002)
     outcome = fuzzing.run_spiking_case(case, tmp_path, data, seeds)
     assert not outcome.crash and "SpikingModelError" in outcome.error and "not a number type" in outcome.error
 

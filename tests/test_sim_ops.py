@@ -792,7 +792,9 @@ def test_engine_linear_backends_agree_with_onnxruntime_engine(tmp_path):
         np.testing.assert_allclose(result.outputs[model.outputs[0]], reference.outputs[model.outputs[0]],
                                    rtol=1e-5, atol=1e-5)
         assert {k: v.spikes for k, v in result.spikes.items()} == {k: v.spikes for k, v in reference.spikes.items()}
-    assert all(n.session is not None and not n.reason for n in delegated.delegated.values())
+    # every delegated node ran under onnxruntime: plain, or channel-blocked where this CPU has the NCHWc kernels
+    assert all(n.session is not None and not n.reason for i, n in delegated.delegated.items()
+               if i not in delegated.blocked_convs)
 
 
 def test_engine_slices_on_workers_equal_one_slice(tmp_path):

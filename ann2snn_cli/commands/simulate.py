@@ -19,8 +19,9 @@ def command(
     data: DataOpt,
     steps: Annotated[Optional[int], typer.Option("--T", min=1, help="Time steps with input (default: the "
                                                  "model's recorded default).")] = None,
-    extra_t: Annotated[int, typer.Option("--extra-t", min=0, help="Further steps with zero input, outputs still "
-                                         "accumulated.")] = 0,
+    extra_t: Annotated[Optional[int], typer.Option("--extra-t", min=0, help="Further steps with zero input, "
+                       "outputs still accumulated (default: the drain steps the file was converted for, "
+                       "ann2snn.drain_steps, usually 0).")] = None,
     engine: Annotated[str, typer.Option("--engine", help="numpy (layer by layer over the whole window) or "
                                         "onnxruntime (the exported step graph inside one ONNX Loop over the window).")] = "numpy",
     ann: Annotated[Optional[Path], typer.Option("--ann", metavar="FILE", help="The original ANN: report "
@@ -45,31 +46,35 @@ def command(
     sweep_extra_t: Annotated[Optional[int], typer.Option("--sweep-extra-t", metavar="E", min=0, help="Print seed "
                              "000's table instead: rows t (1..T, or 1, 2, 4, .. T when T > 16), columns extra_t = "
                              "0..E, accuracy after t + extra_t steps.")] = None,
-    drain: Annotated[bool, typer.Option("--drain", help="Silent steps (--extra-t, --until-silent, --sweep-extra-t) "
-                     "leave out the biases too: no new charge enters, neurons only settle; the output is decoded as "
-                     "its sum over all steps / T.")] = False,
+    drain: Annotated[Optional[bool], typer.Option("--drain/--no-drain", help="Silent steps (--extra-t, "
+                     "--until-silent, --sweep-extra-t) are drain steps: the file's input snn.drive is 0, so neither "
+                     "input nor biases charge in and neurons only settle; the output is decoded as its sum over "
+                     "all steps / T (default: drain when the file was converted for drain steps).")] = None,
     json_out: JsonOpt = None,
 ) -> None:
     with errors_to_exit_codes():
         from rewrites.errors import Ann2SnnError, InputFileError
         from sim.metrics import report_steps
         from sim.model import load_spiking
-        from sim.simulate import Analyses, simulate
+        from sim.simulate import Analyses, simulate, window_for
         from sim.simulate import sweep_extra_t as sweep_extra_t_table
         if max_drop is not None and ann is None:
             raise Ann2SnnError("--max-drop needs --ann", "give the ANN the model was converted from")
-        T = steps or load_spiking(model).default_T or 32
         out = Output(json_out)
         if sweep_extra_t is not None:
+            window = window_for(load_spiking(model), steps, 0, drain)
+            T = window.T
             ts = list(range(1, T + 1)) if T <= 16 else report_steps(T)
             grid = sweep_extra_t_table(model, data, ts, sweep_extra_t, engine, batch_size, limit, max_memory * 2**20,
-                                       drain)
+                                       bool(drain))
             render_sweep(out, grid)
             out.emit_json({"sweep_extra_t": grid})
             return
         with out.progress("simulating", 0) as progress:
-            report = simulate(model, data, T, extra_t, engine, ann, batch_size, limit, progress,
+            report = simulate(model, data, steps, extra_t, engine, ann, batch_size, limit, progress,
                               max_memory * 2**20, Analyses(layer_error, until_silent), drain)
+        for note in report.notes:
+            out.note(f"note: {note}")
         render(out, report)
         result = report.to_json()
         failures = gate_failures(report, min_accuracy, max_drop)

@@ -13,7 +13,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from rewrites.calibration.stats import TensorStats
-from rewrites.config import Neuron
+from rewrites.config import LayerSetting, Neuron
 from rewrites.errors import CalibrationError
 from rewrites.neurons import IF_NEURON, SIGNED_IF_NEURON
 from rewrites.optable import clip_bounds, is_relu_like
@@ -24,12 +24,11 @@ from rewrites.thresholds import threshold
 DEAD_THRESHOLD = 1.0  # used when a ReLU never saw a positive input: it never fires, any theta works
 
 
-def thresholds(stats: TensorStats, ctx: PassContext, rank: int, node: str) -> np.ndarray:
-    """The layer's threshold (a scalar), or with --per-channel one per channel shaped to broadcast along
-    axis 1 of a tensor of rank `rank`."""
-    options = ctx.options
-    rule = (options.norm.kind.value, options.norm.percentile, options.default_T, options.phi)
-    if not options.per_channel:
+def thresholds(stats: TensorStats, setting: LayerSetting, T: int, rank: int, node: str) -> np.ndarray:
+    """The layer's threshold (a scalar), or per channel one per channel shaped to broadcast along axis 1 of a
+    tensor of rank `rank`."""
+    rule = (setting.norm.kind.value, setting.norm.percentile, T, setting.phi)
+    if not setting.per_channel:
         return np.array(threshold(stats, *rule))
     if stats.channels is None or stats.channel_axis != 1:
         raise CalibrationError(f"calibration has no per-channel statistics for '{stats.name}' (node '{node}')",
@@ -38,37 +37,52 @@ def thresholds(stats: TensorStats, ctx: PassContext, rank: int, node: str) -> np
     return values.reshape((-1,) + (1,) * (rank - 2))
 
 
+def layer_threshold(stats: TensorStats, setting: LayerSetting, T: int, rank: int, node: str,
+                    cap: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The threshold the neuron gets (float64, capped at a Clip's max; DEAD_THRESHOLD where the layer never
+    saw a positive input, so it never fires) and where it is dead."""
+    theta = thresholds(stats, setting, T, rank, node)
+    if cap is not None:
+        theta = np.minimum(theta, cap)
+    dead = theta <= 0.0
+    return np.asarray(np.where(dead, DEAD_THRESHOLD, theta), np.float64), dead
+
+
+def neuron_constants(node: str, theta: np.ndarray, setting: LayerSetting, tmax: float | None) -> list[gs.Constant]:
+    """threshold, fire_level (and for the signed neuron unfire_level, tmax) of a neuron with threshold theta
+    and initial membrane phi * theta, stored relative to it (docs/contract.md)."""
+    phi = setting.phi
+    constants = [gs.Constant(f"{node}.threshold", np.asarray(theta, np.float32)),
+                 gs.Constant(f"{node}.fire_level", np.asarray(theta * (1.0 - phi), np.float32))]
+    if setting.neuron is Neuron.SIGNED:  # the membrane theta*phi + v is negative when the stored v is below -theta*phi
+        constants += [gs.Constant(f"{node}.unfire_level", np.array(-theta * phi, np.float32)),
+                      gs.Constant(f"{node}.tmax", np.array(tmax, np.float32))]
+    return constants
+
+
 def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     report = PassReport("relu_to_if")
     if ctx.calibration is None:
         raise CalibrationError("relu_to_if needs a calibration", "pass --calib FILE from `ann2snn calibrate`")
-    phi = ctx.options.phi
-    signed = ctx.options.neuron is Neuron.SIGNED
-    spec = SIGNED_IF_NEURON if signed else IF_NEURON
-    tmax = ctx.options.effective_tmax if signed else None
+    options = ctx.options
     for node in [n for n in graph.nodes if is_relu_like(n) and n.name not in ctx.kept_float]:
+        setting = options.setting(node.name)
+        signed = setting.neuron is Neuron.SIGNED
+        spec = SIGNED_IF_NEURON if signed else IF_NEURON
+        tmax = options.tmax if options.tmax is not None else options.default_T if signed else None
         x, y = node.inputs[0], node.outputs[0]
         stats = ctx.calibration.stats(x.name, node.name)
-        theta = thresholds(stats, ctx, len(x.shape or ()), node.name)
         cap = clip_bounds(node)[1] if node.op == "Clip" else None
-        if cap is not None:
-            theta = np.minimum(theta, cap)
-        dead = theta <= 0.0
-        theta = np.asarray(np.where(dead, DEAD_THRESHOLD, theta), np.float64)
-        theta_c = gs.Constant(f"{node.name}.threshold", np.asarray(theta, np.float32))
-        fire_c = gs.Constant(f"{node.name}.fire_level", np.asarray(theta * (1.0 - phi), np.float32))
-        inputs = [x, theta_c, fire_c]
-        if signed:  # the membrane theta*phi + v is negative when the stored v is below -theta*phi
-            inputs += [gs.Constant(f"{node.name}.unfire_level", np.array(-theta * phi, np.float32)),
-                       gs.Constant(f"{node.name}.tmax", np.array(tmax, np.float32))]
-        neuron = spiking_node(spec, node.name, inputs, y, [y] * len(spec.state))
+        theta, dead = layer_threshold(stats, setting, options.default_T, len(x.shape or ()), node.name, cap)
+        neuron = spiking_node(spec, node.name, [x] + neuron_constants(node.name, theta, setting, tmax), y,
+                              [y] * len(spec.state))
         replace_node(graph, node, neuron)
         report.converted.append(node.name)
         report.layers.append({"node": node.name, "op": spec.op_type, "from": node.op,
-                              "neuron": ctx.options.neuron.value, "tmax": tmax,
+                              "neuron": setting.neuron.value, "tmax": tmax,
                               "threshold": float(theta) if theta.ndim == 0 else theta.reshape(-1).tolist(),
-                              "phi": phi, "norm": str(ctx.options.norm),
-                              "input": x.name, "calibrated_max": stats.maximum,
+                              "phi": setting.phi, "norm": str(setting.norm), "per_channel": setting.per_channel,
+                              "input": x.name, "calibrated_max": stats.maximum, "cap": cap,
                               "dead": bool(np.all(dead))})
     return report
 

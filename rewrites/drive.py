@@ -1,0 +1,117 @@
+"""The drain gate of the exported file: its optional scalar input `snn.drive` (docs/contract.md, "Drain").
+
+Declared with an initializer of the same name holding 1.0, so a runtime that does not know it need not feed
+it. Fed 0, nothing new charges in: the float data inputs and every constant additive term read drive x
+their value, namely
+- the bias of a Conv, ConvTranspose or Gemm whose data operand is a signal;
+- the bias and the mean of a BatchNormalization left unfolded (its offset B - mean * scale / sqrt(var + eps));
+- the constant operand of an Add or Sub whose other operand is a signal.
+The neurons then only settle. A runtime steps T input steps, then E drain steps with snn.drive = 0, and
+decodes by the file's rule (the mean divides by T).
+
+The spike budget of the signed neurons whose --tmax was not given is the number of steps with drive so far
+(a StepCount node): it never binds in input steps (a neuron fires at most once a step) and holds the count
+at T in drain steps, whatever the T a runtime picks. A file cannot drain when it holds an operator that
+divides by the step count, or a data input that is not float32; its signed neurons then have no budget, and
+the metadata says why it has no gate."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from rewrites.neurons import DOMAIN, SIGNED_IF_NEURON, STEP_COUNT, TIME_NORMALISED
+
+DRIVE = "snn.drive"
+STEPS = "snn.steps"
+NO_COUNT_BOUND = 2.0 ** 24  # float32 counts stay exact below it
+
+
+@dataclass
+class DriveGate:
+    gated: list[str] = field(default_factory=list)  # "<node>.<input index>" of every gated constant
+    inputs: list[str] = field(default_factory=list)  # the data inputs gated
+    budget: list[str] = field(default_factory=list)  # signed neurons budgeted by the step count (none without gate)
+    reason: str = ""  # why the file has no gate ('' when it has one)
+    drive: gs.Variable | None = None  # the input to declare, after the state inputs
+
+
+def not_drainable(graph: gs.Graph, data: list[gs.Variable]) -> str:
+    for node in graph.nodes:
+        if node.domain == DOMAIN and node.op in TIME_NORMALISED:
+            return f"node '{node.name}' ({node.op}) divides by the step count: steps without charge would dilute it"
+    for x in data:
+        if x.dtype != np.float32:
+            return f"data input '{x.name}' is {np.dtype(x.dtype).name if x.dtype is not None else 'untyped'}, " \
+                   "not float32: it cannot be gated"
+    return ""
+
+
+def _is_float_constant(t) -> bool:
+    return isinstance(t, gs.Constant) and np.dtype(t.dtype).kind == "f"
+
+
+def additive_terms(node: gs.Node, signals: set[str]) -> tuple[int, ...]:
+    """The inputs of `node` that hold a constant additive term (see the module docstring)."""
+    ins = node.inputs
+    if node.domain not in (None, "", "ai.onnx") or not ins or not ins[0].name:
+        return ()
+    if node.op in ("Conv", "ConvTranspose", "Gemm"):
+        return (2,) if len(ins) > 2 and ins[0].name in signals and _is_float_constant(ins[2]) else ()
+    if node.op == "BatchNormalization":
+        return (2, 3) if len(ins) >= 5 and ins[0].name in signals and all(
+            _is_float_constant(t) for t in ins[1:5]) else ()
+    if node.op in ("Add", "Sub") and len(ins) == 2:
+        for k in (0, 1):
+            if _is_float_constant(ins[k]) and ins[1 - k].name in signals:
+                return (k,)
+    return ()
+
+
+def gate(graph: gs.Graph, default_budget: bool) -> DriveGate:
+    """Add the drive gate to the spiking graph (before export), or say why it cannot have one. The caller
+    declares `drive` as the graph's last input, with an initializer of 1.0 in the exported model.
+    `default_budget`: the signed neurons made from ReLUs (and QCFS chains) had no --tmax."""
+    data = [t for t in graph.inputs if not t.name.startswith("state.")]
+    budgeted = [n for n in graph.nodes if n.domain == DOMAIN and n.op == SIGNED_IF_NEURON.op_type
+                and default_budget and len(n.inputs) > 4 and n.inputs[4].name == f"{n.name}.tmax"]
+    report = DriveGate(reason=not_drainable(graph, data))
+    if report.reason:
+        unbounded = gs.Constant("snn.no_count_bound", np.array(NO_COUNT_BOUND, np.float32))
+        for neuron in budgeted:
+            neuron.inputs[4] = unbounded
+            report.budget.append(neuron.name)
+        return report
+    drive = gs.Variable(DRIVE, np.float32, [])
+    signals = {x.name for x in data}
+    gated: dict[str, gs.Variable] = {}
+    for node in list(graph.nodes):
+        for k in additive_terms(node, signals):
+            const = node.inputs[k]
+            if const.name not in gated:
+                out = gs.Variable(f"{const.name}.driven", np.float32, const.shape)
+                graph.nodes.append(gs.Node("Mul", name=f"{const.name}.gate", inputs=[const, drive], outputs=[out]))
+                gated[const.name] = out
+            node.inputs[k] = gated[const.name]
+            report.gated.append(f"{node.name}.{k}")
+        if any(t.name in signals for t in node.inputs):
+            signals.update(t.name for t in node.outputs)
+    for x in data:
+        out = gs.Variable(f"{x.name}.driven", np.float32, x.shape)
+        for reader in list(x.outputs):
+            for k, t in enumerate(reader.inputs):
+                if t is x:
+                    reader.inputs[k] = out
+        graph.nodes.append(gs.Node("Mul", name=f"{x.name}.gate", inputs=[x, drive], outputs=[out]))
+        report.inputs.append(x.name)
+    if budgeted:
+        steps = gs.Variable(STEPS, np.float32, [1])
+        count = f"state.{STEPS}.{STEP_COUNT.state[0]}"  # the contract's state naming, shape [1]
+        graph.nodes.append(gs.Node(STEP_COUNT.op_type, name=STEPS, domain=DOMAIN, inputs=[
+            drive, gs.Variable(count, np.float32, [1])], outputs=[steps, gs.Variable(count + ".next", np.float32, [1])]))
+        for neuron in budgeted:
+            neuron.inputs[4] = steps
+            report.budget.append(neuron.name)
+    report.drive = drive
+    return report
