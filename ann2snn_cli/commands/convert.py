@@ -18,34 +18,41 @@ NAME = "convert"
 
 def command(
     model: Annotated[Path, typer.Argument(help="The ANN as an ONNX file.")],
-    calib: Annotated[Path, typer.Option("--calib", metavar="FILE", help="Calibration JSON from `ann2snn calibrate` "
-                                       "for this model.")],
+    data: Annotated[Optional[Path], typer.Option("--data", metavar="FILE", help="Calibration samples (.npz/.npy "
+                    "or an image folder): thresholds are calibrated on them and each ReLU layer's options are "
+                    "chosen by its measured error on them. Not needed for a QCFS network.")] = None,
+    calib: Annotated[Optional[Path], typer.Option("--calib", metavar="FILE", help="Calibration JSON from "
+                     "`ann2snn calibrate` for this model, instead of calibrating on --data.")] = None,
+    save_calib: Annotated[Optional[Path], typer.Option("--save-calib", metavar="FILE", help="Keep the calibration "
+                          "made from --data as JSON (for --calib later).")] = None,
     output: OutOpt = None,
+    default_t: Annotated[Optional[int], typer.Option("--T", min=1, help="Time steps the conversion targets "
+                         "(default: L for a QCFS-trained model, else 8); recorded as the file's default.")] = None,
     norm: Annotated[Optional[str], typer.Option(
-        "--norm", help="Threshold rule: 'max', 'percentile:Q', or 'mmse' (minimise the squared error of the IF "
-        "neuron's output at --T steps over the calibration histogram) (default: the one recorded by calibrate).")] = None,
-    per_channel: Annotated[bool, typer.Option("--per-channel", help="One threshold per channel (axis 1) instead "
-                                              "of one per layer.")] = False,
-    bias_correction: Annotated[bool, typer.Option("--bias-correction", help="After conversion, shift each "
-                               "neuron layer's bias per channel by the mean gap between ANN activation and SNN "
-                               "rate at --T steps, measured layer by layer on --data.")] = False,
-    data: Annotated[Optional[Path], typer.Option("--data", metavar="FILE", help="Samples for --bias-correction "
-                    "(the calibration data).")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="--bias-correction: use only the first N "
-                     "samples.")] = None,
-    phi: Annotated[float, typer.Option("--phi", help="Initial membrane potential as a fraction of the threshold "
-                                       "(0.5: QCFS shift, 0: classic conversion).")] = 0.5,
-    default_t: Annotated[Optional[int], typer.Option("--T", min=1, help="Number of time steps the conversion "
-                         "targets (mmse, bias correction, signed tmax) and records as the model's default for "
-                         "`simulate` (default: L for a QCFS-trained model, else 32).")] = None,
-    neuron: Annotated[str, typer.Option(
+        "--norm", help="Threshold rule for every ReLU layer: 'max', 'percentile:Q', or 'mmse' (the threshold "
+        "that minimises the squared error of the IF neuron's output at --T steps). Default: chosen per layer "
+        "on --data.")] = None,
+    per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help="One threshold per "
+                           "channel (axis 1), or one per layer (default: chosen per layer on --data).")] = None,
+    neuron: Annotated[Optional[str], typer.Option(
         "--neuron", metavar="if|signed",
         help="Neuron that replaces each ReLU. 'if': integrate-and-fire with soft reset, positive spikes only. "
-             "'signed': two-type IF neuron (seed 000, QFFS/ST-BIF) that also fires negative spikes to take back "
-             "spikes fired too early; its net spike count stays in [0, --tmax].")] = "if",
+             "'signed': a two-type IF neuron that also fires negative spikes to take back spikes fired too "
+             "early. Default: chosen per layer on --data; signed for a QCFS network.")] = None,
+    phi: Annotated[Optional[float], typer.Option("--phi", help="Initial membrane potential as a fraction of the "
+                   "threshold (0.5: the QCFS shift, 0: classic conversion). Default: chosen per layer.")] = None,
     tmax: Annotated[Optional[int], typer.Option(
-        "--tmax", min=1, help="Signed neuron only: the most net spikes one neuron may hold, which caps its "
-                              "decoded value at tmax*threshold/t (default: --T).")] = None,
+        "--tmax", min=1, help="Signed neuron only: a fixed spike budget per neuron (default: the number of steps "
+                              "with input so far, which holds the count at T in drain steps).")] = None,
+    bias_correction: Annotated[Optional[bool], typer.Option(
+        "--bias-correction/--no-bias-correction", help="Shift each neuron layer's bias per channel by the mean gap "
+        "between ANN activation and SNN rate at --T steps, measured layer by layer on --data (default: per "
+        "layer, where it lowers the measured error).")] = None,
+    drain_steps: Annotated[Optional[int], typer.Option(
+        "--drain-steps", min=0, help="Drain steps the file is meant to be read after (ann2snn.drain_steps; the "
+        "file's input snn.drive fed 0). Default: L for a QCFS network with signed neurons, else 0.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use only the first N samples of "
+                     "--data.")] = None,
     weight_norm: Annotated[bool, typer.Option(
         "--weight-norm", help="Layer-wise weight normalisation (seed 001): fold each neuron's threshold into "
                               "the weights around it, so that it fires unit spikes at threshold 1. Same spikes "
@@ -70,11 +77,9 @@ def command(
     json_out: JsonOpt = None,
 ) -> None:
     with errors_to_exit_codes():
-        from rewrites.calibration.stats import Calibration
-        from rewrites.config import ConvertOptions, Neuron, Nonlinear, NormSpec
-        from rewrites.convert import convert_model, suggested_T
+        from ann2snn.convert import ConvertRequest, convert
         from rewrites.errors import Ann2SnnError, UnsupportedNodesError
-        from rewrites.graph import load_model, save_model
+        from rewrites.graph import save_model
         from rewrites.passes import NORMALISE, PASSES
         skips = tuple(skip_pass or ())
         for name in skips:
@@ -82,28 +87,21 @@ def command(
                 raise Ann2SnnError(f"unknown pass {name!r}", f"passes: {', '.join(PASSES)}")
             if name not in {p.name for p in NORMALISE}:
                 raise Ann2SnnError(f"pass {name!r} cannot be skipped", "only normalising passes can be skipped")
-        if bias_correction and data is None:
-            raise Ann2SnnError("--bias-correction needs --data", "give the calibration data")
-        calibration = Calibration.read(calib)
-        ann = load_model(model)
-        default_t = default_t or suggested_T(ann)
-        options = ConvertOptions(NormSpec.parse(norm or calibration.method), phi, default_t, skips,
-                                 Neuron.parse(neuron), tmax, weight_norm, per_channel, Nonlinear.parse(nonlinear),
-                                 ugo_size, parse_ops(allow_float))
-        try:
-            result = convert_model(ann, calibration, options, model, calib, check=not no_check)
-        except UnsupportedNodesError as exc:  # the message lists 20 nodes; --json gets every one
-            Output(json_out).emit_json(exc.to_json())
-            raise
-        target = output or model.with_name(model.stem + ".snn.onnx")
-        if bias_correction:
-            from sim.bias_correction import correct_with_data
-            result.model, result.corrections = correct_with_data(result.model, target, model, data, default_t,
-                                                                 limit)
-        save_model(result.model, target)
+        if calib is not None and save_calib is not None:
+            raise Ann2SnnError("--save-calib keeps a calibration made from --data; --calib already names one")
+        request = ConvertRequest(default_t, norm, per_channel, neuron, phi, tmax, bias_correction, drain_steps,
+                                 weight_norm, nonlinear, ugo_size, parse_ops(allow_float), skips, limit, not no_check)
         out = Output(json_out)
-        render(out, result, target, options)
-        out.emit_json(summary(result, target, options))
+        target = output or model.with_name(model.stem + ".snn.onnx")
+        try:
+            with out.progress("converting", 0):
+                converted = convert(model, request, calib, data, save_calib)
+        except UnsupportedNodesError as exc:  # the message lists 20 nodes; --json gets every one
+            out.emit_json(exc.to_json())
+            raise
+        save_model(converted.result.model, target)
+        render(out, converted, target)
+        out.emit_json(summary(converted, target))
 
 
 def parse_ops(text: str | None) -> tuple[str, ...]:
@@ -124,11 +122,14 @@ def _threshold_text(value) -> str:
     return f"{value:.4g}"
 
 
-def summary(result, target: Path, options) -> dict:
+def summary(converted, target: Path) -> dict:
+    result, options = converted.result, converted.options
     return {
-        "output": str(target), "norm": str(options.norm), "phi": options.phi, "default_T": options.default_T,
-        "neuron": options.neuron.value, "tmax": options.effective_tmax if options.neuron.value == "signed" else None,
+        "output": str(target), "calibration": converted.calibration, "norm": str(options.norm), "phi": options.phi,
+        "default_T": options.default_T, "drain_steps": options.drain_steps,
+        "neuron": options.neuron.value, "tmax": options.tmax,
         "weight_norm": options.weight_norm, "per_channel": options.per_channel,
+        "chosen": {c.node: c.to_json() for c in converted.choices},
         "bias_correction": [vars(c) for c in result.corrections],
         "normalise_max_error": result.normalise_error,
         "ops_before": dict(sorted(result.ops_before.items())), "ops_after": dict(sorted(result.ops_after.items())),
@@ -138,27 +139,34 @@ def summary(result, target: Path, options) -> dict:
         "nonlinear": options.nonlinear.value,
         "ugo": result.ugo_fits,
         "kept_float": [n.node for n in result.kept_float],
+        "notes": converted.notes,
         "layers": result.layers,
     }
 
 
-def render(out: Output, result, target: Path, options) -> None:
+def render(out: Output, converted, target: Path) -> None:
+    result, options = converted.result, converted.options
     ops = sorted(set(result.ops_before) | set(result.ops_after))
     out.table("Operators before and after", ["op", "before", "after"],
               [[op, result.ops_before.get(op, 0), result.ops_after.get(op, 0)] for op in ops])
     rows = [[r.name, len(r.converted), "; ".join(f"{n}: {why}" for n, why in r.skipped)] for r in result.reports]
     out.table("Passes", ["pass", "changed", "left alone (why)"], rows)
     neurons = [l for l in result.layers if "threshold" in l]
-    if neurons:
+    if converted.choices:
+        out.table(f"Chosen per layer on {converted.calibration} (error: mean squared gap of the rate at "
+                  f"T = {options.default_T} to the ANN, relative)",
+                  ["node", "neuron", "threshold", "phi", "bias", "error", "default"],
+                  [[c.node, c.setting.neuron.value, f"{c.setting.norm}{' /ch' if c.setting.per_channel else ''}",
+                    f"{c.setting.phi:g}", "shifted" if c.bias_shift is not None else "-", f"{c.error:.4f}",
+                    f"{c.default_error:.4f}"] for c in converted.choices])
+    elif neurons:
         kind = "signed IF neurons" if options.neuron.value == "signed" else "IF neurons"
         title = f"{kind} ({options.norm}, phi {options.phi:g}"
-        title += f", tmax {options.effective_tmax})" if options.neuron.value == "signed" else ")"
-        qcfs = False
+        title += f", tmax {options.tmax or 'steps'})" if options.neuron.value == "signed" else ")"
         columns, rows = ["node", "from", "threshold", "calibrated max"], \
             [[l["node"], l["from"], _threshold_text(l["threshold"]), l["calibrated_max"]] for l in neurons]
         if any(l.get("norm") == "qcfs" for l in neurons):  # trained lambda and shift, not the options
             title += "; QCFS layers: threshold lambda, phi from the trained shift"
-            qcfs = True
             columns.append("phi")
             for row, l in zip(rows, neurons):
                 row.append(f"{l['phi']:g}")
@@ -168,9 +176,6 @@ def render(out: Output, result, target: Path, options) -> None:
                 row.append("folded (threshold 1)" if l.get("weight_norm") else
                            f"kept: {l.get('weight_norm_skipped', 'not reached')}")
         out.table(title, columns, rows)
-        if qcfs and options.neuron.value == "signed":
-            out.print(f"QCFS with signed neurons: `simulate --T {options.default_T} --extra-t {options.default_T} "
-                      "--drain` lets them settle at the ANN's activations (docs/ablation.md)")
     dead = [l["node"] for l in neurons if l.get("dead")]
     if dead:
         out.print(f"note: never active during calibration (threshold set to 1): {', '.join(dead)}")
@@ -185,4 +190,7 @@ def render(out: Output, result, target: Path, options) -> None:
     if result.corrections:
         out.table(f"Bias correction at T = {options.default_T}", ["layer", "bias shifted", "mean shift"],
                   [[c.node, c.bias or f"skipped: {c.skipped}", c.mean_shift] for c in result.corrections])
-    out.print(f"wrote {target}")
+    for note in converted.notes:
+        out.print(f"note: {note}")
+    drain = f", read after {options.drain_steps} drain steps" if options.drain_steps else ""
+    out.print(f"wrote {target} (T = {options.default_T}{drain})")

@@ -17,19 +17,20 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fmnist_cnn"
 
 
 def command(
-    steps: Annotated[int, typer.Option("--T", min=1, help="Time steps to simulate.")] = 32,
+    steps: Annotated[Optional[int], typer.Option("--T", min=1, help="Time steps to convert for and simulate "
+                                                 "(default: convert's, 8).")] = None,
     engine: Annotated[str, typer.Option("--engine", help="numpy or onnxruntime.")] = "numpy",
     out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Keep the calibration and spiking model "
                                                     "here (default: a temporary folder).")] = None,
     limit: LimitOpt = None,
 ) -> None:
     with errors_to_exit_codes():
+        from ann2snn.convert import ConvertRequest
+        from ann2snn.convert import convert as run_conversion
         from ann2snn_cli.commands import convert, simulate
         from rewrites.calibration.collect import calibrate as run_calibration
-        from rewrites.config import ConvertOptions, NormSpec
-        from rewrites.convert import convert_model
         from rewrites.errors import InputFileError
-        from rewrites.graph import load_model, save_model, write_text_atomic
+        from rewrites.graph import save_model, write_text_atomic
         from sim.simulate import simulate as run_simulation
         model, calib_data, test_data = (EXAMPLE / n for n in ("model.onnx", "calib.npz", "test.npz"))
         if not model.exists():
@@ -43,11 +44,12 @@ def command(
             with out.progress("calibrating", 0) as progress:
                 calibration = run_calibration(model, calib_data, 100, progress=progress)
             write_text_atomic(calib_path, calibration.to_json())
-            out.print(f"[bold]2/3 convert[/bold] ({calibration.method}, phi 0.5)")
-            options = ConvertOptions(NormSpec.parse(calibration.method), 0.5, steps)
-            result = convert_model(load_model(model), calibration, options, model, calib_path)
-            save_model(result.model, snn_path)
-            convert.render(out, result, snn_path, options)
+            out.print(f"[bold]2/3 convert[/bold] (each layer's options chosen on {calib_data.name})")
+            with out.progress("converting", 0):
+                converted = run_conversion(model, ConvertRequest(steps), calib_path, calib_data)
+            save_model(converted.result.model, snn_path)
+            convert.render(out, converted, snn_path)
+            steps = converted.options.default_T
             out.print(f"[bold]3/3 simulate[/bold] T = {steps} on {test_data.name}")
             with out.progress("simulating", 0) as progress:
                 report = run_simulation(snn_path, test_data, steps, 0, engine, model, 200, limit, progress)

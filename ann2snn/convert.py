@@ -1,0 +1,110 @@
+"""`ann2snn convert` as one library call: calibration from a file, from data or from the graph itself, the
+defaults chosen on the data where the caller left them open, the conversion, and any bias correction."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ann2snn.tune import LayerChoice, apply_bias_shifts, settings_of, tunable_layers, tune, tuned
+from rewrites.calibration.collect import calibrate
+from rewrites.calibration.data import input_specs, load_dataset
+from rewrites.calibration.stats import Calibration
+from rewrites.config import DEFAULT_NORM, ConvertOptions, Neuron, Nonlinear, NormSpec
+from rewrites.convert import ConversionResult, convert_model, normalise
+from rewrites.errors import Ann2SnnError, CalibrationError
+from rewrites.graph import fingerprint, load_model, write_text_atomic
+from rewrites.passes.qcfs_to_if import qcfs_levels
+
+DEFAULT_T = 8
+
+
+@dataclass(frozen=True)
+class ConvertRequest:
+    """What the caller asked for. None: chosen by `convert` (T: L for a QCFS network, else DEFAULT_T; the
+    neuron, threshold rule, per-channel, phi and bias correction of every ReLU layer: measured on the data,
+    ann2snn/tune.py; drain steps: L for a QCFS network converted to signed neurons, else 0)."""
+
+    T: int | None = None
+    norm: str | None = None
+    per_channel: bool | None = None
+    neuron: str | None = None
+    phi: float | None = None
+    tmax: int | None = None
+    bias_correction: bool | None = None
+    drain_steps: int | None = None
+    weight_norm: bool = False
+    nonlinear: str = "ugo"
+    ugo_size: int | None = None
+    allow_float: tuple[str, ...] = ()
+    skip_passes: tuple[str, ...] = ()
+    limit: int | None = None  # samples of the data used (calibration, tuning, bias correction)
+    check: bool = True  # the onnxruntime self-check of the normalising passes
+
+    @property
+    def tuning_given(self) -> bool:
+        """The caller fixed how the ReLU layers convert: nothing is searched."""
+        return any(v is not None for v in (self.norm, self.per_channel, self.neuron, self.phi, self.tmax,
+                                           self.bias_correction)) or self.weight_norm
+
+
+@dataclass
+class Converted:
+    result: ConversionResult
+    options: ConvertOptions
+    calibration: str  # where the thresholds came from: the file, the data, or "the graph"
+    choices: list[LayerChoice] = field(default_factory=list)  # per layer, when chosen on the data
+    notes: list[str] = field(default_factory=list)
+
+
+def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(), calib: str | Path | None = None,
+            data: str | Path | None = None, save_calib: str | Path | None = None) -> Converted:
+    model_path = Path(model_path)
+    ann = load_model(model_path)
+    levels = qcfs_levels(normalise(ann)[0])
+    T = request.T or levels or DEFAULT_T
+    notes = []
+    if calib is not None:
+        calibration, source = Calibration.read(calib), str(calib)
+    elif data is not None:
+        calibration, source = calibrate(model_path, data, limit=request.limit), str(data)
+    else:
+        calibration, source = Calibration(fingerprint(ann), str(model_path), 0, {}), "the graph"
+    if save_calib is not None:
+        if data is None:
+            raise Ann2SnnError("--save-calib needs --data", "give the calibration samples to calibrate on")
+        write_text_atomic(save_calib, calibration.to_json())
+    neuron = Neuron.parse(request.neuron) if request.neuron else Neuron.SIGNED if levels else Neuron.IF
+    drain = request.drain_steps if request.drain_steps is not None else T if levels and neuron is Neuron.SIGNED else 0
+    options = ConvertOptions(NormSpec.parse(request.norm or (calibration.method if calib else DEFAULT_NORM)),
+                             0.5 if request.phi is None else request.phi, T, request.skip_passes, neuron,
+                             request.tmax, request.weight_norm, bool(request.per_channel),
+                             Nonlinear.parse(request.nonlinear), request.ugo_size, request.allow_float, drain)
+    try:
+        result = convert_model(ann, calibration, options, model_path, source, check=request.check)
+    except CalibrationError as exc:
+        if data is not None or calib is not None:
+            raise
+        raise CalibrationError(f"{model_path}: its thresholds are not in the graph and no calibration was given "
+                               f"({exc.message})", "pass --data CALIB.npz (samples of the model's input) to "
+                               "calibrate on the fly, or --calib FILE made by `ann2snn calibrate`") from exc
+    choices: list[LayerChoice] = []
+    dataset = load_dataset(data, input_specs(ann), request.limit) if data is not None else None
+    if not request.tuning_given and tunable_layers(result.layers):
+        if dataset is None:
+            notes.append("layers converted with the default rule, not chosen on data: give --data to measure "
+                         "each layer's options")
+        else:
+            choices = tune(model_path, ann, calibration, options, dataset)
+            options = ConvertOptions(**{**vars(options), "layer_settings": settings_of(choices)})
+            checked = result.normalise_error
+            result = convert_model(ann, calibration, options, model_path, source, check=False)
+            result.normalise_error = checked  # the same normalising passes, checked above
+            apply_bias_shifts(result.model, choices)
+            result = tuned(result, choices)
+    if request.bias_correction:
+        if dataset is None:
+            raise Ann2SnnError("--bias-correction needs --data", "give the calibration data")
+        from sim.bias_correction import correct_biases
+        result.model, result.corrections = correct_biases(result.model, model_path.with_suffix(".snn.onnx"),
+                                                          model_path, dataset, T)
+    return Converted(result, options, source, choices, notes)

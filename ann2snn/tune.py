@@ -1,0 +1,224 @@
+"""Best options by default: each ReLU layer's conversion chosen by its measured error on calibration samples.
+
+SNN Calibration's layer-wise idea (Li et al., ICML 2021) with seed 001's norms as candidates. Layer by layer,
+in graph order, with the layers before it already converted as chosen:
+1. run the spiking network on the samples for T steps and record the layer's input current, step by step
+   (what the converted layers before it really deliver, unevenness included);
+2. for every candidate (IF or signed neuron; threshold rule percentile 99 / 99.9 / 99.99, mmse or max; per
+   tensor or per channel; phi 1/2, 1/4 or 0) run the neuron on that recorded current and measure the mean
+   squared gap between its rate at T and the ANN's activation, relative to the activation's mean square;
+3. keep the best, and a bias correction (the mean gap per channel added to the driving Conv/Gemm bias, the
+   "light" pipeline of SNN Calibration) when it lowers the error further.
+The search runs on one spiking model whose neurons are all signed (an IF neuron is a signed neuron that never
+fires negative: unfire level -inf), so no layer is converted twice; the final file is converted once with
+the chosen settings. Deterministic: the first `samples` samples, no randomness."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from rewrites.calibration.data import Dataset
+from rewrites.calibration.stats import Calibration
+from rewrites.config import ConvertOptions, LayerSetting, Neuron, NormSpec
+from rewrites.convert import ConversionResult, convert_model
+from rewrites.passes.relu_to_if import layer_threshold
+from sim.bias_correction import _driving_bias, _set_bias
+from sim.engine import NumpyEngine
+from sim.model import spiking_from_proto
+from sim.neurons import if_neuron, signed_if_neuron
+from sim.simulate import AnnReference
+
+NORMS = ("percentile:99", "percentile:99.9", "percentile:99.99", "mmse", "max")
+PHIS = (0.5, 0.25, 0.0)
+SAMPLES = 128
+BIAS_CANDIDATES = 3  # the best settings without correction that get one
+BIAS_ROUNDS = 2
+Progress = Callable[[int, int], None]  # (layers done, layers)
+
+
+@dataclass
+class LayerChoice:
+    node: str
+    setting: LayerSetting
+    bias_shift: np.ndarray | None  # per channel, added to the driving Conv/Gemm bias
+    error: float  # relative mean squared error of the layer's rate at T against the ANN activation
+    default_error: float  # the same for the options' own setting, on the same recorded input
+    candidates: int
+
+    def to_json(self) -> dict:
+        return {**self.setting.to_json(), "bias_correction": self.bias_shift is not None,
+                "measured_error": round(self.error, 6), "default_error": round(self.default_error, 6),
+                "candidates": self.candidates}
+
+
+def tunable_layers(layers: list[dict]) -> list[dict]:
+    """The layer entries of calibrated ReLU neurons (not QCFS layers, not UGO subnets)."""
+    return [l for l in layers if l.get("op") in ("IFNeuron", "SignedIFNeuron") and "norm" in l
+            and l["norm"] != "qcfs" and not l.get("dead")]
+
+
+def tune(ann_path: str | Path, ann: onnx.ModelProto, calibration: Calibration, options: ConvertOptions,
+         data: Dataset, samples: int = SAMPLES, progress: Progress | None = None) -> list[LayerChoice]:
+    """Choose every ReLU layer's conversion (module docstring). `options` give T and what is not searched."""
+    T = options.default_T
+    probe = replace(options, neuron=Neuron.SIGNED, tmax=None, layer_settings={})
+    proto = convert_model(ann, calibration, probe, check=False).model
+    layers = tunable_layers(_layers(proto))
+    feeds = next(data.batches(samples))
+    reference = AnnReference(ann_path, spiking_from_proto(proto, Path(ann_path)), [l["node_output"] for l in
+                                                                                   _with_outputs(proto, layers)])
+    _, activations = reference(feeds)
+    choices = []
+    for layer in layers:
+        layer["biased"] = _driving_bias(proto, layer["input"])[0] is not None
+    for k, layer in enumerate(layers):
+        current = _input_current(proto, layer["input"], feeds, T)
+        target = activations.get(layer["node_output"])
+        if target is None:
+            continue
+        stats = calibration.stats(layer["input"], layer["node"])
+        choice = _choose(layer, stats, current, target.astype(np.float64), options, T)
+        _apply(proto, layer, choice, stats, T)
+        choices.append(choice)
+        if progress:
+            progress(k + 1, len(layers))
+    return choices
+
+
+def settings_of(choices: list[LayerChoice]) -> dict[str, LayerSetting]:
+    return {c.node: c.setting for c in choices}
+
+
+def apply_bias_shifts(model: onnx.ModelProto, choices: list[LayerChoice]) -> None:
+    """Add the chosen bias corrections to the final file (through its drain gate)."""
+    for choice in choices:
+        if choice.bias_shift is not None:
+            inputs = {n.name: n.input[0] for n in model.graph.node if n.name == choice.node}
+            driver, _ = _driving_bias(model, inputs[choice.node])
+            _set_bias(model, driver, choice.bias_shift)
+
+
+def _layers(proto: onnx.ModelProto) -> list[dict]:
+    import json
+    return json.loads({p.key: p.value for p in proto.metadata_props}["ann2snn.layers"])
+
+
+def _with_outputs(proto: onnx.ModelProto, layers: list[dict]) -> list[dict]:
+    """Each layer entry with the tensor its neuron writes (the ANN's ReLU output) as `node_output`."""
+    outputs = {n.name: n.output[0] for n in proto.graph.node}
+    for layer in layers:
+        layer["node_output"] = outputs[layer["node"]]
+    return layers
+
+
+def _input_current(proto: onnx.ModelProto, tensor: str, feeds: dict[str, np.ndarray], T: int) -> np.ndarray:
+    """The tensor's value at each of T steps, [T, B, ...], from a run of the spiking model."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    probe.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+    model = spiking_from_proto(probe, Path("probe"))
+    model.outputs = [tensor]
+    return np.ascontiguousarray(NumpyEngine(model).run(feeds, T).outputs[tensor], np.float32)
+
+
+def _rate(current: np.ndarray, theta: np.ndarray, setting: LayerSetting, T: int) -> np.ndarray:
+    theta32 = np.asarray(theta, np.float32)
+    fire = np.asarray(theta * (1.0 - setting.phi), np.float32)
+    if setting.neuron is Neuron.SIGNED:
+        unfire = np.asarray(-theta * setting.phi, np.float32)
+        out, _ = signed_if_neuron([current, theta32, fire, unfire, np.array(T, np.float32)], {}, T)
+    else:
+        out, _ = if_neuron([current, theta32, fire], {}, T)
+    return out.sum(axis=0, dtype=np.float64) / T
+
+
+def _choose(layer: dict, stats, current: np.ndarray, target: np.ndarray, options: ConvertOptions,
+            T: int) -> LayerChoice:
+    rank = current.ndim - 1
+    cap = layer.get("cap")
+    axes = tuple(i for i in range(target.ndim) if i != 1)
+    scale = max(float(np.mean(target ** 2)), 1e-12)
+
+    def error(setting: LayerSetting, shift: np.ndarray | None = None) -> float:
+        theta, _ = layer_threshold(stats, setting, T, rank, layer["node"], cap)
+        x = current if shift is None else current + _per_channel(shift, rank).astype(np.float32)
+        return float(np.mean((_rate(x, theta, setting, T) - target) ** 2)) / scale
+
+    default = options.setting(layer["node"])
+    tried = {default: error(default)}
+    per_channel = (False, True) if stats.channels is not None and stats.channel_axis == 1 else (False,)
+    for neuron in (Neuron.IF, Neuron.SIGNED):
+        for norm in NORMS:
+            for pc in per_channel:
+                setting = LayerSetting(neuron, NormSpec.parse(norm), pc, 0.5)
+                if setting not in tried:
+                    tried[setting] = error(setting)
+    best = min(tried, key=tried.get)
+    for phi in PHIS:
+        setting = replace(best, phi=phi)
+        if setting not in tried:
+            tried[setting] = error(setting)
+    best = min(tried, key=tried.get)
+    if not layer["biased"]:
+        return LayerChoice(layer["node"], best, None, tried[best], tried[default], len(tried))
+    # a bias correction on the best few, iterated: the shifted rate has a gap of its own
+    corrected = {}
+    for setting in sorted(tried, key=tried.get)[:BIAS_CANDIDATES]:
+        theta, _ = layer_threshold(stats, setting, T, rank, layer["node"], cap)
+        shift = np.zeros(target.shape[1] if target.ndim > 1 else 1)
+        for _ in range(BIAS_ROUNDS):
+            x = current + _per_channel(shift, rank).astype(np.float32)
+            shift = shift + (target - _rate(x, theta, setting, T)).mean(axis=axes)
+        corrected[setting] = (error(setting, shift), shift)
+    with_bias = min(corrected, key=lambda k: corrected[k][0])
+    count = len(tried) + len(corrected) * BIAS_ROUNDS
+    if corrected[with_bias][0] < tried[best]:
+        return LayerChoice(layer["node"], with_bias, corrected[with_bias][1], corrected[with_bias][0], tried[default],
+                           count)
+    return LayerChoice(layer["node"], best, None, tried[best], tried[default], count)
+
+
+def _per_channel(values: np.ndarray, rank: int) -> np.ndarray:
+    return values.reshape((-1,) + (1,) * (rank - 2)) if rank > 1 else values
+
+
+def _apply(proto: onnx.ModelProto, layer: dict, choice: LayerChoice, stats, T: int) -> None:
+    """Give the search model's signed neuron `layer` the chosen setting (an IF choice never fires negative)
+    and bias shift."""
+    node = next(n for n in proto.graph.node if n.name == layer["node"])
+    theta, _ = layer_threshold(stats, choice.setting, T, len(_shape_of(proto, node.input[0])), layer["node"],
+                               layer.get("cap"))
+    phi = choice.setting.phi
+    unfire = -theta * phi if choice.setting.neuron is Neuron.SIGNED else np.full_like(theta, -np.inf)
+    values = {node.input[1]: theta, node.input[2]: theta * (1.0 - phi), node.input[3]: unfire}
+    for init in proto.graph.initializer:
+        if init.name in values:
+            init.CopyFrom(numpy_helper.from_array(np.asarray(values[init.name], np.float32), init.name))
+    if choice.bias_shift is not None:
+        _set_bias(proto, _driving_bias(proto, node.input[0])[0], choice.bias_shift)
+
+
+def _shape_of(proto: onnx.ModelProto, name: str) -> list:
+    for vi in list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output):
+        if vi.name == name:
+            return list(vi.type.tensor_type.shape.dim)
+    raise KeyError(name)
+
+
+def tuned(result: ConversionResult, choices: list[LayerChoice]) -> ConversionResult:
+    """The final conversion with the search's measurements in its layer entries and metadata."""
+    import json
+    by_node = {c.node: c for c in choices}
+    for layer in result.layers:
+        if layer["node"] in by_node:
+            layer["chosen"] = by_node[layer["node"]].to_json()
+    meta = {p.key: p for p in result.model.metadata_props}
+    meta["ann2snn.layers"].value = json.dumps(
+        [{**l, "chosen": by_node[l["node"]].to_json()} if l["node"] in by_node else l
+         for l in json.loads(meta["ann2snn.layers"].value)])
+    return result
