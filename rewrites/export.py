@@ -183,7 +183,9 @@ def export_spiking(graph: gs.Graph, source: onnx.ModelProto, options: ConvertOpt
     # cycles, with any values they loaded: free them before the model's copy of the weights is built
     gc.collect()
     model = graph_to_model(graph, release=True)
-    if gated.drive is not None:  # an input with a default: a runtime that does not feed it steps with input
+    if gated.drive is not None and not options.drain_steps:
+        # a default of 1: a runtime that does not know the input steps with input. A file read after drain steps
+        # has none: reading it needs them (and onnxruntime lists an input with a default as an initializer only)
         model.graph.initializer.append(helper.make_tensor(drive.DRIVE, onnx.TensorProto.FLOAT, [], [1.0]))
     del model.opset_import[:]
     model.opset_import.extend([helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])

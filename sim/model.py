@@ -93,7 +93,8 @@ def spiking_from_proto(model: onnx.ModelProto, path: Path) -> SpikingModel:
                                 "convert it first with `ann2snn convert`")
     if not data_outputs:
         raise SpikingModelError(f"{path}: the model has no output besides its state")
-    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    folded, gated = fold_drive(model)
+    constants = {t.name: numpy_helper.to_array(t) for t in folded.graph.initializer}
     metadata = {p.key: p.value for p in model.metadata_props}
     try:
         layers = json.loads(metadata.get("ann2snn.layers", "[]"))
@@ -102,8 +103,7 @@ def spiking_from_proto(model: onnx.ModelProto, path: Path) -> SpikingModel:
     if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
         raise SpikingModelError(f"{path}: metadata 'ann2snn.layers' is not a JSON list of objects",
                                 "the file was edited after export; export it again with `ann2snn convert`")
-    folded, gated = fold_drive(model)
-    return SpikingModel(path, folded, input_specs(model), data_outputs, state_inputs, constants, metadata, gated,
+    return SpikingModel(path, folded, input_specs(folded), data_outputs, state_inputs, constants, metadata, gated,
                         folded is not model)
 
 
@@ -119,6 +119,8 @@ def fold_drive(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, frozenset[tuple
     constants = {t.name for t in graph.initializer}
     folded = onnx.ModelProto()
     folded.CopyFrom(proto)
+    if DRIVE not in constants:  # a file read after drain steps declares the input without a default
+        folded.graph.initializer.append(onnx.helper.make_tensor(DRIVE, onnx.TensorProto.FLOAT, [], [1.0]))
     kept = [n for n in folded.graph.node if not (n.op_type == "Mul" and n.output[0] in gates)]
     gated = set()
     for i, node in enumerate(kept):

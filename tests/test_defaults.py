@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from builders import small_cnn
@@ -38,6 +39,11 @@ def test_a_qcfs_network_converts_from_its_graph_and_drains_to_the_ann(tmp_path):
     layers = json.loads(meta["ann2snn.layers"])
     assert {l["neuron"] for l in layers if "neuron" in l} == {"signed"}
     assert {l["tmax"] for l in layers if l.get("neuron") == "signed"} == {"steps"}
+    # read after drain steps, the file declares snn.drive without a default: a runtime must feed it, and
+    # onnxruntime lists it among the inputs (an input with an initializer it hides)
+    assert "snn.drive" not in {t.name for t in onnx.load(str(snn)).graph.initializer}
+    session = ort.InferenceSession(str(snn), providers=["CPUExecutionProvider"])
+    assert "snn.drive" in [i.name for i in session.get_inputs()]
     x = np.random.default_rng(0).normal(0, 1.5, (64, 6)).astype(np.float32)
     (ann,) = run_ort(model, {"input": x})
     # exact once every layer has settled (within L + 1 steps of the one before it: tests/test_drain.py)
