@@ -122,6 +122,13 @@ def _threshold_text(value) -> str:
     return f"{value:.4g}"
 
 
+def _rule_text(setting) -> str:
+    """The threshold rule in a few columns: p99.9, mmse, max; '/ch' per channel."""
+    norm = setting.norm
+    text = f"p{norm.percentile:g}" if norm.kind.value == "percentile" else norm.kind.value
+    return text + ("/ch" if setting.per_channel else "")
+
+
 def summary(converted, target: Path) -> dict:
     result, options = converted.result, converted.options
     return {
@@ -153,10 +160,10 @@ def render(out: Output, converted, target: Path) -> None:
     out.table("Passes", ["pass", "changed", "left alone (why)"], rows)
     neurons = [l for l in result.layers if "threshold" in l]
     if converted.choices:
-        out.table(f"Chosen per layer on {converted.calibration} (error: mean squared gap of the rate at "
-                  f"T = {options.default_T} to the ANN, relative)",
+        out.table(f"Chosen per layer on {converted.calibration} (threshold p: percentile, /ch: per channel; "
+                  f"error: mean squared gap of the rate at T = {options.default_T} to the ANN, relative)",
                   ["node", "neuron", "threshold", "phi", "bias", "error", "default"],
-                  [[c.node, c.setting.neuron.value, f"{c.setting.norm}{' /ch' if c.setting.per_channel else ''}",
+                  [[c.node, c.setting.neuron.value, _rule_text(c.setting),
                     f"{c.setting.phi:g}", "shifted" if c.bias_shift is not None else "-", f"{c.error:.4f}",
                     f"{c.default_error:.4f}"] for c in converted.choices])
     elif neurons:
