@@ -20,7 +20,7 @@ from rewrites.export import (SharedValues, export_spiking, graph_to_model, graph
 from rewrites.graph import default_opset, fingerprint, load_model, with_inferred_types
 from rewrites.optable import Conversion, NodeConversion, classify_graph
 from rewrites.passes import NORMALISE, SPIKING, PassContext, PassReport, run_passes
-from rewrites.passes import fold_constants, fuse_softmax
+from rewrites.passes import fold_constants, fuse_softmax, max_to_relu
 from rewrites.runtime import WEIGHTS_AS_INPUTS_ABOVE, Session
 
 
@@ -159,8 +159,9 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
     inits = {t.name for t in model.graph.initializer}
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
     graph = import_graph(model, infer=True)
-    # Constant nodes become values the matchers read; the exp/sum/divide softmax loses its ReduceMax guard
-    run_passes(graph, (fold_constants.PASS, fuse_softmax.PASS), PassContext())
+    # Constant nodes become values the matchers read; Max(x, 0) is a ReLU; the exp/sum/divide softmax loses
+    # its ReduceMax guard
+    run_passes(graph, (fold_constants.PASS, max_to_relu.PASS, fuse_softmax.PASS), PassContext())
     return ModelSummary(_io([i for i in model.graph.input if i.name not in inits]), _io(model.graph.output),
                         params, classify_graph(graph), default_opset(model))
 

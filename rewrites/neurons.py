@@ -89,6 +89,25 @@ RATE_CORRECT = OperatorSpec(
 )
 
 
+def _max_spec(op: str, reduce: bool) -> OperatorSpec:
+    verb = "largest" if op == "Max" else "smallest"
+    if reduce:
+        return OperatorSpec(
+            f"SpikeReduce{op}", inputs=("X",), state=("sum", "prev"), attributes=("axes", "keepdims"),
+            doc=(f"Spiking Reduce{op}: sum_next = sum + X; M = Reduce{op}(sum_next, axes, keepdims); Y = M - prev; "
+                 f"prev_next = M. The outputs sum to the {verb} of the summed input, so their running mean is "
+                 f"Reduce{op} of the input's running mean (a {op.lower()} of sums is t times the {op.lower()} of "
+                 "means)."))
+    return OperatorSpec(
+        f"Spike{op}", inputs=("A", "B"), state=("sum_a", "sum_b", "prev"), attributes=(),
+        doc=(f"Spiking elementwise {op} (broadcasting): sum_a_next = sum_a + A; sum_b_next = sum_b + B; "
+             f"M = {op}(sum_a_next, sum_b_next); Y = M - prev; prev_next = M. The outputs sum to the {op.lower()} "
+             f"of the summed inputs, so their running mean is the {op.lower()} of the inputs' running means."))
+
+
+SPIKE_MAX, SPIKE_MIN = _max_spec("Max", False), _max_spec("Min", False)
+SPIKE_REDUCE_MAX, SPIKE_REDUCE_MIN = _max_spec("Max", True), _max_spec("Min", True)
+
 STEP_COUNT = OperatorSpec(
     "StepCount",
     inputs=("drive",),
@@ -122,7 +141,8 @@ SPIKE_MATMUL = _product_spec("MatMul", "a matrix product")
 SPIKE_MUL = _product_spec("Mul", "elementwise")
 
 OPERATORS: dict[str, OperatorSpec] = {spec.op_type: spec for spec in (
-    IF_NEURON, SIGNED_IF_NEURON, MAXPOOL_NEURON, RUNNING_MEAN, RATE_CORRECT, SPIKE_MATMUL, SPIKE_MUL, STEP_COUNT)}
+    IF_NEURON, SIGNED_IF_NEURON, MAXPOOL_NEURON, RUNNING_MEAN, RATE_CORRECT, SPIKE_MATMUL, SPIKE_MUL, STEP_COUNT, SPIKE_MAX, SPIKE_MIN,
+    SPIKE_REDUCE_MAX, SPIKE_REDUCE_MIN)}
 # operators whose output divides by the step count: steps without charge (drain) would dilute them
 TIME_NORMALISED = frozenset({"SpikeMatMul", "SpikeMul", "RunningMean", "RateCorrect"})
 STEP_STATE = "step"  # the per-node step counter, shape [1]
@@ -235,6 +255,34 @@ def _step_count_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
     return _function(spec, nodes, opset)
 
 
+def _max_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
+    op = spec.op_type.removeprefix("Spike")
+    nodes = [helper.make_node("Add", ["sum_a", "A"], ["sum_a_next"]),
+             helper.make_node("Add", ["sum_b", "B"], ["sum_b_next"]),
+             helper.make_node(op, ["sum_a_next", "sum_b_next"], ["M"]),
+             helper.make_node("Sub", ["M", "prev"], ["Y"]),
+             helper.make_node("Identity", ["M"], ["prev_next"])]
+    return _function(spec, nodes, opset)
+
+
+def _reduce_max_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
+    op = spec.op_type.removeprefix("Spike")
+    keepdims = helper.make_attribute_ref("keepdims", onnx.AttributeProto.INT)
+    if opset >= 18:  # axes became an input
+        axes = onnx.AttributeProto(name="value_ints", ref_attr_name="axes", type=onnx.AttributeProto.INTS)
+        constant = helper.make_node("Constant", [], ["axes_t"])
+        constant.attribute.append(axes)
+        reduce = [constant, helper.make_node(op, ["sum_next", "axes_t"], ["M"])]
+    else:
+        reduce = [helper.make_node(op, ["sum_next"], ["M"])]
+        reduce[0].attribute.append(helper.make_attribute_ref("axes", onnx.AttributeProto.INTS))
+    reduce[-1].attribute.append(keepdims)
+    nodes = [helper.make_node("Add", ["sum", "X"], ["sum_next"]), *reduce,
+             helper.make_node("Sub", ["M", "prev"], ["Y"]),
+             helper.make_node("Identity", ["M"], ["prev_next"])]
+    return _function(spec, nodes, opset)
+
+
 def _function(spec: OperatorSpec, nodes: list[onnx.NodeProto], opset: int) -> onnx.FunctionProto:
     return helper.make_function(
         DOMAIN, spec.op_type,
@@ -250,4 +298,5 @@ def _function(spec: OperatorSpec, nodes: list[onnx.NodeProto], opset: int) -> on
 _BODIES = {"IFNeuron": _if_neuron_body, "SignedIFNeuron": _signed_if_neuron_body,
            "MaxPoolNeuron": _maxpool_neuron_body, "RunningMean": _running_mean_body,
            "RateCorrect": _rate_correct_body, "SpikeMatMul": _product_body, "SpikeMul": _product_body,
-           "StepCount": _step_count_body}
+           "StepCount": _step_count_body, "SpikeMax": _max_body, "SpikeMin": _max_body,
+           "SpikeReduceMax": _reduce_max_body, "SpikeReduceMin": _reduce_max_body}

@@ -16,6 +16,7 @@ class Conversion(enum.Enum):
     IF_NEURON = "IF neuron"
     QCFS = "IF neuron (QCFS activation, threshold from the model)"
     MAXPOOL_NEURON = "MaxPool neuron"
+    MAX_NEURON = "spiking max (increase of the max of the summed inputs)"
     SPIKING = "spiking operator"
     UGO = "nonlinearity: UGO subnet of IF neurons (exact float with --nonlinear exact)"
     PRODUCT = "variable x variable product: spiking product (TCSA)"
@@ -42,6 +43,7 @@ UGO_OPS = frozenset({
 })
 NORMALIZATION_OPS = frozenset({"Softmax", "LayerNormalization"})  # decomposed by passes
 SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
+MAX_OPS = frozenset({"Max", "Min", "ReduceMax", "ReduceMin", "GlobalMaxPool"})  # max_to_neuron
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ def classify(node: gs.Node, dynamic: set[str]) -> NodeConversion:
         if len([o for o in node.outputs if o.name]) > 1:
             return result(Conversion.UNSUPPORTED, "MaxPool with an Indices output")
         return result(Conversion.MAXPOOL_NEURON)
+    if op in MAX_OPS:
+        return _max_conversion(node, ins, is_dynamic, result)
     if op == "Clip":
         return result(Conversion.UGO, "Clip that is not ReLU-like (min != 0 or bounds not constant)")
     if op in UGO_OPS:
@@ -129,6 +133,23 @@ def classify(node: gs.Node, dynamic: set[str]) -> NodeConversion:
             return result(Conversion.UNSUPPORTED, "LayerNormalization with its Mean / InvStdDev outputs used")
         return result(Conversion.NORMALIZATION, "normalisation over features")
     return result(Conversion.UNSUPPORTED, f"no conversion of {op} on input-dependent tensors")
+
+
+def _max_conversion(node: gs.Node, ins: list, is_dynamic: list[bool], result) -> NodeConversion:
+    """The verdict of max_to_neuron, which takes every Max, Min and GlobalMaxPool and the reductions whose
+    axes are constant and leave the batch axis alone."""
+    if node.op in ("ReduceMax", "ReduceMin"):
+        x = next(t for t, d in zip(ins, is_dynamic) if d)
+        if len(ins) > 1 and is_dynamic[1]:
+            return result(Conversion.UNSUPPORTED, "reduction axes that depend on the input")
+        rank = len(x.shape) if x.shape is not None else None
+        if len(ins) > 1 and not isinstance(ins[1], gs.Constant):
+            return result(Conversion.UNSUPPORTED, "reduction axes that are not constant")
+        axes = np.asarray(ins[1].values).reshape(-1).tolist() if len(ins) > 1 else list(node.attrs.get("axes", []))
+        if rank is not None and (not axes and not node.attrs.get("noop_with_empty_axes", 0) or
+                                 0 in [int(a) % rank for a in axes]):
+            return result(Conversion.UNSUPPORTED, f"{node.op} over the batch axis")
+    return result(Conversion.MAX_NEURON)
 
 
 def classify_graph(graph: gs.Graph, kept_float: frozenset[str] = frozenset()) -> list[NodeConversion]:

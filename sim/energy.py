@@ -23,7 +23,8 @@ E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 PRODUCTS = frozenset({"SpikeMatMul", "SpikeMul"})
-ANALOG_SPIKING = PRODUCTS | {"RunningMean", "RateCorrect"}  # ai.ann2snn operators that emit non-spikes
+# ai.ann2snn operators that emit non-spikes (the max family: increments of a max of sums)
+ANALOG_SPIKING = PRODUCTS | {"RunningMean", "RateCorrect", "SpikeMax", "SpikeMin", "SpikeReduceMax", "SpikeReduceMin"}
 TRANSPARENT = frozenset({"Flatten", "Reshape", "Pad", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout",
                          "AveragePool", "GlobalAveragePool", "MaxPool", "MaxPoolNeuron", "Add", "Sum", "Concat",
                          "Slice", "Split", "ReduceMean", "ReduceSum"})

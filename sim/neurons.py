@@ -172,6 +172,30 @@ def _spike_product(op: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Neuron
     return kernel
 
 
+def _spike_max(op: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> NeuronKernel:
+    """SpikeMax / SpikeMin: the increase, step by step, of op of the running sums of both inputs."""
+    def kernel(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, None]:
+        a, b = (np.asarray(v, np.float32) for v in inputs[:2])
+        return _increments(op(running_sum(a, T), running_sum(b, T))), None
+    return kernel
+
+
+def _spike_reduce(op: Callable[..., np.ndarray]) -> NeuronKernel:
+    """SpikeReduceMax / SpikeReduceMin over the attribute's axes of one step (axis 0 is time here)."""
+    def kernel(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, None]:
+        sums = running_sum(np.asarray(inputs[0], np.float32), T)
+        axes = tuple(int(a) + 1 for a in attrs["axes"])
+        return _increments(op(sums, axis=axes, keepdims=bool(attrs.get("keepdims", 1)))), None
+    return kernel
+
+
+def _increments(totals: np.ndarray) -> np.ndarray:
+    out = np.empty_like(totals)
+    out[0] = totals[0]
+    np.subtract(totals[1:], totals[:-1], out=out[1:])
+    return out
+
+
 def step_count(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, None]:
     """Steps with drive so far, [T, 1]: 1, 2, .. up to attrs["driven_steps"] (the input steps; default every
     step), then constant through the drain steps."""
@@ -180,7 +204,9 @@ def step_count(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple
 
 
 REUSING = frozenset({"IFNeuron", "SignedIFNeuron", "MaxPoolNeuron"})  # kernels that take reuse_input
-NON_FIRING = frozenset({"MaxPoolNeuron", "RunningMean", "RateCorrect", "SpikeMatMul", "SpikeMul", "StepCount"})
+MAX_FAMILY = frozenset({"SpikeMax", "SpikeMin", "SpikeReduceMax", "SpikeReduceMin"})
+NON_FIRING = frozenset({"MaxPoolNeuron", "RunningMean", "RateCorrect", "SpikeMatMul", "SpikeMul",
+                        "StepCount"}) | MAX_FAMILY
 NEURON_KERNELS: dict[str, NeuronKernel] = {
     "IFNeuron": if_neuron,
     "SignedIFNeuron": signed_if_neuron,
@@ -190,4 +216,8 @@ NEURON_KERNELS: dict[str, NeuronKernel] = {
     "SpikeMatMul": _spike_product(np.matmul),
     "SpikeMul": _spike_product(np.multiply),
     "StepCount": step_count,
+    "SpikeMax": _spike_max(np.maximum),
+    "SpikeMin": _spike_max(np.minimum),
+    "SpikeReduceMax": _spike_reduce(np.max),
+    "SpikeReduceMin": _spike_reduce(np.min),
 }

@@ -1,6 +1,7 @@
 """The rewrite passes and the default pipeline: one explicit ordered tuple, no discovery."""
 from rewrites.passes import (allow_float, batch_shapes, canonical_products, decompose_layernorm,
-                             eliminate_identity, fold_batchnorm, fold_constants, fuse_softmax, maxpool_to_neuron, name_nodes,
+                             eliminate_identity, fold_batchnorm, fold_constants, fuse_softmax, max_to_neuron, max_to_relu,
+                             maxpool_to_neuron, name_nodes,
                              nonlinear_to_spiking, products_to_spiking, qcfs_to_if, relu_to_if,
                              softmax_to_spiking, weight_norm)
 from rewrites.passes.base import Pass, PassContext, PassReport, run_passes
@@ -9,6 +10,7 @@ NORMALISE: tuple[Pass, ...] = (
     name_nodes.PASS,
     eliminate_identity.PASS,
     fold_constants.PASS,
+    max_to_relu.PASS,  # after fold_constants: its zero is a constant then
     batch_shapes.PASS,  # after fold_constants: what folds needs no probe run
     fold_batchnorm.PASS,
     fuse_softmax.PASS,  # before canonical_products rewrites its Div
@@ -21,6 +23,7 @@ SPIKING: tuple[Pass, ...] = (
     nonlinear_to_spiking.PASS,  # before relu_to_if: a ReLU-like node inside a function is part of it
     relu_to_if.PASS,
     maxpool_to_neuron.PASS,
+    max_to_neuron.PASS,
     products_to_spiking.PASS,
     allow_float.PASS,
     weight_norm.PASS,  # does nothing unless options.weight_norm

@@ -42,9 +42,9 @@ COMMUTING = frozenset({
     "MaxPoolNeuron", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape",
     "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Slice", "Split", "Gather", "Pad", "Resize",
     "Upsample", "DepthToSpace", "SpaceToDepth", "Tile", "Expand", "Neg", "ReduceMean", "ReduceSum", "ReduceMax",
-    "ReduceMin",
+    "ReduceMin", "SpikeReduceMax", "SpikeReduceMin",
 })
-JOINS = frozenset({"Add", "Sub", "Sum", "Concat", "Max", "Min", "Mean"})
+JOINS = frozenset({"Add", "Sub", "Sum", "Concat", "Max", "Min", "Mean", "SpikeMax", "SpikeMin"})
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 SHAPE_ONLY = frozenset({"Shape", "Size"})
 
