@@ -158,6 +158,8 @@ def _io(values) -> list[dict]:
 def summarize(model: onnx.ModelProto) -> ModelSummary:
     inits = {t.name for t in model.graph.initializer}
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    params += sum(int(np.prod(a.t.dims)) for n in model.graph.node if n.op_type == "Constant"  # paddle2onnx's weights
+                  for a in n.attribute if a.HasField("t"))
     graph = import_graph(model, infer=True)
     # Constant nodes become values the matchers read; Max(x, 0) is a ReLU; the exp/sum/divide softmax loses
     # its ReduceMax guard

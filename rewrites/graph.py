@@ -51,6 +51,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         check_tensor_size(tensor, path)
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             check_external_data(tensor, path)
+    read_dynamic_dims(model, path)
     check_input_sizes(model, path)
     check_edges(model, path)
     check_types(model, path)
@@ -266,6 +267,35 @@ def check_external_data(tensor: onnx.TensorProto, path: Path) -> None:
     if nbytes is not None and available != nbytes:
         raise ModelError(f"{where} declares dims {list(tensor.dims)} ({nbytes:,} bytes) but '{location}' holds "
                          f"{available:,} for it", "the weights file is truncated or belongs to another model")
+
+
+BATCH_DIM = "N"  # the name a batch axis written as -1 or 0 is given (torch's exports here use it too)
+
+
+def read_dynamic_dims(model: onnx.ModelProto, path: Path | str | None = None) -> None:
+    """Dims written as -1 (paddle2onnx) or 0 (some TF/Keras converters) mean "not known": they are cleared,
+    in place, to the dynamic dims ONNX spells with a dim_param or nothing. On the graph's inputs and outputs
+    the first axis becomes the batch dim_param (the one an input already names, else BATCH_DIM), so such a
+    file reads exactly as one exported with a symbolic batch; other axes and value_info become unnamed
+    dims that shape inference fills. Any other negative dim is damage and refused."""
+    graph = model.graph
+    batch = next((vi.type.tensor_type.shape.dim[0].dim_param for vi in graph.input
+                  if vi.type.tensor_type.shape.dim and vi.type.tensor_type.shape.dim[0].dim_param), BATCH_DIM)
+    initializers = {t.name for t in graph.initializer}
+    where = f"{path}: " if path else ""
+    for kind, values in (("input", graph.input), ("output", graph.output), ("value_info", graph.value_info)):
+        for vi in values:
+            if not vi.type.HasField("tensor_type") or vi.name in initializers:
+                continue
+            for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+                if not d.HasField("dim_value") or d.dim_value > 0:
+                    continue
+                if d.dim_value < -1:
+                    raise ModelError(f"{where}{kind} '{vi.name}' declares dim {d.dim_value} at axis {axis}",
+                                     "the file is damaged; re-export the model")
+                d.ClearField("dim_value")
+                if axis == 0 and kind != "value_info":
+                    d.dim_param = batch
 
 
 def check_input_sizes(model: onnx.ModelProto, path: Path) -> None:
