@@ -10,9 +10,9 @@ from rewrites.calibration.collect import calibrate
 from rewrites.calibration.data import input_specs, load_dataset
 from rewrites.calibration.stats import Calibration
 from rewrites.config import DEFAULT_NORM, ConvertOptions, Neuron, Nonlinear, NormSpec
-from rewrites.convert import ConversionResult, convert_model, normalise
+from rewrites.convert import ConversionResult, convert_model, normalise, refuse_masks
 from rewrites.errors import Ann2SnnError, CalibrationError
-from rewrites.graph import fingerprint, load_model, write_text_atomic
+from rewrites.graph import fingerprint, load_model, non_finite_constants, write_text_atomic
 from rewrites.passes.qcfs_to_if import qcfs_levels
 
 DEFAULT_T = 8
@@ -60,9 +60,11 @@ def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(), 
             data: str | Path | None = None, save_calib: str | Path | None = None) -> Converted:
     model_path = Path(model_path)
     ann = load_model(model_path)
+    infinite = non_finite_constants(ann)
+    refuse_masks(ann, model_path, infinite)
     levels = qcfs_levels(normalise(ann)[0])
     T = request.T or levels or DEFAULT_T
-    notes = []
+    notes = [f"constant {c.describe()} holds infinite values where they are meant" for c in infinite]
     if calib is not None:
         calibration, source = Calibration.read(calib), str(calib)
     elif data is not None:

@@ -17,7 +17,7 @@ from rewrites.config import ConvertOptions
 from rewrites.errors import PassError, UnsupportedNode, UnsupportedNodesError
 from rewrites.export import (SharedValues, export_spiking, graph_to_model, graph_weights, large_constants,
                              weights_to_inputs)
-from rewrites.graph import default_opset, fingerprint, load_model, with_inferred_types
+from rewrites.graph import NonFinite, default_opset, fingerprint, load_model, non_finite_constants, with_inferred_types
 from rewrites.optable import Conversion, NodeConversion, classify_graph
 from rewrites.passes import NORMALISE, SPIKING, PassContext, PassReport, run_passes
 from rewrites.passes import fold_constants, fuse_softmax, max_to_relu
@@ -132,6 +132,7 @@ class ModelSummary:
     parameters: int
     nodes: list[NodeConversion]
     opset: int
+    non_finite: list[NonFinite] = field(default_factory=list)  # +-inf constants, where each is used
 
     def op_table(self) -> list[dict]:
         """Per op type and conversion: count and node names."""
@@ -165,7 +166,35 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
     # its ReduceMax guard
     run_passes(graph, (fold_constants.PASS, max_to_relu.PASS, fuse_softmax.PASS), PassContext())
     return ModelSummary(_io([i for i in model.graph.input if i.name not in inits]), _io(model.graph.output),
-                        params, classify_graph(graph), default_opset(model))
+                        params, _with_masks(classify_graph(graph), model), default_opset(model),
+                        non_finite_constants(model))
+
+
+def _with_masks(conversions: list[NodeConversion], model: onnx.ModelProto) -> list[NodeConversion]:
+    """Nodes that read an infinite mask on activations: unsupported, as `refuse_masks` says in convert."""
+    masked = {node: reason for node, reason in masked_nodes(model)}
+    return [NodeConversion(c.node, c.op_type, Conversion.UNSUPPORTED, masked[c.node]) if c.node in masked
+            else c for c in conversions]
+
+
+def masked_nodes(model: onnx.ModelProto, found: list[NonFinite] | None = None) -> list[tuple[str, str]]:
+    """(node, reason) of every node that reads an infinite constant mixed into an input-dependent tensor
+    (an attention mask of -inf added before Softmax): calibration and the spiking operators need finite
+    activations, so these are not converted yet. `found`: non_finite_constants(model), when known."""
+    return [(node, f"reads the infinite mask '{c.tensor}' on input-dependent values") for c in
+            (non_finite_constants(model) if found is None else found) for node in c.masks]
+
+
+def refuse_masks(model: onnx.ModelProto, path: str | Path = "model", found: list[NonFinite] | None = None) -> None:
+    """Raise UnsupportedNodesError, before any calibration, where `masked_nodes` finds something."""
+    masked = masked_nodes(model, found)
+    if masked:
+        by_name = {n.name: n for n in model.graph.node}
+        nodes = [UnsupportedNode(node, by_name[node].op_type, [None for i in by_name[node].input if i], reason)
+                 for node, reason in masked]
+        raise UnsupportedNodesError(f"{path}: {len(nodes)} node(s) cannot be converted: "
+                                    + "; ".join(n.describe() for n in nodes), nodes,
+                                    "export the model with a finite mask (e.g. -1e4 instead of -inf) or without it")
 
 
 def inspect_model(path: str | Path) -> ModelSummary:
@@ -222,6 +251,7 @@ def convert_model(model: onnx.ModelProto, calibration: Calibration, options: Con
                   check: bool = True) -> ConversionResult:
     fp = fingerprint(model)
     calibration.check_model(fp, calib_path, model_path)
+    refuse_masks(model, model_path)
     ops_before = Counter(n.op_type for n in model.graph.node)
     graph, reports = normalise(model, options)
     error = self_check(model, graph, "normalising passes") if check else float("nan")

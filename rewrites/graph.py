@@ -6,6 +6,7 @@ import math
 import os
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -70,7 +71,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if opset < MIN_OPSET:
         raise ModelError(f"{path}: opset {opset} is older than {MIN_OPSET}",
                          f"re-export with opset_version >= {MIN_OPSET}")
-    check_finite_weights(model, path)
+    non_finite_constants(model, path)
     # Our own exports passed strict inference when written, so a spiking model must pass it again; for
     # other models, strict mode could refuse files onnxruntime runs.
     strict = any(op.domain == SPIKING_DOMAIN for op in model.opset_import)
@@ -367,14 +368,109 @@ def check_types(model: onnx.ModelProto, path: Path) -> None:
                              "the file is damaged; re-export the model")
 
 
-def check_finite_weights(model: onnx.ModelProto, path: Path) -> None:
-    for tensor in model.graph.initializer:
-        if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
-            values = numpy_helper.to_array(tensor)
-            bad = int(values.size - np.count_nonzero(np.isfinite(values)))
-            if bad:
-                raise ModelError(f"{path}: weight '{tensor.name}' holds {bad} NaN or infinite value(s)",
-                                 "the file is damaged or the training diverged; re-export the model")
+@dataclass(frozen=True)
+class NonFinite:
+    """A constant that holds +-inf where that is meant: the identity of a maximum or minimum, an absent Clip
+    bound, a mask that Softmax / Exp turn into zero weight."""
+    tensor: str
+    values: str  # "-inf", "+inf" or "+-inf"
+    count: int
+    uses: tuple[str, ...]  # "node (op): why", for every node that reads it, directly or through a pass-through
+    masks: tuple[str, ...] = ()  # nodes it reaches mixed into an input-dependent tensor (a mask on activations)
+
+    def describe(self) -> str:
+        return f"'{self.tensor}' ({self.count} x {self.values}; {', '.join(self.uses)})"
+
+
+# Where an infinite value is meant: op -> (inputs that may hold it (None: any), the signs that are harmless)
+_INF_READERS = {
+    "Max": (None, {-1}, "the identity of Max"), "ReduceMax": ((0,), {-1}, "the identity of a maximum"),
+    "MaxPool": ((0,), {-1}, "the identity of a maximum"), "GlobalMaxPool": ((0,), {-1}, "the identity of a maximum"),
+    "ArgMax": ((0,), {-1}, "never the maximum"), "TopK": ((0,), {-1}, "never among the largest"),
+    "Min": (None, {1}, "the identity of Min"), "ReduceMin": ((0,), {1}, "the identity of a minimum"),
+    "ArgMin": ((0,), {1}, "never the minimum"),
+    "Clip": ((1, 2), {-1, 1}, "an absent bound"),
+    "Softmax": ((0,), {-1}, "a mask: zero weight"), "LogSoftmax": ((0,), {-1}, "a mask: zero weight"),
+    "Exp": ((0,), {-1}, "a mask: exp(-inf) = 0"),
+}
+# Ops that pass an infinite value on (the sign flips on Sub's second operand and Neg); their readers decide
+_INF_PASSING = frozenset({"Add", "Sub", "Neg", "Where", "Concat", "Reshape", "Unsqueeze", "Squeeze", "Expand",
+                          "Transpose", "Flatten", "Cast", "Identity", "Slice", "Gather", "Tile"})
+
+
+def non_finite_constants(model: onnx.ModelProto, path: Path | str | None = None) -> list[NonFinite]:
+    """The float constants of the graph (initializers, Constant and ConstantOfShape values) that hold +-inf,
+    each with the nodes that read it. Raises ModelError on a NaN, and on an infinite value that reaches a
+    node where it is not an identity, bound or mask (a weight of a Conv, an operand of Mul, a graph output):
+    arithmetic would turn it into NaN or infinite outputs."""
+    graph = model.graph
+    where = f"{path}: " if path else ""
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, k))
+    outputs = {o.name for o in graph.output}
+    dynamic = {i.name for i in graph.input} - {t.name for t in graph.initializer}
+    for node in graph.node:  # sorted: the checker requires it
+        if node.op_type not in ("Shape", "Size") and any(i in dynamic for i in node.input):
+            dynamic.update(node.output)
+    sources = [(t.name, t) for t in graph.initializer]
+    for node in graph.node:
+        if node.op_type not in ("Constant", "ConstantOfShape") or not node.output:
+            continue
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                sources.append((node.output[0], attr.t))
+            elif attr.name in ("value_float", "value_floats"):
+                sources.append((node.output[0], numpy_helper.from_array(
+                    np.asarray(attr.f if attr.name == "value_float" else attr.floats, np.float32))))
+    found = []
+    for name, tensor in sources:
+        if tensor.data_type not in _FLOAT_TYPES:
+            continue
+        values = numpy_helper.to_array(tensor)
+        nan = int(np.count_nonzero(np.isnan(values)))
+        if nan:
+            raise ModelError(f"{where}constant '{name}' holds {nan} NaN value(s)",
+                             "the file is damaged or the training diverged; re-export the model")
+        infinite = np.isinf(values)
+        if not infinite.any():
+            continue
+        signs = {int(v) for v in np.sign(values[infinite])}
+        masks: list[str] = []
+        uses = _inf_uses(name, signs, readers, outputs, where, dynamic, masks)
+        text = {frozenset({-1}): "-inf", frozenset({1}): "+inf"}.get(frozenset(signs), "+-inf")
+        found.append(NonFinite(name, text, int(infinite.sum()), tuple(uses), tuple(dict.fromkeys(masks))))
+        del values
+    return found
+
+
+def _inf_uses(name: str, signs: set[int], readers: dict, outputs: set[str], where: str, dynamic: set[str],
+              masks: list[str], depth: int = 0) -> list[str]:
+    """How every reader of `name` (holding infinite values of `signs`) uses it; raises where none applies."""
+    if name in outputs:
+        raise ModelError(f"{where}constant '{name}' holds infinite values and reaches the graph output '{name}'",
+                         "re-export the model; an infinite output is not a result")
+    uses = []
+    for node, k in readers.get(name, []):
+        if node.op_type in _INF_READERS:
+            positions, harmless, why = _INF_READERS[node.op_type]
+            if (positions is None or k in positions) and signs <= harmless:
+                uses.append(f"{node.name} ({node.op_type}): {why}")
+                if name in dynamic:
+                    masks.append(node.name)
+                continue
+        elif node.op_type in _INF_PASSING and depth < 8 and not (node.op_type == "Where" and k == 0):
+            flipped = {-s for s in signs} if (node.op_type == "Sub" and k == 1) or node.op_type == "Neg" else signs
+            uses += _inf_uses(node.output[0], flipped, readers, outputs, where, dynamic, masks, depth + 1)
+            continue
+        raise ModelError(f"{where}constant '{name}' holds infinite values and node '{node.name}' ({node.op_type}) "
+                         f"reads them at input {k}, where they are no identity, bound or mask",
+                         "the file is damaged or the training diverged; re-export the model")
+    return uses
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -23,7 +23,8 @@ def command(
         out = Output(json_out)
         render(out, model, summary)
         out.emit_json({"model": str(model), "opset": summary.opset, "parameters": summary.parameters,
-                       "inputs": summary.inputs, "outputs": summary.outputs, "ops": summary.op_table()})
+                       "inputs": summary.inputs, "outputs": summary.outputs, "ops": summary.op_table(),
+                       "non_finite": [vars(c) | {"uses": list(c.uses)} for c in summary.non_finite]})
 
 
 def render(out: Output, path: Path, summary) -> None:
@@ -37,6 +38,9 @@ def render(out: Output, path: Path, summary) -> None:
         rows.append([row["op"], row["count"], row["conversion"], (row["reason"] + (": " if nodes else "") + nodes)
                      if not row["converts"] else ""])
     out.table("Operators", ["op", "count", "converts to", "why not / nodes"], rows)
+    if summary.non_finite:
+        out.print("constants holding infinite values (accepted where they are identities, bounds or masks): "
+                  + "; ".join(c.describe() for c in summary.non_finite))
     blocked = [r for r in summary.op_table() if not r["converts"]]
     if blocked:
         out.print(f"{sum(r['count'] for r in blocked)} node(s) cannot be converted yet (see above).")

@@ -1,5 +1,8 @@
 """fold_constants: evaluate every node whose inputs are all constants (shape arithmetic included where the
-shapes are static) and replace it by its value. Layout operators on constants (a transposed or reshaped
+shapes are static) and replace it by its value. Then drop the operands that are the identity of their op:
+an all -inf operand of Max (jax.nn.softmax starts its maximum at -inf), an all +inf one of Min, and an
+infinite Clip bound; a Max or Min left with one operand is removed. An operand whose shape would broadcast
+the others to a larger shape is kept (reason given). Layout operators on constants (a transposed or reshaped
 weight) are folded here with NumPy, which moves the data once; the rest by onnx-graphsurgeon's folding, which
 serialises the constant subgraph and runs onnxruntime on it (measured: 3.4 copies of a large weight)."""
 from __future__ import annotations
@@ -10,7 +13,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from rewrites.passes.base import Pass, PassContext, PassReport, redirect_readers
+from rewrites.passes.base import Pass, PassContext, PassReport, is_graph_output, redirect_readers
 
 G_LOGGER.severity = G_LOGGER.ERROR
 logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
@@ -71,6 +74,62 @@ def fold_layout(graph: gs.Graph) -> list[str]:
     return folded
 
 
+_IDENTITY = {"Max": -np.inf, "Min": np.inf}
+
+
+def _is_identity(tensor: gs.Tensor, value: float) -> bool:
+    return isinstance(tensor, gs.Constant) and np.asarray(tensor.values).size > 0 \
+        and bool(np.all(np.asarray(tensor.values) == value))
+
+
+def _broadcasts_within(constant: gs.Constant, others: list[gs.Tensor]) -> bool:
+    """True when `constant` broadcast against `others` gives no larger shape than theirs."""
+    shape = np.asarray(constant.values).shape
+    if not shape:
+        return True
+    for other in others:
+        if other.shape is not None and len(other.shape) >= len(shape) and all(
+                d == 1 or d == o for d, o in zip(shape, other.shape[len(other.shape) - len(shape):])):
+            return True
+    return False
+
+
+def drop_identities(graph: gs.Graph, report: PassReport) -> None:
+    """Max(x, -inf) -> x, Min(x, +inf) -> x, Clip(x, -inf, b) -> Clip(x, , b): see the module's docstring."""
+    removed = False
+    for node in list(graph.nodes):
+        if node.op in _IDENTITY and len(node.inputs) > 1:
+            keep = [t for t in node.inputs if not _is_identity(t, _IDENTITY[node.op])]
+            dropped = [t for t in node.inputs if _is_identity(t, _IDENTITY[node.op])]
+            if not dropped:
+                continue
+            if not keep:
+                report.skipped.append((node.name, f"every operand is {_IDENTITY[node.op]}"))
+                continue
+            if not all(_broadcasts_within(t, keep) for t in dropped):
+                report.skipped.append((node.name, f"its {_IDENTITY[node.op]} operand broadcasts the others"))
+                continue
+            if len(keep) == 1 and not is_graph_output(graph, node.outputs[0]):
+                redirect_readers(node.outputs[0], keep[0])
+                node.outputs.clear()
+                node.inputs.clear()
+                removed = True
+            else:
+                node.inputs[:] = keep
+            report.converted.append(node.name)
+        elif node.op == "Clip" and len(node.inputs) > 1:
+            infinite = [k for k in (1, 2) if k < len(node.inputs) and isinstance(node.inputs[k], gs.Constant)
+                        and np.all(np.isinf(np.asarray(node.inputs[k].values)))]
+            for k in infinite:
+                node.inputs[k] = gs.Variable.empty()
+            while node.inputs and not node.inputs[-1].name:
+                node.inputs.pop()
+            if infinite:
+                report.converted.append(node.name)
+    if removed:
+        graph.cleanup()
+
+
 def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     report = PassReport("fold_constants")
     before = {n.name for n in graph.nodes}
@@ -78,6 +137,7 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     graph.fold_constants(error_ok=True).cleanup()
     after = {n.name for n in graph.nodes}
     report.converted = sorted(before - after)
+    drop_identities(graph, report)
     return report
 
 
