@@ -20,7 +20,7 @@ from rewrites.export import (SharedValues, export_spiking, graph_to_model, graph
 from rewrites.graph import NonFinite, default_opset, fingerprint, load_model, non_finite_constants, with_inferred_types
 from rewrites.optable import Conversion, NodeConversion, classify_graph
 from rewrites.passes import NORMALISE, SPIKING, PassContext, PassReport, run_passes
-from rewrites.passes import fold_constants, fuse_softmax, max_to_relu
+from rewrites.passes import allow_float, fold_constants, fuse_softmax, max_to_relu
 from rewrites.runtime import WEIGHTS_AS_INPUTS_ABOVE, Session
 
 
@@ -136,12 +136,13 @@ class ModelSummary:
 
     def op_table(self) -> list[dict]:
         """Per op type and conversion: count and node names."""
-        groups: dict[tuple[str, Conversion], list[NodeConversion]] = {}
+        groups: dict[tuple[str, Conversion, bool], list[NodeConversion]] = {}
         for n in self.nodes:
-            groups.setdefault((n.op_type, n.conversion), []).append(n)
+            groups.setdefault((n.op_type, n.conversion, n.reason == allow_float.ENCODER), []).append(n)
         rows = []
-        for (op, conv), members in sorted(groups.items(), key=lambda kv: (kv[0][1].converts, kv[0][0])):
-            rows.append({"op": op, "count": len(members), "conversion": conv.value, "converts": conv.converts,
+        for (op, conv, encoder), members in sorted(groups.items(), key=lambda kv: (kv[0][1].converts, kv[0][0])):
+            text = "input encoder (kept as is)" if encoder else conv.value
+            rows.append({"op": op, "count": len(members), "conversion": text, "converts": conv.converts,
                          "reason": members[0].reason, "nodes": [m.node for m in members]})
         return rows
 
@@ -166,14 +167,18 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
     # its ReduceMax guard
     run_passes(graph, (fold_constants.PASS, max_to_relu.PASS, fuse_softmax.PASS), PassContext())
     return ModelSummary(_io([i for i in model.graph.input if i.name not in inits]), _io(model.graph.output),
-                        params, _with_masks(classify_graph(graph), model), default_opset(model),
+                        params, _with_encoder(graph, classify_graph(graph), model), default_opset(model),
                         non_finite_constants(model))
 
 
-def _with_masks(conversions: list[NodeConversion], model: onnx.ModelProto) -> list[NodeConversion]:
-    """Nodes that read an infinite mask on activations: unsupported, as `refuse_masks` says in convert."""
+def _with_encoder(graph: gs.Graph, conversions: list[NodeConversion], model: onnx.ModelProto
+                  ) -> list[NodeConversion]:
+    """The input encoder as allow_float keeps it: float operators, as they are (with or without --allow-float);
+    nodes that read an infinite mask on activations: unsupported, as `refuse_masks` says in convert."""
+    encoder = set(allow_float.input_encoder(graph, conversions))
     masked = {node: reason for node, reason in masked_nodes(model)}
-    return [NodeConversion(c.node, c.op_type, Conversion.UNSUPPORTED, masked[c.node]) if c.node in masked
+    return [NodeConversion(c.node, c.op_type, Conversion.FLOAT, allow_float.ENCODER) if c.node in encoder
+            else NodeConversion(c.node, c.op_type, Conversion.UNSUPPORTED, masked[c.node]) if c.node in masked
             else c for c in conversions]
 
 

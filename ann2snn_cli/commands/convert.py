@@ -67,9 +67,10 @@ def command(
         "--ugo-size", min=1, help="Hidden neurons per UGO (default: STA's size, 64 for GELU and most, 32 for "
                                   "exp, 8 for 1/sqrt, doubled while the fit errs by more than 1%, up to 64).")] = None,
     allow_float: Annotated[Optional[str], typer.Option(
-        "--allow-float", metavar="OP[,OP]", help="Keep nodes of these op types, which nothing else maps, as "
-        "float operators with estimate-and-correct semantics (listed in the report). Without it such nodes "
-        "make the conversion fail with the list.")] = None,
+        "--allow-float", metavar="OP[,OP]|all", help="Keep nodes of these op types (all: every op type), which "
+        "nothing else maps, as float operators with estimate-and-correct semantics, or as they are where "
+        "they read only the presented input or non-float tensors (listed in the report). Without it such "
+        "nodes make the conversion fail with the list.")] = None,
     skip_pass: Annotated[Optional[list[str]], typer.Option(
         "--skip-pass", help="Skip a normalising pass by name (repeatable).")] = None,
     no_check: Annotated[bool, typer.Option("--no-check", help="Skip the onnxruntime self-check of the "
@@ -108,11 +109,11 @@ def parse_ops(text: str | None) -> tuple[str, ...]:
     import onnx.defs
     from rewrites.errors import Ann2SnnError
     ops = tuple(op.strip() for op in (text or "").split(",") if op.strip())
-    known = {s.name for s in onnx.defs.get_all_schemas()}
+    known = {s.name for s in onnx.defs.get_all_schemas()} | {"all"}  # all: every op type nothing else maps
     for op in ops:
         if op not in known:
             raise Ann2SnnError(f"--allow-float: unknown ONNX op type {op!r}", "op types are case-sensitive, "
-                               "e.g. --allow-float ReduceMax,Floor")
+                               "e.g. --allow-float ReduceMax,Floor, or all")
     return ops
 
 
@@ -192,7 +193,7 @@ def render(out: Output, converted, target: Path) -> None:
                   [[f["node"], f["op"], f"{f['range'][0]:.4g}..{f['range'][1]:.4g}", f["size"],
                     f"{f['max_error']:.3g}", f"{f['mean_error']:.3g}"] for f in result.ugo_fits])
     if result.kept_float:
-        out.print(f"kept as float operators (estimate-and-correct): {', '.join(n.node for n in result.kept_float)}")
+        out.print(f"kept as float operators (see allow_float in the passes): {', '.join(n.node for n in result.kept_float)}")
     out.print(f"normalising passes checked with onnxruntime: max relative error {result.normalise_error:.2e}")
     if result.corrections:
         out.table(f"Bias correction at T = {options.default_T}", ["layer", "bias shifted", "mean shift"],
