@@ -27,7 +27,7 @@ from rewrites.calibration.stats import Calibration
 from rewrites.config import ConvertOptions, LayerSetting, Neuron, NormSpec
 from rewrites.convert import ConversionResult, convert_model
 from rewrites.passes.relu_to_if import layer_threshold
-from sim.bias_correction import _driving_bias, _set_bias
+from sim.bias_correction import driving_bias, shift_bias
 from sim.engine import NumpyEngine
 from sim.model import spiking_from_proto
 from sim.neurons import if_neuron, signed_if_neuron
@@ -75,7 +75,7 @@ def tune(ann_path: str | Path, ann: onnx.ModelProto, calibration: Calibration, o
     _, activations = reference(feeds)
     choices = []
     for layer in layers:
-        layer["biased"] = _driving_bias(proto, layer["input"])[0] is not None
+        layer["biased"] = driving_bias(proto, layer["input"])[0] is not None
     for k, layer in enumerate(layers):
         current = _input_current(proto, layer["input"], feeds, T)
         target = activations.get(layer["node_output"])
@@ -99,8 +99,8 @@ def apply_bias_shifts(model: onnx.ModelProto, choices: list[LayerChoice]) -> Non
     for choice in choices:
         if choice.bias_shift is not None:
             inputs = {n.name: n.input[0] for n in model.graph.node if n.name == choice.node}
-            driver, _ = _driving_bias(model, inputs[choice.node])
-            _set_bias(model, driver, choice.bias_shift)
+            driver, _ = driving_bias(model, inputs[choice.node])
+            shift_bias(model, driver, choice.bias_shift)
 
 
 def _layers(proto: onnx.ModelProto) -> list[dict]:
@@ -200,7 +200,7 @@ def _apply(proto: onnx.ModelProto, layer: dict, choice: LayerChoice, stats, T: i
         if init.name in values:
             init.CopyFrom(numpy_helper.from_array(np.asarray(values[init.name], np.float32), init.name))
     if choice.bias_shift is not None:
-        _set_bias(proto, _driving_bias(proto, node.input[0])[0], choice.bias_shift)
+        shift_bias(proto, driving_bias(proto, node.input[0])[0], choice.bias_shift)
 
 
 def _shape_of(proto: onnx.ModelProto, name: str) -> list:

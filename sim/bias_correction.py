@@ -27,7 +27,7 @@ class Correction:
     skipped: str = ""
 
 
-def _driving_bias(model: onnx.ModelProto, tensor: str) -> tuple[onnx.NodeProto | None, str]:
+def driving_bias(model: onnx.ModelProto, tensor: str) -> tuple[onnx.NodeProto | None, str]:
     """The Conv/Gemm whose output (alone, or as one operand of an Add) is `tensor`, and why not if none."""
     producers = {o: n for n in model.graph.node for o in n.output}
     users: dict[str, int] = {}
@@ -48,7 +48,7 @@ def _driving_bias(model: onnx.ModelProto, tensor: str) -> tuple[onnx.NodeProto |
     return node, ""
 
 
-def _set_bias(model: onnx.ModelProto, node: onnx.NodeProto, shift: np.ndarray) -> str:
+def shift_bias(model: onnx.ModelProto, node: onnx.NodeProto, shift: np.ndarray) -> str:
     """Add `shift` to the bias of `node`, through the file's drain gate (a Mul by snn.drive) if it has one;
     a bias made here is gated too, so that drain steps still leave it out."""
     inits = {t.name: t for t in model.graph.initializer}
@@ -87,7 +87,7 @@ def correct_biases(proto: onnx.ModelProto, path: Path, ann_path: str | Path, dat
     ann = AnnReference(ann_path, model, sorted({l.output for l in layers}))
     done = []
     for layer in layers:
-        node, reason = _driving_bias(corrected, layer.input)
+        node, reason = driving_bias(corrected, layer.input)
         if node is None:
             done.append(Correction(layer.node, None, 0.0, reason))
             continue
@@ -95,7 +95,7 @@ def correct_biases(proto: onnx.ModelProto, path: Path, ann_path: str | Path, dat
         if gap is None:
             done.append(Correction(layer.node, None, 0.0, "the ANN has no tensor of this name"))
             continue
-        name = _set_bias(corrected, node, gap)
+        name = shift_bias(corrected, node, gap)
         done.append(Correction(layer.node, name, float(gap.mean())))
     return corrected, done
 
