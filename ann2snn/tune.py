@@ -14,6 +14,7 @@ fires negative: unfire level -inf), so no layer is converted twice; the final fi
 the chosen settings. Deterministic: the first `samples` samples, no randomness."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -104,7 +105,6 @@ def apply_bias_shifts(model: onnx.ModelProto, choices: list[LayerChoice]) -> Non
 
 
 def _layers(proto: onnx.ModelProto) -> list[dict]:
-    import json
     return json.loads({p.key: p.value for p in proto.metadata_props}["ann2snn.layers"])
 
 
@@ -211,14 +211,13 @@ def _shape_of(proto: onnx.ModelProto, name: str) -> list:
 
 
 def tuned(result: ConversionResult, choices: list[LayerChoice]) -> ConversionResult:
-    """The final conversion with the search's measurements in its layer entries and metadata."""
-    import json
-    by_node = {c.node: c for c in choices}
+    """The final conversion with the search's measurements in its layer entries, in the report and in the
+    file's ann2snn.layers."""
+    by_node = {c.node: c.to_json() for c in choices}
     for layer in result.layers:
         if layer["node"] in by_node:
-            layer["chosen"] = by_node[layer["node"]].to_json()
-    meta = {p.key: p for p in result.model.metadata_props}
-    meta["ann2snn.layers"].value = json.dumps(
-        [{**l, "chosen": by_node[l["node"]].to_json()} if l["node"] in by_node else l
-         for l in json.loads(meta["ann2snn.layers"].value)])
+            layer["chosen"] = by_node[layer["node"]]
+    entry = next(p for p in result.model.metadata_props if p.key == "ann2snn.layers")
+    entry.value = json.dumps([{**l, "chosen": by_node[l["node"]]} if l["node"] in by_node else l
+                              for l in json.loads(entry.value)])
     return result
