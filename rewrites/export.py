@@ -25,6 +25,7 @@ from rewrites.config import ConvertOptions
 from rewrites.errors import ModelError
 from rewrites.graph import WEIGHTLESS_ABOVE, default_opset, without_weights
 from rewrites.neurons import DOMAIN, DOMAIN_VERSION, OPERATORS
+from rewrites.runtime import Session
 
 CONTRACT = ("one time step per call; inputs state.* start at zero and take their .next outputs at the next "
             "step; the first non-state output is the step's value, decoded as the running mean over steps")
@@ -218,6 +219,8 @@ def export_spiking(graph: gs.Graph, source: onnx.ModelProto, options: ConvertOpt
     except Exception as exc:  # the checker raises several types
         raise ModelError(f"the exported spiking model failed the ONNX check: {str(exc).splitlines()[0]}",
                          "rerun with --debug and report it") from exc
+    # and onnxruntime must load it (kernels for every kept op and type), before anything is written
+    Session(skeleton, "the exported spiking model", optimize=False)
     del model.graph.value_info[:]
     model.graph.value_info.extend(skeleton.graph.value_info)
     return model

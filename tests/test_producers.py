@@ -270,3 +270,18 @@ def test_infinite_mask_is_read_and_reported_and_inspect_and_convert_agree(tmp_pa
                      names=["softmax", "'mask'"], mentions=["finite mask"])
     with pytest.raises(UnsupportedNodesError):
         ann2snn.convert(path, data=calib)
+
+
+def test_an_exported_file_onnxruntime_cannot_load_is_refused_before_writing():
+    """The guarantee behind `--allow-float all`: the file passes the full check with strict inference AND
+    loads in onnxruntime, or export raises ModelError (convert writes nothing). onnxruntime has no Tan kernel
+    for double, which the checker accepts."""
+    import onnx_graphsurgeon as gs
+    from rewrites.config import ConvertOptions
+    from rewrites.export import export_spiking
+    x = gs.Variable("x", np.float64, ["N", 4])
+    y = gs.Variable("y", np.float64, ["N", 4])
+    graph = gs.Graph(nodes=[gs.Node("Tan", "tan", inputs=[x], outputs=[y])], inputs=[x], outputs=[y], opset=17)
+    source = gs.export_onnx(graph)
+    with pytest.raises(ModelError, match="onnxruntime cannot load it"):
+        export_spiking(graph, source, ConvertOptions(), [], "sha256:0")
