@@ -446,10 +446,13 @@ def non_finite_constants(model: onnx.ModelProto, path: Path | str | None = None)
 
 
 def _inf_uses(name: str, signs: set[int], readers: dict, outputs: set[str], where: str, dynamic: set[str],
-              masks: list[str], depth: int = 0) -> list[str]:
-    """How every reader of `name` (holding infinite values of `signs`) uses it; raises where none applies."""
+              masks: list[str], origin: str = "", depth: int = 0) -> list[str]:
+    """How every reader of `name` (holding infinite values of `signs`, from the constant `origin`) uses it;
+    raises where none applies."""
+    origin = origin or name
+    through = f" (through '{name}')" if name != origin else ""
     if name in outputs:
-        raise ModelError(f"{where}constant '{name}' holds infinite values and reaches the graph output '{name}'",
+        raise ModelError(f"{where}constant '{origin}' holds infinite values and reaches the graph output '{name}'",
                          "re-export the model; an infinite output is not a result")
     uses = []
     for node, k in readers.get(name, []):
@@ -462,10 +465,10 @@ def _inf_uses(name: str, signs: set[int], readers: dict, outputs: set[str], wher
                 continue
         elif node.op_type in _INF_PASSING and depth < 8 and not (node.op_type == "Where" and k == 0):
             flipped = {-s for s in signs} if (node.op_type == "Sub" and k == 1) or node.op_type == "Neg" else signs
-            uses += _inf_uses(node.output[0], flipped, readers, outputs, where, dynamic, masks, depth + 1)
+            uses += _inf_uses(node.output[0], flipped, readers, outputs, where, dynamic, masks, origin, depth + 1)
             continue
-        raise ModelError(f"{where}constant '{name}' holds infinite values and node '{node.name}' ({node.op_type}) "
-                         f"reads them at input {k}, where they are no identity, bound or mask",
+        raise ModelError(f"{where}constant '{origin}' holds infinite values and node '{node.name}' ({node.op_type}) "
+                         f"reads them at input {k}{through}, where they are no identity, bound or mask",
                          "the file is damaged or the training diverged; re-export the model")
     return uses
 

@@ -231,6 +231,50 @@ def zero_dims(m, rng):
         dims[int(rng.integers(1, len(dims)))].dim_value = 0
 
 
+def producer_dims(m, rng):
+    """Dims as other producers write them (issue 14): -1 (paddle2onnx), 0, cleared, a tf2onnx dim_param, or a
+    damaged -3, on a random axis of an input, an output or a value_info."""
+    values = [vi for vi in list(m.graph.input) + list(m.graph.output) + list(m.graph.value_info)
+              if vi.type.HasField("tensor_type") and vi.type.tensor_type.shape.dim]
+    if not values:
+        return
+    dims = _pick(rng, values).type.tensor_type.shape.dim
+    dim = dims[int(rng.integers(len(dims)))]
+    value = _pick(rng, [-1, 0, None, "unk__7", -3])
+    dim.Clear()
+    if isinstance(value, int):
+        dim.dim_value = value
+    elif value:
+        dim.dim_param = value
+
+
+def inf_constant(m, rng):
+    """An infinite constant in front of a random node's first input: Max(x, -inf) or Min(x, +inf) (identities
+    that fold away), Clip(x, -inf, +inf), or Add(x, -inf) (a mask on activations, or damage)."""
+    k = int(rng.integers(len(m.graph.node)))
+    node = m.graph.node[k]
+    if not node.input or not node.input[0]:
+        return
+    op, values = _pick(rng, [("Max", [-np.inf]), ("Min", [np.inf]), ("Clip", [-np.inf, np.inf]), ("Add", [-np.inf])])
+    names = [f"fuzz_inf_{i}" for i in range(len(values))]
+    for name, value in zip(names, values):
+        m.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+    m.graph.node.insert(k, helper.make_node(op, [node.input[0]] + names, ["fuzz_inf_out"], name="fuzz_inf"))
+    node.input[0] = "fuzz_inf_out"
+
+
+def int_input(m, rng):
+    """The first input as int32 (jax2tf, token ids), cast to float inside the graph."""
+    vi = m.graph.input[0]
+    if not vi.type.HasField("tensor_type"):
+        return
+    vi.type.tensor_type.elem_type = _pick(rng, [TensorProto.INT32, TensorProto.INT64, TensorProto.BOOL])
+    for node in m.graph.node:
+        node.input[:] = ["fuzz_cast_out" if i == vi.name else i for i in node.input]
+    m.graph.node.insert(0, helper.make_node("Cast", [vi.name], ["fuzz_cast_out"], name="fuzz_cast",
+                                            to=TensorProto.FLOAT))
+
+
 def drop_output(m, rng):
     if rng.random() < 0.5:
         del m.graph.output[:]
@@ -243,7 +287,7 @@ GRAPH_MUTATIONS: dict[str, Callable[[onnx.ModelProto, np.random.Generator], None
                             reshape_initializer, retype_initializer, retype_input, reshape_input,
                             huge_initializer_dims, external_outside, change_op, mangle_attribute, change_opset,
                             nan_weights, drop_output, huge_constant_of_shape, odd_clip, rename_nodes,
-                            output_is_intermediate, zero_dims)}
+                            output_is_intermediate, zero_dims, producer_dims, inf_constant, int_input)}
 
 
 @dataclass

@@ -285,3 +285,17 @@ def test_an_exported_file_onnxruntime_cannot_load_is_refused_before_writing():
     source = gs.export_onnx(graph)
     with pytest.raises(ModelError, match="onnxruntime cannot load it"):
         export_spiking(graph, source, ConvertOptions(), [], "sha256:0")
+
+
+def test_infinite_addend_on_activations_is_refused_naming_the_constant(tmp_path):
+    """Add(x, -inf) in front of a Conv: the message names the constant, the node, and the tensor between."""
+    path, _, _ = write(tmp_path, "paddle")
+
+    def add_inf(model):
+        model.graph.initializer.append(numpy_helper.from_array(np.array(-np.inf, np.float32), "neg_inf"))
+        k = next(i for i, n in enumerate(model.graph.node) if n.name == "p2o.Conv.1")
+        model.graph.node.insert(k, helper.make_node("Add", ["p2o.Relu.0", "neg_inf"], ["masked"], name="add_inf"))
+        model.graph.node[k + 1].input[0] = "masked"
+    _edit(path, add_inf)
+    assert_bad_input(invoke("inspect", path), files(tmp_path), tmp_path,
+                     names=["'neg_inf'", "'p2o.Conv.1' (Conv)", "through 'masked'"], mentions=["no identity"])
