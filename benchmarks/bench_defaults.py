@@ -1,7 +1,8 @@
 """Issue 15, "best by default": on a network nobody tuned ann2snn on, the default conversion against the best
 flags and against SpikingJelly's ann2snn recipes, at the same T on the same test images.
 
-MODEL_DIR holds model.onnx, calib.npz and test.npz (benchmarks/make_lenet.py writes them). Rows:
+MODEL_DIR holds model.onnx, calib.npz and test.npz (benchmarks/make_lenet.py writes them for the LeNet-5;
+examples/fmnist_cnn holds them for the bundled Fashion-MNIST CNN). Rows:
 
 - defaults: `ann2snn convert model.onnx --data calib.npz` and nothing else, stepped at every T; the same
   with `--T T`, one file per T, each stepped at its own T; and the two-step form with no option,
@@ -9,8 +10,14 @@ MODEL_DIR holds model.onnx, calib.npz and test.npz (benchmarks/make_lenet.py wri
 - best: `ann2snn calibrate`, then `convert --calib ... --neuron signed --norm mmse --per-channel
   --bias-correction --data calib.npz --T T`, one file per T.
 - spikingjelly: RateCodingRecipe in several modes, calibrated on calib.npz, run for max(T) steps; the
-  accuracy at t is that of the outputs summed over steps 1..t (IF neurons do not depend on T). Skipped with
-  a note where torch or spikingjelly >= 2.0 is missing.
+  accuracy at t is that of the outputs summed over steps 1..t (IF neurons do not depend on T). It runs on the
+  network rebuilt in torch from model.onnx's initializers: --torch-model lenet (make_lenet.LeNet), fmnist_cnn
+  (examples/make_example.py's FmnistCNN, through bench_spikingjelly.torch_ann) or auto (default: the first
+  of them whose state_dict the file's initializers fill exactly). A network with MaxPool also gets the
+  recipe's pre_spike_maxpool mode. Skipped with a note where torch or spikingjelly >= 2.0 is missing.
+
+Every row reports the accuracy on test.npz and the agreement with the ANN's top-1 (onnxruntime on
+model.onnx) at each T; ours from step_onnx.py's `acc` and `agree`.
 
 Our files are measured by stepping them with ../shared/tools/step_onnx.py, which knows only the exported
 file's contract, with `--drain E` where the file's metadata ann2snn.drain_steps says E > 0. ann2snn runs
@@ -18,7 +25,7 @@ through its CLI (--ann2snn, default the checkout's .venv/bin/ann2snn), so it mea
 there. A conversion that fails is reported as a failed row with its error, not as a crash.
 
 usage: python benchmarks/bench_defaults.py MODEL_DIR [--T 4,8,16,32] [--rows defaults,best,spikingjelly]
-       [--ann2snn PATH] [--python PATH] [--json FILE]
+       [--torch-model auto|lenet|fmnist_cnn] [--ann2snn PATH] [--python PATH] [--json FILE]
 """
 from __future__ import annotations
 
@@ -36,7 +43,8 @@ import onnx
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_spikingjelly import import_spikingjelly, sj_accuracy, sj_convert  # noqa: E402
+from bench_spikingjelly import SJ_CONFIGS as SJ_FMNIST_CONFIGS  # noqa: E402
+from bench_spikingjelly import import_spikingjelly, sj_convert, sj_forward, torch_ann  # noqa: E402
 from common import REPO, load_line, machine_lines  # noqa: E402
 
 STEP_ONNX = REPO.parent / "shared" / "tools" / "step_onnx.py"
@@ -52,6 +60,19 @@ SJ_CONFIGS: dict[str, dict] = {
     "99.9%, channel-wise, v(0) = theta/2": {"mode": "99.9%", "channel_wise": True, "half_threshold": True},
 }
 ROWS = ("defaults", "best", "spikingjelly")
+# networks with MaxPool: the recipe's most complete mode, with MaxPool moved before the neuron
+SJ_MAXPOOL_CONFIG = "99.9%, channel-wise, MaxPool before neuron, v(0) = theta/2"
+
+
+def lenet(torch, path: Path):
+    from make_lenet import lenet_from_onnx
+
+    return lenet_from_onnx(path)
+
+
+# --torch-model: name -> (the torch rebuild of model.onnx, what it is)
+TORCH_MODELS = {"lenet": (lenet, "make_lenet.LeNet"),
+                "fmnist_cnn": (torch_ann, "examples/make_example.py's FmnistCNN")}
 
 
 def log(message: str) -> None:
@@ -72,8 +93,9 @@ def metadata(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
-def step(python: str, snn: Path, model_dir: Path, steps: list[int]) -> tuple[dict[int, float], int]:
-    """Accuracy at each T of `steps` by step_onnx.py, and the drain steps E it ran after each T."""
+def step(python: str, snn: Path, model_dir: Path, steps: list[int]) -> tuple[dict[int, float], dict[int, float], int]:
+    """Accuracy and agreement with the ANN's top-1 at each T of `steps` by step_onnx.py, and the drain steps
+    E it ran after each T."""
     drain = int(metadata(snn).get("ann2snn.drain_steps", "0"))
     out = snn.with_suffix(".step.json")
     cmd = [python, str(STEP_ONNX), str(snn), str(model_dir / "test.npz"), "--T", ",".join(map(str, steps)),
@@ -81,7 +103,8 @@ def step(python: str, snn: Path, model_dir: Path, steps: list[int]) -> tuple[dic
     done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode:
         raise RuntimeError(f"step_onnx.py failed on {snn} ({done.returncode}):\n{done.stderr}")
-    return {int(t): a for t, a in json.loads(out.read_text())["acc"].items()}, drain
+    report = json.loads(out.read_text())
+    return ({int(t): a for t, a in report["acc"].items()}, {int(t): a for t, a in report["agree"].items()}, drain)
 
 
 def ours(args, model_dir: Path, work: Path, steps: list[int], shown: list[str]) -> list[dict]:
@@ -103,7 +126,8 @@ def ours(args, model_dir: Path, work: Path, steps: list[int], shown: list[str]) 
     calib_error = run_cli(args.ann2snn, ["calibrate", model, "--data", calib, "-o", str(calib_json)], shown)
     rows = []
     for label, config, runs in plans:
-        row = {"row": label, "config": config, "accuracy": {}, "errors": {}, "drain": {}, "default_T": {}}
+        row = {"row": label, "config": config, "accuracy": {}, "agreement": {}, "errors": {}, "drain": {},
+               "default_T": {}}
         for name, options, at in runs:
             if calib_error and "C" in options:
                 row["errors"]["calibrate"] = calib_error
@@ -115,38 +139,66 @@ def ours(args, model_dir: Path, work: Path, steps: list[int], shown: list[str]) 
             if error:
                 row["errors"][name] = error
                 continue
-            accuracy, row["drain"][name] = step(args.python, snn, model_dir, at)
+            accuracy, agreement, row["drain"][name] = step(args.python, snn, model_dir, at)
             row["accuracy"].update(accuracy)
+            row["agreement"].update(agreement)
             row["default_T"][name] = metadata(snn).get("ann2snn.default_T")
         rows.append(row)
     return rows
 
 
-def spikingjelly(model_dir: Path, steps: list[int], batch: int) -> tuple[list[dict], str]:
-    """SpikingJelly's rows on the torch LeNet rebuilt from model.onnx, and a line on the rebuild (or on why
+def torch_rebuild(torch, path: Path, name: str):
+    """(name, module) of the --torch-model rebuild of `path`; 'auto': the first that loads exactly."""
+    if name != "auto":
+        return name, TORCH_MODELS[name][0](torch, path)
+    errors = []
+    for candidate, (build, _) in TORCH_MODELS.items():
+        try:
+            return candidate, build(torch, path)
+        except RuntimeError as exc:  # load_state_dict: missing / unexpected keys or shape mismatch
+            errors.append(f"{candidate}: {str(exc).splitlines()[0]}")
+    raise SystemExit(f"--torch-model auto: no torch rebuild fits {path} ({'; '.join(errors)})")
+
+
+def sj_scores(sj, snn, x: np.ndarray, y: np.ndarray, ann_top1: np.ndarray, T: int, batch: int):
+    """Accuracy and agreement with the ANN's top-1 after each of steps 1..T (bench_spikingjelly.sj_forward)."""
+    correct, agree = np.zeros(T), np.zeros(T)
+    for i in range(0, len(x), batch):
+        top1 = sj_forward(sj, snn, x[i:i + batch], T).argmax(-1)
+        correct += (top1 == y[i:i + batch]).sum(1)
+        agree += (top1 == ann_top1[i:i + batch]).sum(1)
+    return correct / len(x), agree / len(x)
+
+
+def spikingjelly(model_dir: Path, steps: list[int], batch: int, torch_model: str) -> tuple[list[dict], str]:
+    """SpikingJelly's rows on the torch network rebuilt from model.onnx, and a line on the rebuild (or on why
     there are no rows)."""
     sj = import_spikingjelly()
     if isinstance(sj, str):
         return [], f"SpikingJelly rows skipped: {sj}"
     torch = sj[0]
-    from make_lenet import lenet_from_onnx
-
     torch.set_num_threads(1)
-    net = lenet_from_onnx(model_dir / "model.onnx")
+    name, net = torch_rebuild(torch, model_dir / "model.onnx", torch_model)
     test, calib_x = np.load(model_dir / "test.npz"), np.load(model_dir / "calib.npz")["x"]
     x, y = test["x"], test["y"]
     with torch.no_grad():
-        logits = net(torch.from_numpy(x)).numpy()
-    diff = np.abs(logits - ann_logits(model_dir, x)).max()
+        logits = np.concatenate([net(torch.from_numpy(x[i:i + 500])).numpy() for i in range(0, len(x), 500)])
+    reference = ann_logits(model_dir, x)
+    diff, ann_top1 = np.abs(logits - reference).max(), reference.argmax(1)
+    configs = dict(SJ_CONFIGS)
+    if any(isinstance(m, torch.nn.MaxPool2d) for m in net.modules()):
+        configs[SJ_MAXPOOL_CONFIG] = SJ_FMNIST_CONFIGS[SJ_MAXPOOL_CONFIG]
     rows = []
-    for label, options in SJ_CONFIGS.items():
+    for label, options in configs.items():
         log(f"spikingjelly {label}")
-        acc = sj_accuracy(sj, sj_convert(sj, net, calib_x, options, batch), x, y, max(steps), batch)
+        acc, agree = sj_scores(sj, sj_convert(sj, net, calib_x, options, batch), x, y, ann_top1, max(steps), batch)
         rows.append({"row": "spikingjelly", "config": label, "options": options,
-                     "accuracy": {t: acc[t - 1] for t in steps}, "errors": {}})
+                     "accuracy": {t: float(acc[t - 1]) for t in steps},
+                     "agreement": {t: float(agree[t - 1]) for t in steps}, "errors": {}})
     return rows, (f"SpikingJelly {importlib.metadata.version('spikingjelly')}, torch {torch.__version__}: torch "
-                  f"rebuild vs onnxruntime max |logit diff| {diff:.1e}, ANN accuracy (torch) "
-                  f"{100 * np.mean(logits.argmax(1) == y):.2f}%; calibrated in batches of {batch}")
+                  f"rebuild {TORCH_MODELS[name][1]} (--torch-model {name}) vs onnxruntime max |logit diff| "
+                  f"{diff:.1e}, top-1 mismatches {int(np.sum(logits.argmax(1) != ann_top1))}, ANN accuracy "
+                  f"(torch) {100 * np.mean(logits.argmax(1) == y):.2f}%; calibrated in batches of {batch}")
 
 
 def ann_logits(model_dir: Path, x: np.ndarray) -> np.ndarray:
@@ -165,6 +217,17 @@ def table(rows: list[dict], steps: list[int], ann: float) -> list[str]:
     return lines
 
 
+def agreement_table(rows: list[dict], steps: list[int]) -> list[str]:
+    """Markdown: agreement (%) with the ANN's top-1 per T."""
+    lines = ["| row | configuration | " + " | ".join(f"T = {t}" for t in steps) + " |",
+             "|---|---|" + "---:|" * len(steps)]
+    for row in rows:
+        agreement = row.get("agreement", {})
+        cells = [f"{100 * agreement[t]:.2f}" if t in agreement else "failed" for t in steps]
+        lines.append(f"| {row['row']} | `{row['config']}` | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model_dir", type=Path, help="directory with model.onnx, calib.npz, test.npz")
@@ -173,6 +236,8 @@ def main() -> int:
     ap.add_argument("--ann2snn", default=str(REPO / ".venv" / "bin" / "ann2snn"), help="the ann2snn executable")
     ap.add_argument("--python", default=str(REPO / ".venv" / "bin" / "python"), help="python for step_onnx.py")
     ap.add_argument("--sj-batch", type=int, default=100, help="SpikingJelly: calibration and test batch size")
+    ap.add_argument("--torch-model", default="auto", choices=["auto", *TORCH_MODELS],
+                    help="SpikingJelly: the torch rebuild of model.onnx (auto: the first that loads exactly)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     args = ap.parse_args()
     args.rows = [r for r in args.rows.split(",") if r]
@@ -186,7 +251,7 @@ def main() -> int:
     command = " ".join(["python", "benchmarks/bench_defaults.py"] + sys.argv[1:])
     print(f"# bench_defaults: {command}")
     print("\n".join(machine_lines()))
-    print(f"ann2snn: {args.ann2snn} (checkout at {commit}, working tree as found)")
+    print(f"ann2snn: {args.ann2snn} (repo HEAD {commit}; that checkout's working tree only where PATH is its own .venv/bin/ann2snn)")
     print(f"test images: {len(test['y'])}; ANN accuracy (onnxruntime) {100 * ann:.2f}%")
 
     start, shown, rows, note = time.perf_counter(), [], [], None
@@ -194,11 +259,13 @@ def main() -> int:
         rows += ours(args, args.model_dir, Path(tmp), steps, shown)
     shown = [line.replace(tmp, "$OUT").replace(str(args.model_dir), "$DIR") for line in shown]
     if "spikingjelly" in args.rows:
-        sj_rows, note = spikingjelly(args.model_dir, steps, args.sj_batch)
+        sj_rows, note = spikingjelly(args.model_dir, steps, args.sj_batch, args.torch_model)
         rows += sj_rows
         print(note)
     print(f"\n## Accuracy (%) on the {len(test['y'])} images of test.npz, (ANN - SNN) in points\n")
     print("\n".join(table(rows, steps, ann)))
+    print(f"\n## Agreement (%) with the ANN's top-1 on the same images\n")
+    print("\n".join(agreement_table(rows, steps)))
     for row in rows:
         failed: dict[str, list[str]] = {}
         for name, error in row["errors"].items():
