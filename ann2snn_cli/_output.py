@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rewrites.graph import write_text_atomic
+from rewrites.graph import writable_target, write_text_atomic
 
 
 def _clean(value: Any) -> Any:
@@ -31,6 +31,8 @@ class Output:
     def __init__(self, json_target: str | None = None, width: int | None = None):
         self.json_target = json_target
         self.json_to_stdout = json_target == "-"
+        if json_target and not self.json_to_stdout:
+            writable_target(json_target)  # refused before the work, not after it
         self.console = Console(width=width, quiet=self.json_to_stdout, soft_wrap=False)
         self.err = Console(stderr=True, width=width)
 

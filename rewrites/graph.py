@@ -572,8 +572,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
     data (default: when the model was read with it or its weights reach EXTERNAL_ABOVE bytes) the weights
     go to `<name>.data` beside the model; the data file is renamed into place before the model that
     references it. The model in memory is left unchanged and its weights are not copied as a whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = writable_target(path)
     if external_data is None:
         external_data = _meta(model, EXTERNAL_DATA_KEY) == "true" or \
             sum(_tensor_size(t) for t in model.graph.initializer) >= EXTERNAL_ABOVE
@@ -598,16 +597,40 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
             else:
                 onnx.save(model, str(model_tmp))
             os.replace(model_tmp, path)
-    except BaseException:
+    except BaseException as exc:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from exc
         raise
+
+
+def writable_target(path: str | os.PathLike) -> Path:
+    """The output path, refused with a one-line error when its folder does not exist (nothing is created)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputFileError(f"{path}: the folder {path.parent} does not exist", "create it, or give another path")
+    return path
+
+
+def _write_error(path: Path, exc: OSError) -> InputFileError:
+    """An error writing one of our temporary files or renaming it, told as the error of the user's path."""
+    return InputFileError(f"{path}: cannot write it ({exc.strerror or type(exc).__name__})",
+                          "check the folder's permissions and free space")
+
+
+def _file_mode() -> int:
+    """What open() would give a new file under the process's umask (mkstemp gives 0600 whatever it is)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _temp_beside(path: Path, temps: list[Path]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     temps.append(Path(tmp))
+    os.chmod(tmp, _file_mode())
     return Path(tmp)
 
 
@@ -732,15 +755,18 @@ def _set_meta(model: onnx.ModelProto, key: str, value: str) -> None:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write to a temporary file beside the target, then rename (see save_model)."""
+    path = writable_target(path)
+    temps: list[Path] = []
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        tmp = _temp_beside(path, temps)
+        tmp.write_text(text)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from exc
         raise
 
 

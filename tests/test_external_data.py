@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from builders import ModelBuilder
 from conftest import run_ort
+from rewrites.errors import InputFileError
 from rewrites.graph import ALIGN, EXTERNAL_DATA_KEY, fingerprint, load_model, save_model
 from test_cli import invoke, ok
 
@@ -79,7 +80,7 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", failing)
-    with pytest.raises(OSError):
+    with pytest.raises(InputFileError, match="out.onnx: cannot write it .No space left on device"):
         save_model(mlp(), tmp_path / "out.onnx", external_data=True)
     assert os.listdir(tmp_path) == []
 

@@ -39,6 +39,7 @@ def command(
         out = Output()
         with tempfile.TemporaryDirectory() as tmp:
             work = out_dir or Path(tmp)
+            work.mkdir(parents=True, exist_ok=True)
             calib_path, snn_path = work / "model.calib.json", work / "model.snn.onnx"
             out.print(f"[bold]1/3 calibrate[/bold] {model.name} on {calib_data.name}")
             with out.progress("calibrating", 0) as progress:
