@@ -7,13 +7,14 @@ from pathlib import Path
 
 from ann2snn.tune import LayerChoice, apply_bias_shifts, settings_of, tunable_layers, tune, tuned
 from rewrites.calibration.collect import calibrate
-from rewrites.calibration.data import input_specs, load_dataset
+from rewrites.calibration.data import array_shapes, input_specs, load_dataset
 from rewrites.calibration.stats import Calibration
 from rewrites.config import DEFAULT_NORM, ConvertOptions, Neuron, Nonlinear, NormSpec
 from rewrites.convert import ConversionResult, convert_model, normalise, refuse_masks
 from rewrites.errors import Ann2SnnError, CalibrationError
 from rewrites.graph import fingerprint, load_model, non_finite_constants, write_text_atomic
 from rewrites.passes.qcfs_to_if import qcfs_levels
+from rewrites.shapes import bind_input_shapes, recorded_shapes, resolve_input_shapes
 
 DEFAULT_T = 8
 
@@ -39,6 +40,7 @@ class ConvertRequest:
     skip_passes: tuple[str, ...] = ()
     limit: int | None = None  # samples of the data used (calibration, tuning, bias correction)
     check: bool = True  # the onnxruntime self-check of the normalising passes
+    input_shapes: dict | None = None  # --input-shape: {input: (None, d1, ...)} for dynamic dims (rewrites/shapes.py)
 
     @property
     def tuning_given(self) -> bool:
@@ -54,23 +56,35 @@ class Converted:
     calibration: str  # where the thresholds came from: the file, the data, or "the graph"
     choices: list[LayerChoice] = field(default_factory=list)  # per layer, when chosen on the data
     notes: list[str] = field(default_factory=list)
+    input_shapes: dict[str, list] = field(default_factory=dict)  # what dynamic inputs were bound to, batch 'N'
 
 
 def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(), calib: str | Path | None = None,
             data: str | Path | None = None, save_calib: str | Path | None = None) -> Converted:
     model_path = Path(model_path)
     ann = load_model(model_path)
+    source_fp = fingerprint(ann)  # of the file as given: a calibration of it fits the bound model too
+    calibration = Calibration.read(calib) if calib is not None else None
+    bound = resolve_input_shapes(ann, request.input_shapes,
+                                 array_shapes(data, input_specs(ann)) if data is not None else None,
+                                 calibration.input_shapes if calibration is not None else None,
+                                 str(data), str(calib), str(model_path))
+    bind_input_shapes(ann, bound)
     infinite = non_finite_constants(ann)
     refuse_masks(ann, model_path, infinite)
     levels = qcfs_levels(normalise(ann)[0])
     T = request.T or levels or DEFAULT_T
     notes = [f"constant {c.describe()} holds infinite values where they are meant" for c in infinite]
-    if calib is not None:
-        calibration, source = Calibration.read(calib), str(calib)
+    given = request.input_shapes or {}
+    notes += [f"input '{name}' bound to [{', '.join(map(str, dims))}] (from {'--input-shape' if name in given else data or calib}); the "
+              "file is built for that shape" for name, dims in recorded_shapes(bound).items()]
+    if calibration is not None:
+        source = str(calib)
     elif data is not None:
-        calibration, source = calibrate(model_path, data, limit=request.limit), str(data)
+        calibration, source = calibrate(model_path, data, limit=request.limit, input_shapes=request.input_shapes), \
+            str(data)
     else:
-        calibration, source = Calibration(fingerprint(ann), str(model_path), 0, {}), "the graph"
+        calibration, source = Calibration(source_fp, str(model_path), 0, {}), "the graph"
     if save_calib is not None:
         if data is None:
             raise Ann2SnnError("--save-calib needs --data", "give the calibration samples to calibrate on")
@@ -82,7 +96,8 @@ def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(), 
                              request.tmax, request.weight_norm, bool(request.per_channel),
                              Nonlinear.parse(request.nonlinear), request.ugo_size, request.allow_float, drain)
     try:
-        result = convert_model(ann, calibration, options, model_path, source, check=request.check)
+        result = convert_model(ann, calibration, options, model_path, source, check=request.check,
+                               source_fingerprint=source_fp)
     except CalibrationError as exc:
         if data is not None or calib is not None:
             raise
@@ -99,7 +114,8 @@ def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(), 
             choices = tune(model_path, ann, calibration, options, dataset)
             options = ConvertOptions(**{**vars(options), "layer_settings": settings_of(choices)})
             checked = result.normalise_error
-            result = convert_model(ann, calibration, options, model_path, source, check=False)
+            result = convert_model(ann, calibration, options, model_path, source, check=False,
+                                   source_fingerprint=source_fp)
             result.normalise_error = checked  # the same normalising passes, checked above
             apply_bias_shifts(result.model, choices)
             result = tuned(result, choices)
@@ -109,4 +125,4 @@ def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(), 
         from sim.bias_correction import correct_biases
         result.model, result.corrections = correct_biases(result.model, model_path.with_suffix(".snn.onnx"),
                                                           model_path, dataset, T)
-    return Converted(result, options, source, choices, notes)
+    return Converted(result, options, source, choices, notes, recorded_shapes(bound))

@@ -68,7 +68,8 @@ def tune(ann_path: str | Path, ann: onnx.ModelProto, calibration: Calibration, o
     """Choose every ReLU layer's conversion (module docstring). `options` give T and what is not searched."""
     T = options.default_T
     probe = replace(options, neuron=Neuron.SIGNED, tmax=None, layer_settings={})
-    proto = convert_model(ann, calibration, probe, check=False).model
+    # the calibration was checked against the file by the caller; `ann` may be it with its input dims bound
+    proto = convert_model(ann, calibration, probe, check=False, source_fingerprint=calibration.fingerprint).model
     layers = tunable_layers(_layers(proto))
     feeds = next(data.batches(samples))
     reference = AnnReference(ann_path, spiking_from_proto(proto, Path(ann_path)), [l["node_output"] for l in

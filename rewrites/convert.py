@@ -22,6 +22,7 @@ from rewrites.optable import Conversion, NodeConversion, classify_graph
 from rewrites.passes import NORMALISE, SPIKING, PassContext, PassReport, run_passes
 from rewrites.passes import allow_float, fold_constants, fuse_softmax, max_to_relu
 from rewrites.runtime import WEIGHTS_AS_INPUTS_ABOVE, Session
+from rewrites.shapes import DynamicInput, dynamic_inputs
 
 
 def import_graph(model: onnx.ModelProto, infer: bool = False) -> gs.Graph:
@@ -133,6 +134,7 @@ class ModelSummary:
     nodes: list[NodeConversion]
     opset: int
     non_finite: list[NonFinite] = field(default_factory=list)  # +-inf constants, where each is used
+    dynamic: list[DynamicInput] = field(default_factory=list)  # inputs with dynamic dims past the batch
 
     def op_table(self) -> list[dict]:
         """Per op type and conversion: count and node names."""
@@ -168,7 +170,7 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
     run_passes(graph, (fold_constants.PASS, max_to_relu.PASS, fuse_softmax.PASS), PassContext())
     return ModelSummary(_io([i for i in model.graph.input if i.name not in inits]), _io(model.graph.output),
                         params, _with_encoder(graph, classify_graph(graph), model), default_opset(model),
-                        non_finite_constants(model))
+                        non_finite_constants(model), dynamic_inputs(model))
 
 
 def _with_encoder(graph: gs.Graph, conversions: list[NodeConversion], model: onnx.ModelProto
@@ -253,8 +255,10 @@ def unsupported_nodes(graph: gs.Graph, remaining: list[NodeConversion]) -> list[
 
 def convert_model(model: onnx.ModelProto, calibration: Calibration, options: ConvertOptions,
                   model_path: str | Path = "model", calib_path: str | Path = "calibration",
-                  check: bool = True) -> ConversionResult:
-    fp = fingerprint(model)
+                  check: bool = True, source_fingerprint: str | None = None) -> ConversionResult:
+    """`source_fingerprint`: of the file as given, where `model` is it with its dynamic input dims bound
+    (rewrites/shapes.py): the calibration and the exported file refer to that file."""
+    fp = source_fingerprint or fingerprint(model)
     calibration.check_model(fp, calib_path, model_path)
     refuse_masks(model, model_path)
     ops_before = Counter(n.op_type for n in model.graph.node)

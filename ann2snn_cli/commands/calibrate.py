@@ -55,6 +55,7 @@ def summary(result, target: Path) -> dict:
     from rewrites.config import NormSpec
     q = NormSpec.parse(result.method).percentile
     return {"output": str(target), "samples": result.samples, "method": result.method,
+            "input_shapes": result.input_shapes,
             "tensors": [{"tensor": n, "min": s.minimum, "max": s.maximum, "mean": s.mean,
                          f"p{q:g}": s.percentile(q)} for n, s in result.tensors.items()]}
 
@@ -64,4 +65,6 @@ def render(out: Output, result, target: Path) -> None:
     q = NormSpec.parse(result.method).percentile
     out.table(f"Calibration over {result.samples} samples", ["tensor", "min", "mean", "max", f"p{q:g}"],
               [[n, s.minimum, s.mean, s.maximum, s.percentile(q)] for n, s in result.tensors.items()])
+    for name, dims in result.input_shapes.items():
+        out.print(f"note: input '{name}' has dynamic dims: calibrated at [{', '.join(map(str, dims))}] (recorded for `convert --calib`)")
     out.print(f"wrote {target} (default norm: {result.method})")

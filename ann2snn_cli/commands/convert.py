@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ann2snn_cli._options import JsonOpt, OutOpt
+from ann2snn_cli._options import InputShapeOpt, JsonOpt, OutOpt
 from ann2snn_cli._output import Output
 from ann2snn_cli.state import errors_to_exit_codes
 
@@ -26,6 +26,7 @@ def command(
     save_calib: Annotated[Optional[Path], typer.Option("--save-calib", metavar="FILE", help="Keep the calibration "
                           "made from --data as JSON (for --calib later).")] = None,
     output: OutOpt = None,
+    input_shape: InputShapeOpt = None,
     default_t: Annotated[Optional[int], typer.Option("--T", min=1, help="Time steps the conversion targets "
                          "(default: L for a QCFS-trained model, else 8); recorded as the file's default.")] = None,
     norm: Annotated[Optional[str], typer.Option(
@@ -82,6 +83,7 @@ def command(
         from rewrites.errors import Ann2SnnError, UnsupportedNodesError
         from rewrites.graph import save_model
         from rewrites.passes import NORMALISE, PASSES
+        from rewrites.shapes import parse_input_shapes
         skips = tuple(skip_pass or ())
         for name in skips:
             if name not in PASSES:
@@ -91,7 +93,8 @@ def command(
         if calib is not None and save_calib is not None:
             raise Ann2SnnError("--save-calib keeps a calibration made from --data; --calib already names one")
         request = ConvertRequest(default_t, norm, per_channel, neuron, phi, tmax, bias_correction, drain_steps,
-                                 weight_norm, nonlinear, ugo_size, parse_ops(allow_float), skips, limit, not no_check)
+                                 weight_norm, nonlinear, ugo_size, parse_ops(allow_float), skips, limit, not no_check,
+                                 parse_input_shapes(input_shape or ()))
         out = Output(json_out)
         target = output or model.with_name(model.stem + ".snn.onnx")
         try:
@@ -148,6 +151,7 @@ def summary(converted, target: Path) -> dict:
         "ugo": result.ugo_fits,
         "kept_float": [n.node for n in result.kept_float],
         "notes": converted.notes,
+        "input_shapes": converted.input_shapes,
         "layers": result.layers,
     }
 

@@ -24,7 +24,8 @@ def command(
         render(out, model, summary)
         out.emit_json({"model": str(model), "opset": summary.opset, "parameters": summary.parameters,
                        "inputs": summary.inputs, "outputs": summary.outputs, "ops": summary.op_table(),
-                       "non_finite": [vars(c) | {"uses": list(c.uses)} for c in summary.non_finite]})
+                       "non_finite": [vars(c) | {"uses": list(c.uses)} for c in summary.non_finite],
+                       "dynamic_inputs": [d.to_json() for d in summary.dynamic]})
 
 
 def render(out: Output, path: Path, summary) -> None:
@@ -41,8 +42,13 @@ def render(out: Output, path: Path, summary) -> None:
     if summary.non_finite:
         out.print("constants holding infinite values (accepted where they are identities, bounds or masks): "
                   + "; ".join(c.describe() for c in summary.non_finite))
+    for dyn in summary.dynamic:
+        out.print(f"note: {dyn.describe()}")
     blocked = [r for r in summary.op_table() if not r["converts"]]
+    unbound = [d.name for d in summary.dynamic if not d.bindable]
     if blocked:
         out.print(f"{sum(r['count'] for r in blocked)} node(s) cannot be converted yet (see above).")
-    else:
+    if unbound:
+        out.print(f"{len(unbound)} input(s) cannot be bound to a static shape: {', '.join(unbound)} (see above).")
+    if not blocked and not unbound:
         out.print("Every node converts.")

@@ -12,7 +12,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from rewrites import __version__
-from rewrites.calibration.data import Dataset, input_specs, load_dataset
+from rewrites.calibration.data import Dataset, array_shapes, input_specs, load_dataset
 from rewrites.calibration.observe import Observed, observe
 from rewrites.calibration.stats import DEFAULT_BINS, Calibration, ChannelFold, TensorStats
 from rewrites.config import DEFAULT_NORM, NormSpec
@@ -25,6 +25,7 @@ from rewrites.passes._emit import Emitter, reduce
 from rewrites.passes.softmax_to_spiking import CENTRED_SUFFIX, LSE_SUFFIX, centred, rank_of, softmax_axes
 from rewrites.regions import find_regions
 from rewrites.runtime import WEIGHTS_AS_INPUTS_ABOVE, Session
+from rewrites.shapes import bind_input_shapes, recorded_shapes, resolve_input_shapes
 
 Progress = Callable[[int, int], None]  # (samples done, samples total)
 
@@ -76,14 +77,19 @@ def augment(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
 
 def calibrate(model_path: str | Path, data_path: str | Path, batch_size: int = 64, limit: int | None = None,
               bins: int = DEFAULT_BINS, method: str = DEFAULT_NORM,
-              progress: Progress | None = None) -> Calibration:
+              progress: Progress | None = None, input_shapes: dict | None = None) -> Calibration:
     """Run the model over the data once and return per-tensor statistics of every tensor a rewrite needs.
-    `method` (a --norm spec) is recorded as the default threshold rule for `convert`."""
+    `method` (a --norm spec) is recorded as the default threshold rule for `convert`. Dynamic non-batch input
+    dims are bound (rewrites/shapes.py) to `input_shapes` (--input-shape), else to the data's shapes, and
+    the shapes are recorded."""
     NormSpec.parse(method)
     if batch_size < 1:
         raise DataError(f"invalid --batch-size {batch_size}", "use a positive number")
     model = load_model(model_path)
     model_fingerprint = fingerprint(model)  # before normalising: graphsurgeon names Constant values in place
+    bound = resolve_input_shapes(model, input_shapes, array_shapes(data_path, input_specs(model)),
+                                 data_path=str(data_path), model_path=str(model_path))
+    bind_input_shapes(model, bound)
     dataset = load_dataset(data_path, input_specs(model), limit)
     graph, _ = normalise(model)
     tensors = observed_tensors(graph)
@@ -94,7 +100,8 @@ def calibrate(model_path: str | Path, data_path: str | Path, batch_size: int = 6
     gc.collect()  # graphsurgeon graphs hold reference cycles: free the model's weights now, not at some later time
     stats = {name: TensorStats(name, bins) for name in tensors}
     collect(session, dataset, stats, batch_size, progress, plan)
-    return Calibration(model_fingerprint, str(model_path), len(dataset), stats, __version__, method)
+    return Calibration(model_fingerprint, str(model_path), len(dataset), stats, __version__, method,
+                       input_shapes=recorded_shapes(bound))
 
 
 def calibration_session(graph: gs.Graph, like: onnx.ModelProto, tensors: list[str], name: str) -> Session:

@@ -135,3 +135,29 @@ def _check_input(path: Path, arr: np.ndarray, spec: InputSpec) -> np.ndarray:
     elif arr.dtype != spec.dtype:
         arr = arr.astype(spec.dtype)
     return np.ascontiguousarray(arr)
+
+
+def array_shapes(path: str | Path, specs: list[InputSpec]) -> dict[str, tuple[int, ...]]:
+    """The shape of the array each input of `specs` would be fed from (the naming rules of `load_dataset`),
+    read from the file's headers where it can (no data loaded), for binding dynamic dims to the data."""
+    path = Path(path)
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        if path.suffix.lower() == ".npy":
+            shapes = {"x": tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)}
+        elif path.suffix.lower() == ".npz":
+            with zipfile.ZipFile(path) as z:
+                for member in z.namelist():
+                    if member.endswith(".npy"):
+                        with z.open(member) as f:
+                            version = np.lib.format.read_magic(f)
+                            read = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                                else np.lib.format.read_array_header_2_0
+                            shapes[member[:-4]] = tuple(read(f)[0])
+        else:
+            _load_arrays(path)  # raises its error on the format
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        shapes = {k: v.shape for k, v in _load_arrays(path).items()}  # raises the reader's own error
+    if len(specs) == 1 and specs[0].name not in shapes and "x" in shapes:
+        shapes[specs[0].name] = shapes.pop("x")
+    return {s.name: shapes[s.name] for s in specs if s.name in shapes}

@@ -184,6 +184,17 @@ MAX_BINS = 2**20  # a histogram read from a file is allocated, so its size is bo
 Reductions = tuple[np.ndarray, np.ndarray, np.ndarray, int]
 
 
+def _input_shapes(value) -> dict[str, list]:
+    """The recorded input shapes: {name: [batch name, positive ints...]}; ValueError otherwise."""
+    if not isinstance(value, dict):
+        raise ValueError("input_shapes is not an object")
+    for name, dims in value.items():
+        if not isinstance(dims, list) or not dims or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims[1:]):
+            raise ValueError(f"input_shapes[{name!r}] is not a list of positive dims")
+    return {str(k): list(v) for k, v in value.items()}
+
+
 def _integer(value, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{key} must be a non-negative integer, not {value!r}")
@@ -445,6 +456,8 @@ class Calibration:
     tool_version: str = ""
     method: str = DEFAULT_NORM  # the norm `convert` uses unless told otherwise
     source: str = field(default="", compare=False)  # the file it was read from, for error messages
+    # {input: [dims]} the dynamic inputs were bound to (rewrites/shapes.py), batch by name; absent when none
+    input_shapes: dict[str, list] = field(default_factory=dict)
 
     def stats(self, tensor: str, node: str) -> TensorStats:
         if tensor not in self.tensors:
@@ -458,7 +471,8 @@ class Calibration:
         body = {
             "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "tool_version": self.tool_version,
             "model": {"path": self.model_path, "fingerprint": self.fingerprint}, "samples": self.samples,
-            "method": self.method, "tensors": {name: self.tensors[name].to_json() for name in sorted(self.tensors)},
+            "method": self.method, **({"input_shapes": self.input_shapes} if self.input_shapes else {}),
+            "tensors": {name: self.tensors[name].to_json() for name in sorted(self.tensors)},
         }
         return json.dumps(body, indent=1)
 
@@ -482,7 +496,7 @@ class Calibration:
             tensors = {name: TensorStats.from_json(name, t) for name, t in data["tensors"].items()}
             result = cls(str(data["model"]["fingerprint"]), str(data["model"].get("path", "")),
                          _integer(data["samples"], "samples"), tensors, str(data.get("tool_version", "")),
-                         str(data.get("method", DEFAULT_NORM)), str(path))
+                         str(data.get("method", DEFAULT_NORM)), str(path), _input_shapes(data.get("input_shapes", {})))
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
             raise CalibrationError(f"{path}: malformed calibration file ({type(exc).__name__}: {exc})",
                                    "recalibrate") from exc
