@@ -50,3 +50,18 @@ def test_simulate_refuses_an_unwritable_report_before_running(tmp_path):
     before = files(tmp_path)
     result = invoke("simulate", model, "--data", tmp_path / "d.npz", "--json", tmp_path / "nowhere" / "r.json")
     assert_bad_input(result, before, tmp_path, mentions=["does not exist"])
+
+
+def test_plot_without_matplotlib_is_refused_before_running(tmp_path, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    before = files(tmp_path)
+    result = invoke("simulate", tmp_path / "absent.snn.onnx", "--data", tmp_path / "absent.npz",
+                    "--plot", tmp_path / "p.png")
+    assert_bad_input(result, before, tmp_path, mentions=["--plot needs matplotlib", "ann2snn[plot]"])
+
+
+def test_help_shows_the_extra_by_name():
+    result = invoke("simulate", "--help")
+    assert "ann2snn[plot]" in result.output

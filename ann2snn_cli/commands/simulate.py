@@ -1,6 +1,7 @@
 """Run a spiking model over data for T time steps (every sample from zero state) and report accuracy, agreement with the ANN at each t, latency, spikes per layer, SynOps and the energy estimate; optionally gate on accuracy (exit 1)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -35,7 +36,7 @@ def command(
     max_drop: Annotated[Optional[float], typer.Option("--max-drop", metavar="POINTS", help="Gate: exit 1 if the "
                         "accuracy at the last step is more than POINTS below the ANN's (needs labels and --ann).")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE.png", help="Draw accuracy against t and "
-                                                 "spikes per layer (needs matplotlib: pip install 'ann2snn[plot]').")] = None,
+                                                 "spikes per layer (needs matplotlib: pip install 'ann2snn\\[plot]').")] = None,
     plot_with: Annotated[Optional[list[Path]], typer.Option("--plot-with", metavar="REPORT.json", help="Add the "
                          "curves of earlier `simulate --json` reports to the plot (repeatable).")] = None,
     layer_error: Annotated[bool, typer.Option("--layer-error", help="Per neuron layer: the gap between SNN rate "
@@ -60,6 +61,8 @@ def command(
         from sim.simulate import sweep_extra_t as sweep_extra_t_table
         if max_drop is not None and ann is None:
             raise Ann2SnnError("--max-drop needs --ann", "give the ANN the model was converted from")
+        if plot and importlib.util.find_spec("matplotlib") is None:  # before the run, not after it
+            raise Ann2SnnError("--plot needs matplotlib", "pip install 'ann2snn[plot]'")
         out = Output(json_out)
         if sweep_extra_t is not None:
             window = window_for(load_spiking(model), steps, 0, drain)
