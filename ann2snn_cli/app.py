@@ -4,6 +4,7 @@ Exit codes: 0 ok; 1 a gate failed; 2 bad input (missing or invalid file, data th
 model, calibration of another model, nodes that cannot be converted); 3 internal error."""
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -30,5 +31,10 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """`--debug` is a global option; it is taken anywhere on the line (`ann2snn convert M --debug`)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args[1:]:
+        args.remove("--debug")
+        args.insert(0, "--debug")
+    app(args)

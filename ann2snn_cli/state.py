@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 import warnings
 from contextlib import contextmanager
 from typing import Iterator
@@ -18,6 +19,12 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _traceback_if_debug() -> None:
+    """With --debug, the traceback of the error being handled; the exit code stays the error's."""
+    if debug:
+        traceback.print_exc(file=sys.stderr)
+
+
 @contextmanager
 def errors_to_exit_codes() -> Iterator[None]:
     """Library errors -> `error: ...` on stderr and exit 2; unexpected ones -> exit 3. Tracebacks with --debug.
@@ -31,13 +38,11 @@ def errors_to_exit_codes() -> Iterator[None]:
     except typer.Exit:
         raise
     except Ann2SnnError as exc:
-        if debug:
-            raise
+        _traceback_if_debug()
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except OSError as exc:
-        if debug:
-            raise
+        _traceback_if_debug()
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"error: {where}{_one_line(exc.strerror or str(exc))}", file=sys.stderr)
         raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -45,8 +50,7 @@ def errors_to_exit_codes() -> Iterator[None]:
         print("error: interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
     except Exception as exc:
-        if debug:
-            raise
+        _traceback_if_debug()
         print(f"error: internal error: {type(exc).__name__}: {_one_line(str(exc))[:300]} "
               "(rerun with --debug for the traceback and report it)", file=sys.stderr)
         raise typer.Exit(EXIT_INTERNAL) from None

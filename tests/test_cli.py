@@ -372,18 +372,27 @@ def test_simulate_unknown_engine(tmp_path, art):
 
 # ---------------------------------------------------------------- --debug
 
-def test_debug_reraises(tmp_path, art):
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path, art):
     target = tmp_path / "out.snn.onnx"
     result = invoke("--debug", "convert", art.model, "--calib", art.other_calib, "-o", target)
-    assert isinstance(result.exception, CalibrationError), result.exception
-    assert not isinstance(result.exception, SystemExit) and result.exit_code != 2
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert "Traceback" in result.stderr and "CalibrationError" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert not target.exists()
     result = invoke("--debug", "calibrate", art.model, "--data", tmp_path / "nope.npz", "-o", tmp_path / "c.json")
-    assert isinstance(result.exception, Ann2SnnError), result.exception
-    # --debug is per invocation: the next run without it maps the error to exit 2 again
+    assert result.exit_code == 2 and "Traceback" in result.stderr
+    # --debug is per invocation: the next run without it has no traceback
     result = invoke("convert", art.model, "--calib", art.other_calib, "-o", target)
-    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert files(tmp_path) == set()
+
+
+def test_debug_is_taken_after_the_command_too(tmp_path, art, capsys):
+    from ann2snn_cli.app import main
+    with pytest.raises(SystemExit) as info:
+        main(["convert", str(art.model), "--calib", str(art.other_calib), "-o", str(tmp_path / "o.onnx"), "--debug"])
+    assert info.value.code == 2
+    assert "Traceback" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- --help
