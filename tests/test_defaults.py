@@ -115,3 +115,12 @@ def test_simulate_says_when_it_departs_from_the_file(tuned):
     assert out["T"] == 16 and any("converted for T = 8" in n for n in out["notes"])
     assert "converted for T = 8" in result.stderr
     assert not json.loads(ok(invoke("simulate", snn, "--data", data, "--json", "-")).stdout)["notes"]
+
+
+def test_demo_runs_the_pipeline_and_says_where_its_files_are(tmp_path):
+    """README's first command: calibrate, convert with the defaults, simulate; --out-dir keeps the files."""
+    kept = tmp_path / "kept"
+    result = ok(invoke("demo", "--limit", 100, "--out-dir", kept))
+    assert {"model.calib.json", "model.snn.onnx"} <= set(files(kept))
+    assert "3/3 simulate" in result.stdout and "temporary folder" not in result.stdout
+    assert _meta(kept / "model.snn.onnx")["ann2snn.default_T"] == "8"

@@ -55,3 +55,6 @@ def command(
             with out.progress("simulating", 0) as progress:
                 report = run_simulation(snn_path, test_data, steps, 0, engine, model, 200, limit, progress)
             simulate.render(out, report)
+            if out_dir is None:
+                out.print(f"The calibration and the spiking model were written to a temporary folder, now "
+                          "removed; `ann2snn demo --out-dir DIR` keeps them.")
