@@ -22,7 +22,7 @@ from rewrites.optable import Conversion, NodeConversion, classify_graph
 from rewrites.passes import NORMALISE, SPIKING, PassContext, PassReport, run_passes
 from rewrites.passes import allow_float, fold_constants, fuse_softmax, max_to_relu
 from rewrites.runtime import WEIGHTS_AS_INPUTS_ABOVE, Session
-from rewrites.shapes import DynamicInput, dynamic_inputs
+from rewrites.shapes import DynamicInput, bind_input_shapes, dynamic_inputs, resolve_input_shapes
 
 
 def import_graph(model: onnx.ModelProto, infer: bool = False) -> gs.Graph:
@@ -204,8 +204,12 @@ def refuse_masks(model: onnx.ModelProto, path: str | Path = "model", found: list
                                     "export the model with a finite mask (e.g. -1e4 instead of -inf) or without it")
 
 
-def inspect_model(path: str | Path) -> ModelSummary:
-    return summarize(load_model(path))
+def inspect_model(path: str | Path, input_shapes: dict | None = None) -> ModelSummary:
+    """`input_shapes` (--input-shape): the model is inspected bound to them, as `convert` binds it."""
+    model = load_model(path)
+    if input_shapes:
+        bind_input_shapes(model, resolve_input_shapes(model, input_shapes, model_path=str(path)))
+    return summarize(model)
 
 
 def merge_layers(reports: list[PassReport]) -> list[dict]:

@@ -183,6 +183,12 @@ def test_inspect_and_convert_agree(tmp_path):
     assert report["dynamic_inputs"] == [{"name": "x", "dims": ["N", 3, "h", "w"], "axes": [2, 3], "bindable": True,
                                          "note": "bound at convert from the calibration data or --input-shape"}]
     ok(invoke("convert", path, "--data", calib, "-o", tmp_path / "det.snn.onnx"))
+    # inspected at the shape convert would bind: the same binding, then the same table, no note left
+    bound = json.loads(ok(invoke("inspect", path, "--input-shape", "x:N,3,16,20", "--json", "-")).stdout)
+    assert bound["inputs"][0]["shape"] == ["N", 3, H, W] and bound["dynamic_inputs"] == []
+    assert bound["ops"] == report["ops"]
+    before = files(tmp_path)
+    assert_bad_input(invoke("inspect", path, "--input-shape", "x:N,4,16,20"), before, tmp_path, mentions=["declares 3"])
     static = tmp_path / "static.onnx"
     onnx.save(detector(("N", 3, H, W)), static)
     assert inspect_model(static).dynamic == []

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ann2snn_cli._options import JsonOpt
+from ann2snn_cli._options import InputShapeOpt, JsonOpt
 from ann2snn_cli._output import Output
 from ann2snn_cli.state import errors_to_exit_codes
 
@@ -15,11 +15,13 @@ NAME = "inspect"
 
 def command(
     model: Annotated[Path, typer.Argument(help="The ANN as an ONNX file.")],
+    input_shape: InputShapeOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
     with errors_to_exit_codes():
         from rewrites.convert import inspect_model
-        summary = inspect_model(model)
+        from rewrites.shapes import parse_input_shapes
+        summary = inspect_model(model, parse_input_shapes(input_shape or ()))
         out = Output(json_out)
         render(out, model, summary)
         out.emit_json({"model": str(model), "opset": summary.opset, "parameters": summary.parameters,
