@@ -65,8 +65,10 @@ def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(), 
     ann = load_model(model_path)
     source_fp = fingerprint(ann)  # of the file as given: a calibration of it fits the bound model too
     calibration = Calibration.read(calib) if calib is not None else None
+    recorded = calibration.input_shapes if calibration is not None else {}
+    known = {**recorded, **(request.input_shapes or {})}  # the size an image folder is read at
     bound = resolve_input_shapes(ann, request.input_shapes,
-                                 array_shapes(data, input_specs(ann)) if data is not None else None,
+                                 array_shapes(data, input_specs(ann), known) if data is not None else None,
                                  calibration.input_shapes if calibration is not None else None,
                                  str(data), str(calib), str(model_path))
     bind_input_shapes(ann, bound)

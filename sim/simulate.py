@@ -164,7 +164,7 @@ def sweep_extra_t(snn_path: str | Path, data_path: str | Path, ts: list[int], ma
     model = load_spiking(snn_path)
     dataset = load_dataset(data_path, model.inputs, limit)
     if dataset.labels is None:
-        raise DataError(f"{data_path}: the extra_t sweep needs labels (array y)")
+        raise DataError(f"{data_path}: the extra_t sweep needs labels (array y, or class subfolders of images)")
     runner = make_engine(model, engine, memory_budget)
     grid = []
     for t in ts:

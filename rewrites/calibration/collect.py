@@ -87,7 +87,7 @@ def calibrate(model_path: str | Path, data_path: str | Path, batch_size: int = 6
         raise DataError(f"invalid --batch-size {batch_size}", "use a positive number")
     model = load_model(model_path)
     model_fingerprint = fingerprint(model)  # before normalising: graphsurgeon names Constant values in place
-    bound = resolve_input_shapes(model, input_shapes, array_shapes(data_path, input_specs(model)),
+    bound = resolve_input_shapes(model, input_shapes, array_shapes(data_path, input_specs(model), input_shapes),
                                  data_path=str(data_path), model_path=str(model_path))
     bind_input_shapes(model, bound)
     dataset = load_dataset(data_path, input_specs(model), limit)

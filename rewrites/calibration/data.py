@@ -1,4 +1,5 @@
-"""Reading sample data (.npy / .npz) and checking it against a model's inputs."""
+"""Reading sample data (.npy / .npz, or a folder of images: images.py) and checking it against a model's
+inputs. Every reader gives the same interface: path, labels (or None), len() and batches(batch_size)."""
 from __future__ import annotations
 
 import zipfile
@@ -57,6 +58,41 @@ class Dataset:
             yield {k: v[start:start + batch_size] for k, v in self.inputs.items()}
 
 
+def parse_channel_values(text: str | None, option: str) -> tuple[float, ...] | None:
+    """--mean / --std: comma-separated numbers, one per channel (or one for all)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise DataError(f"{option} {text!r}: expected numbers separated by commas", "e.g. 0.485,0.456,0.406") \
+            from None
+    return values
+
+
+def data_source(path: str | Path, mean: str | None = None, std: str | None = None):
+    """What `load_dataset` reads: the path, or for a folder an ImageFolder with --mean / --std."""
+    path = Path(path)
+    folder = path.is_dir()
+    if not folder and (mean is not None or std is not None):
+        raise DataError(f"--mean / --std apply to a folder of images; {path} is not one",
+                        "normalise the arrays of a .npy / .npz before saving them")
+    if not folder:
+        return path
+    from rewrites.calibration.images import ImageFolder
+    return ImageFolder(path, parse_channel_values(mean, "--mean"), parse_channel_values(std, "--std"))
+
+
+def _folder(path):
+    """The ImageFolder `path` names, or None when it names a file (Pillow imported only for folders)."""
+    if not isinstance(path, (str, Path)):
+        return path  # an ImageFolder
+    if not Path(path).is_dir():
+        return None
+    from rewrites.calibration.images import ImageFolder
+    return ImageFolder(Path(path))
+
+
 def _load_arrays(path: Path) -> dict[str, np.ndarray]:
     if not path.exists():
         raise InputFileError(f"{path}: no such file")
@@ -79,8 +115,13 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
                         "is it complete?") from exc
 
 
-def load_dataset(path: str | Path, specs: list[InputSpec], limit: int | None = None) -> Dataset:
-    """Read data for `specs` and check its layout, dtype and values; every error names the file and array."""
+def load_dataset(path, specs: list[InputSpec], limit: int | None = None):
+    """Read data for `specs` and check its layout, dtype and values; every error names the file and array.
+    `path`: a .npy / .npz file, a folder of images, or an ImageFolder (data_source)."""
+    folder = _folder(path)
+    if folder is not None:
+        from rewrites.calibration.images import ImageDataset
+        return ImageDataset(folder, specs, limit)
     path = Path(path)
     arrays = _load_arrays(path)
     if len(specs) == 1 and specs[0].name not in arrays and "x" in arrays:
@@ -137,9 +178,15 @@ def _check_input(path: Path, arr: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def array_shapes(path: str | Path, specs: list[InputSpec]) -> dict[str, tuple[int, ...]]:
+def array_shapes(path, specs: list[InputSpec], known: dict | None = None) -> dict[str, tuple[int, ...]]:
     """The shape of the array each input of `specs` would be fed from (the naming rules of `load_dataset`),
-    read from the file's headers where it can (no data loaded), for binding dynamic dims to the data."""
+    read from the file's headers where it can (no data loaded), for binding dynamic dims to the data. A
+    folder of images feeds the declared shape, or where height and width are dynamic the one in `known`
+    (--input-shape, or what a calibration recorded); without it, DataError."""
+    folder = _folder(path)
+    if folder is not None:
+        from rewrites.calibration.images import folder_shapes
+        return folder_shapes(folder, specs, known)
     path = Path(path)
     shapes: dict[str, tuple[int, ...]] = {}
     try:
