@@ -9,6 +9,7 @@ from rewrites.calibration.collect import calibrate
 from rewrites.convert import inspect_model as inspect
 from rewrites.graph import load_model, save_model
 from sim.simulate import simulate
+from sim.to_nir import export_nir, to_nir
 
-__all__ = ["DEFAULT_T", "ConvertRequest", "Converted", "calibrate", "convert", "inspect", "load_model", "save_model",
-           "simulate"]
+__all__ = ["DEFAULT_T", "ConvertRequest", "Converted", "calibrate", "convert", "export_nir", "inspect", "load_model",
+           "save_model", "simulate", "to_nir"]

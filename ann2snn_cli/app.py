@@ -23,8 +23,8 @@ def _global(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks
 
 
 def _register() -> None:
-    from ann2snn_cli.commands import calibrate, convert, demo, inspect, simulate
-    for module in (inspect, calibrate, convert, simulate, demo):
+    from ann2snn_cli.commands import calibrate, convert, demo, export_nir, inspect, simulate
+    for module in (inspect, calibrate, convert, simulate, export_nir, demo):
         app.command(module.NAME, help=module.__doc__)(module.command)
 
 

@@ -756,11 +756,16 @@ def _set_meta(model: onnx.ModelProto, key: str, value: str) -> None:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write to a temporary file beside the target, then rename (see save_model)."""
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file beside the target, then rename (see save_model)."""
     path = writable_target(path)
     temps: list[Path] = []
     try:
         tmp = _temp_beside(path, temps)
-        tmp.write_text(text)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except BaseException as exc:
         for tmp in temps:
