@@ -1,5 +1,6 @@
-"""Run the ANN over sample data and record per-tensor statistics (max, min, mean, histogram) of every tensor
-a rewrite needs, as a JSON file tied to this model."""
+"""Record activation statistics on sample data. Runs the ANN over the data and writes the statistics (max,
+min, mean, histogram) of every tensor a rewrite needs as a JSON file tied to this model, for `convert
+--calib`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ann2snn_cli._options import BatchOpt, DataOpt, JsonOpt, LimitOpt, OutOpt
+from ann2snn_cli._options import (BatchOpt, DataOpt, InputShapeOpt, JsonOpt, LimitOpt, MeanOpt, ModelArg, OutOpt,
+                                  StdOpt)
 from ann2snn_cli._output import Output
 
 from ann2snn_cli.state import errors_to_exit_codes
@@ -16,11 +18,15 @@ NAME = "calibrate"
 
 
 def command(
-    model: Annotated[Path, typer.Argument(help="The ANN as an ONNX file.")],
+    model: ModelArg,
     data: DataOpt,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     output: OutOpt = None,
+    input_shape: InputShapeOpt = None,
     percentile: Annotated[Optional[float], typer.Option(
-        "--percentile", min=0.0, max=100.0, help="Default threshold rule recorded for `convert`: this percentile "
+        "--percentile", min=0.0, max=100.0, metavar="Q", help="Default threshold rule recorded for `convert`: this "
+        "percentile "
         "of each neuron's calibrated activation (default 99).")] = None,
     use_max: Annotated[bool, typer.Option("--max", help="Default threshold rule: the calibrated maximum.")] = False,
     batch_size: BatchOpt = 64,
@@ -29,9 +35,11 @@ def command(
 ) -> None:
     with errors_to_exit_codes():
         from rewrites.calibration.collect import calibrate
+        from rewrites.calibration.data import data_source
         from rewrites.config import DEFAULT_NORM
         from rewrites.errors import Ann2SnnError
         from rewrites.graph import write_text_atomic
+        from rewrites.shapes import parse_input_shapes
         if use_max and percentile is not None:
             raise Ann2SnnError("--max and --percentile exclude each other", "give one of them")
         if percentile is not None and percentile <= 0.0:
@@ -41,7 +49,8 @@ def command(
         out = Output(json_out)
         target = output or default_output(model)
         with out.progress("calibrating", 0) as progress:
-            result = calibrate(model, data, batch_size, limit, method=method, progress=progress)
+            result = calibrate(model, data_source(data, mean, std), batch_size, limit, method=method,
+                               progress=progress, input_shapes=parse_input_shapes(input_shape or ()))
         write_text_atomic(target, result.to_json())
         render(out, result, target)
         out.emit_json(summary(result, target))

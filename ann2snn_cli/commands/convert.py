@@ -1,7 +1,7 @@
-"""Rewrite the ANN into a spiking network (ReLU -> IF neuron or signed IF neuron, MaxPool -> MaxPool neuron,
-GELU / exp / 1/sqrt / other nonlinearities -> UGO subnets, products of two signals -> spiking products,
-linear ops kept), optionally fold the thresholds into the weights, and export it as a one-step stateful ONNX
-model."""
+"""Rewrite an ANN as a spiking ONNX model. ReLU becomes an integrate-and-fire (IF) neuron, MaxPool a
+MaxPool neuron, GELU / exp / 1/sqrt and other nonlinearities small fitted subnets of IF neurons (UGO),
+products of two signals spiking products; linear ops are kept. The file computes one time step and
+carries its state as inputs and outputs (docs/contract.md)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ann2snn_cli._options import InputShapeOpt, JsonOpt, OutOpt
+from ann2snn_cli._options import InputShapeOpt, JsonOpt, MeanOpt, ModelArg, OutOpt, StdOpt
 from ann2snn_cli._output import Output
 from ann2snn_cli.state import errors_to_exit_codes
 
@@ -17,20 +17,24 @@ NAME = "convert"
 
 
 def command(
-    model: Annotated[Path, typer.Argument(help="The ANN as an ONNX file.")],
-    data: Annotated[Optional[Path], typer.Option("--data", metavar="FILE", help="Calibration samples (.npz/.npy "
-                    "or an image folder): thresholds are calibrated on them and each ReLU layer's options are "
+    model: ModelArg,
+    data: Annotated[Optional[Path], typer.Option("--data", metavar="FILE|DIR", help="Calibration samples (.npy/.npz "
+                    "or a folder of images, as for calibrate): thresholds are calibrated on them and each ReLU "
+                    "layer's options are "
                     "chosen by its measured error on them. Not needed for a QCFS network.")] = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     calib: Annotated[Optional[Path], typer.Option("--calib", metavar="FILE", help="Calibration JSON from "
                      "`ann2snn calibrate` for this model, instead of calibrating on --data.")] = None,
     save_calib: Annotated[Optional[Path], typer.Option("--save-calib", metavar="FILE", help="Keep the calibration "
                           "made from --data as JSON (for --calib later).")] = None,
     output: OutOpt = None,
     input_shape: InputShapeOpt = None,
-    default_t: Annotated[Optional[int], typer.Option("--T", min=1, help="Time steps the conversion targets "
-                         "(default: L for a QCFS-trained model, else 8); recorded as the file's default.")] = None,
+    default_t: Annotated[Optional[int], typer.Option("--T", min=1, metavar="N", help="Time steps the conversion "
+                         "targets, recorded as the file's default (default: 8; for a network trained with "
+                         "quantised clip-floor-shift (QCFS) activations of L levels, L).")] = None,
     norm: Annotated[Optional[str], typer.Option(
-        "--norm", help="Threshold rule for every ReLU layer: 'max', 'percentile:Q', or 'mmse' (the threshold "
+        "--norm", metavar="max|percentile:Q|mmse", help="Threshold rule for every ReLU layer: 'max', 'percentile:Q', or 'mmse' (the threshold "
         "that minimises the squared error of the IF neuron's output at --T steps). Default: chosen per layer "
         "on --data.")] = None,
     per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help="One threshold per "
@@ -39,47 +43,53 @@ def command(
         "--neuron", metavar="if|signed",
         help="Neuron that replaces each ReLU. 'if': integrate-and-fire with soft reset, positive spikes only. "
              "'signed': a two-type IF neuron that also fires negative spikes to take back spikes fired too "
-             "early. Default: chosen per layer on --data; signed for a QCFS network.")] = None,
-    phi: Annotated[Optional[float], typer.Option("--phi", help="Initial membrane potential as a fraction of the "
-                   "threshold (0.5: the QCFS shift, 0: classic conversion). Default: chosen per layer.")] = None,
+             "early. Default: chosen per layer on --data; signed for a QCFS network (see --T).")] = None,
+    phi: Annotated[Optional[float], typer.Option("--phi", metavar="F", help="Initial membrane potential as a "
+                   "fraction of the threshold (0.5: half a spike, which centres the rounding; 0: the classic "
+                   "conversion). Default: chosen per layer.")] = None,
     tmax: Annotated[Optional[int], typer.Option(
-        "--tmax", min=1, help="Signed neuron only: a fixed spike budget per neuron (default: the number of steps "
-                              "with input so far, which holds the count at T in drain steps).")] = None,
+        "--tmax", min=1, metavar="N", help="Signed neuron only: at most N spikes per neuron, net (default: the "
+                                          "number of steps with input so far).")] = None,
     bias_correction: Annotated[Optional[bool], typer.Option(
         "--bias-correction/--no-bias-correction", help="Shift each neuron layer's bias per channel by the mean gap "
         "between ANN activation and SNN rate at --T steps, measured layer by layer on --data (default: per "
         "layer, where it lowers the measured error).")] = None,
     drain_steps: Annotated[Optional[int], typer.Option(
-        "--drain-steps", min=0, help="Drain steps the file is meant to be read after (ann2snn.drain_steps; the "
-        "file's input snn.drive fed 0). Default: L for a QCFS network with signed neurons, else 0.")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use only the first N samples of "
-                     "--data.")] = None,
+        "--drain-steps", min=0, metavar="E", help="Steps without input and without biases that the file is "
+        "meant to be read after, so that the neurons settle (recorded in the file; see simulate --drain). "
+        "Default: L for a QCFS network with signed neurons, else 0.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, metavar="N", help="Use only the first N "
+                     "samples of --data.")] = None,
     weight_norm: Annotated[bool, typer.Option(
-        "--weight-norm", help="Layer-wise weight normalisation (seed 001): fold each neuron's threshold into "
+        "--weight-norm", help="Layer-wise weight normalisation: fold each neuron's threshold into "
                               "the weights around it, so that it fires unit spikes at threshold 1. Same spikes "
                               "as threshold balancing; neurons where it cannot be folded exactly are left "
-                              "threshold-balanced and listed with the reason.")] = False,
+                              "threshold-balanced and listed with the reason (see docs/cli.md).")] = False,
     nonlinear: Annotated[str, typer.Option(
         "--nonlinear", metavar="ugo|exact",
         help="Nonlinearities other than ReLU/MaxPool (GELU, exp in softmax, 1/sqrt in LayerNorm, ...). 'ugo': "
-             "subnets of signed IF neurons fitted on the calibrated input range (no float nonlinearity left). "
+             "a small subnet of signed IF neurons fitted to the function on its calibrated input range (no "
+             "float nonlinearity left). "
              "'exact': the float operator on the running mean, corrected each step (the accuracy ceiling).")] = "ugo",
     ugo_size: Annotated[Optional[int], typer.Option(
-        "--ugo-size", min=1, help="Hidden neurons per UGO (default: STA's size, 64 for GELU and most, 32 for "
-                                  "exp, 8 for 1/sqrt, doubled while the fit errs by more than 1%, up to 64).")] = None,
+        "--ugo-size", min=1, metavar="N", help="Hidden neurons per UGO subnet (default: 64 for GELU and most "
+                                               "functions, 32 for exp, 8 for 1/sqrt, doubled while the fit errs "
+                                               "by more than 1%, up to 64; see docs/cli.md).")] = None,
     allow_float: Annotated[Optional[str], typer.Option(
         "--allow-float", metavar="OP[,OP]|all", help="Keep nodes of these op types (all: every op type), which "
         "nothing else maps, as float operators with estimate-and-correct semantics, or as they are where "
         "they read only the presented input or non-float tensors (listed in the report). Without it such "
         "nodes make the conversion fail with the list.")] = None,
     skip_pass: Annotated[Optional[list[str]], typer.Option(
-        "--skip-pass", help="Skip a normalising pass by name (repeatable).")] = None,
+        "--skip-pass", metavar="NAME", help="Skip a normalising pass by name (repeatable; the names are in "
+        "convert's Passes table).")] = None,
     no_check: Annotated[bool, typer.Option("--no-check", help="Skip the onnxruntime self-check of the "
                                            "normalising passes.")] = False,
     json_out: JsonOpt = None,
 ) -> None:
     with errors_to_exit_codes():
         from ann2snn.convert import ConvertRequest, convert
+        from rewrites.calibration.data import data_source
         from rewrites.errors import Ann2SnnError, UnsupportedNodesError
         from rewrites.graph import save_model
         from rewrites.passes import NORMALISE, PASSES
@@ -92,6 +102,9 @@ def command(
                 raise Ann2SnnError(f"pass {name!r} cannot be skipped", "only normalising passes can be skipped")
         if calib is not None and save_calib is not None:
             raise Ann2SnnError("--save-calib keeps a calibration made from --data; --calib already names one")
+        if data is None and (mean is not None or std is not None):
+            raise Ann2SnnError("--mean / --std need --data DIR", "give the folder of images they apply to")
+        source = data_source(data, mean, std) if data is not None else None
         request = ConvertRequest(default_t, norm, per_channel, neuron, phi, tmax, bias_correction, drain_steps,
                                  weight_norm, nonlinear, ugo_size, parse_ops(allow_float), skips, limit, not no_check,
                                  parse_input_shapes(input_shape or ()))
@@ -99,7 +112,7 @@ def command(
         target = output or model.with_name(model.stem + ".snn.onnx")
         try:
             with out.progress("converting", 0):
-                converted = convert(model, request, calib, data, save_calib)
+                converted = convert(model, request, calib, source, save_calib)
         except UnsupportedNodesError as exc:  # the message lists 20 nodes; --json gets every one
             out.emit_json(exc.to_json())
             raise
@@ -165,20 +178,22 @@ def render(out: Output, converted, target: Path) -> None:
     out.table("Passes", ["pass", "changed", "left alone (why)"], rows)
     neurons = [l for l in result.layers if "threshold" in l]
     if converted.choices:
-        out.table(f"Chosen per layer on {converted.calibration} (threshold p: percentile, /ch: per channel; "
-                  f"error: mean squared gap of the rate at T = {options.default_T} to the ANN, relative)",
+        out.table(f"Chosen per layer on {converted.calibration}",
                   ["node", "neuron", "threshold", "phi", "bias", "error", "default"],
                   [[c.node, c.setting.neuron.value, _rule_text(c.setting),
                     f"{c.setting.phi:g}", "shifted" if c.bias_shift is not None else "-", f"{c.error:.4f}",
-                    f"{c.default_error:.4f}"] for c in converted.choices])
+                    f"{c.default_error:.4f}"] for c in converted.choices],
+                  legend=f"threshold p: percentile, /ch: per channel; error: mean squared gap of the rate at T = "
+                  f"{options.default_T} to the ANN, relative; default: the same for the default options")
     elif neurons:
         kind = "signed IF neurons" if options.neuron.value == "signed" else "IF neurons"
         title = f"{kind} ({options.norm}, phi {options.phi:g}"
         title += f", tmax {options.tmax or 'steps'})" if options.neuron.value == "signed" else ")"
         columns, rows = ["node", "from", "threshold", "calibrated max"], \
             [[l["node"], l["from"], _threshold_text(l["threshold"]), l["calibrated_max"]] for l in neurons]
+        legend = None
         if any(l.get("norm") == "qcfs" for l in neurons):  # trained lambda and shift, not the options
-            title += "; QCFS layers: threshold lambda, phi from the trained shift"
+            legend = "QCFS layers: threshold lambda, phi from the trained shift"
             columns.append("phi")
             for row, l in zip(rows, neurons):
                 row.append(f"{l['phi']:g}")
@@ -187,7 +202,7 @@ def render(out: Output, converted, target: Path) -> None:
             for row, l in zip(rows, neurons):
                 row.append("folded (threshold 1)" if l.get("weight_norm") else
                            f"kept: {l.get('weight_norm_skipped', 'not reached')}")
-        out.table(title, columns, rows)
+        out.table(title, columns, rows, legend=legend)
     dead = [l["node"] for l in neurons if l.get("dead")]
     if dead:
         out.print(f"note: never active during calibration (threshold set to 1): {', '.join(dead)}")
@@ -201,7 +216,7 @@ def render(out: Output, converted, target: Path) -> None:
     out.print(f"normalising passes checked with onnxruntime: max relative error {result.normalise_error:.2e}")
     if result.corrections:
         out.table(f"Bias correction at T = {options.default_T}", ["layer", "bias shifted", "mean shift"],
-                  [[c.node, c.bias or f"skipped: {c.skipped}", c.mean_shift] for c in result.corrections])
+                  [[c.node, c.bias or f"skipped: {c.skipped}", c.mean_shift] for c in result.corrections], names=(0, 1))
     for note in converted.notes:
         out.print(f"note: {note}")
     drain = f", read after {options.drain_steps} drain steps" if options.drain_steps else ""

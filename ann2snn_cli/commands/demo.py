@@ -1,5 +1,5 @@
-"""Calibrate, convert and simulate the bundled example (a small CNN trained on Fashion-MNIST) and show the
-tables."""
+"""Run all four steps on the bundled example. Calibrates, converts and simulates a small CNN trained on
+Fashion-MNIST (examples/fmnist_cnn) and shows the tables."""
 from __future__ import annotations
 
 import tempfile
@@ -17,10 +17,13 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fmnist_cnn"
 
 
 def command(
-    steps: Annotated[Optional[int], typer.Option("--T", min=1, help="Time steps to convert for and simulate "
+    steps: Annotated[Optional[int], typer.Option("--T", min=1, metavar="N", help="Time steps to convert for and "
+                                                 "simulate "
                                                  "(default: convert's, 8).")] = None,
-    engine: Annotated[str, typer.Option("--engine", help="numpy or onnxruntime.")] = "numpy",
-    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Keep the calibration and spiking model "
+    engine: Annotated[str, typer.Option("--engine", metavar="numpy|onnxruntime",
+                                        help="The simulator (see simulate --help).")] = "numpy",
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", metavar="DIR", help="Keep the calibration and "
+                                                    "spiking model "
                                                     "here (default: a temporary folder).")] = None,
     limit: LimitOpt = None,
 ) -> None:
@@ -41,17 +44,17 @@ def command(
             work = out_dir or Path(tmp)
             work.mkdir(parents=True, exist_ok=True)
             calib_path, snn_path = work / "model.calib.json", work / "model.snn.onnx"
-            out.print(f"[bold]1/3 calibrate[/bold] {model.name} on {calib_data.name}")
+            out.heading("1/3 calibrate", f" {model.name} on {calib_data.name}")
             with out.progress("calibrating", 0) as progress:
                 calibration = run_calibration(model, calib_data, 100, progress=progress)
             write_text_atomic(calib_path, calibration.to_json())
-            out.print(f"[bold]2/3 convert[/bold] (each layer's options chosen on {calib_data.name})")
+            out.heading("2/3 convert", f" (each layer's options chosen on {calib_data.name})")
             with out.progress("converting", 0):
                 converted = run_conversion(model, ConvertRequest(steps), calib_path, calib_data)
             save_model(converted.result.model, snn_path)
             convert.render(out, converted, snn_path)
             steps = converted.options.default_T
-            out.print(f"[bold]3/3 simulate[/bold] T = {steps} on {test_data.name}")
+            out.heading("3/3 simulate", f" T = {steps} on {test_data.name}")
             with out.progress("simulating", 0) as progress:
                 report = run_simulation(snn_path, test_data, steps, 0, engine, model, 200, limit, progress)
             simulate.render(out, report)

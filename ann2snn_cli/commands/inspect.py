@@ -1,4 +1,5 @@
-"""Show a model's inputs, outputs, parameter count, and how each op type converts."""
+"""Show how a model would convert. Its inputs, outputs and parameter count, and what each op type becomes
+(or why it cannot be converted)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ann2snn_cli._options import InputShapeOpt, JsonOpt
+from ann2snn_cli._options import InputShapeOpt, JsonOpt, ModelArg
 from ann2snn_cli._output import Output
 from ann2snn_cli.state import errors_to_exit_codes
 
@@ -14,7 +15,7 @@ NAME = "inspect"
 
 
 def command(
-    model: Annotated[Path, typer.Argument(help="The ANN as an ONNX file.")],
+    model: ModelArg,
     input_shape: InputShapeOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
@@ -31,7 +32,7 @@ def command(
 
 
 def render(out: Output, path: Path, summary) -> None:
-    out.print(f"[bold]{path}[/bold]  opset {summary.opset}, {summary.parameters:,} parameters")
+    out.heading(str(path), f"  opset {summary.opset}, {summary.parameters:,} parameters")
     out.table("Inputs and outputs", ["tensor", "kind", "shape", "dtype"],
               [[t["name"], kind, "[" + ", ".join(map(str, t["shape"])) + "]", t["dtype"]]
                for kind, group in (("input", summary.inputs), ("output", summary.outputs)) for t in group])

@@ -1,4 +1,6 @@
-"""Run a spiking model over data for T time steps (every sample from zero state) and report accuracy, agreement with the ANN at each t, latency, spikes per layer, SynOps and the energy estimate; optionally gate on accuracy (exit 1)."""
+"""Run a spiking model over data for T steps. Every sample starts from zero state; reports accuracy and
+agreement with the ANN at each step t, latency, spikes per layer, synaptic operations and the energy
+estimate, and optionally fails (exit 1) below an accuracy gate."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ann2snn_cli._options import BatchOpt, DataOpt, JsonOpt, LimitOpt
+from ann2snn_cli._options import BatchOpt, DataOpt, JsonOpt, LimitOpt, MeanOpt, StdOpt
 from ann2snn_cli._output import Output, percent
 from ann2snn_cli.state import EXIT_GATE, errors_to_exit_codes
 
@@ -16,15 +18,19 @@ NAME = "simulate"
 
 
 def command(
-    model: Annotated[Path, typer.Argument(help="The spiking model from `ann2snn convert`.")],
+    model: Annotated[Path, typer.Argument(metavar="SNN", help="The spiking model from `ann2snn convert`.",
+                                          show_default=False)],
     data: DataOpt,
-    steps: Annotated[Optional[int], typer.Option("--T", min=1, help="Time steps with input (default: the "
-                                                 "model's recorded default).")] = None,
-    extra_t: Annotated[Optional[int], typer.Option("--extra-t", min=0, help="Further steps with zero input, "
-                       "outputs still accumulated (default: the drain steps the file was converted for, "
-                       "ann2snn.drain_steps, usually 0).")] = None,
-    engine: Annotated[str, typer.Option("--engine", help="numpy (layer by layer over the whole window) or "
-                                        "onnxruntime (the exported step graph inside one ONNX Loop over the window).")] = "numpy",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    steps: Annotated[Optional[int], typer.Option("--T", min=1, metavar="N", help="Time steps with input "
+                                                 "(default: the T the file was converted for).")] = None,
+    extra_t: Annotated[Optional[int], typer.Option("--extra-t", min=0, metavar="E", help="Further steps with zero "
+                       "input, outputs still accumulated (default: the drain steps the file was converted for, "
+                       "usually 0; see --drain).")] = None,
+    engine: Annotated[str, typer.Option("--engine", metavar="numpy|onnxruntime", help="numpy: layer by "
+                                        "layer over all steps at once; onnxruntime: the file's one-step graph, "
+                                        "repeated inside one ONNX Loop.")] = "numpy",
     ann: Annotated[Optional[Path], typer.Option("--ann", metavar="FILE", help="The original ANN: report "
                                                 "agreement with its top-1 and its accuracy.")] = None,
     batch_size: BatchOpt = 128,
@@ -32,11 +38,11 @@ def command(
     max_memory: Annotated[int, typer.Option("--max-memory", min=1, metavar="MB", help="NumPy engine: bound on "
                                             "one [T, batch, ...] tensor; the batch is run in slices that fit.")] = 16,
     min_accuracy: Annotated[Optional[float], typer.Option("--min-accuracy", metavar="PERCENT", help="Gate: exit 1 "
-                            "if the accuracy at the last step is below PERCENT (needs labels y).")] = None,
+                            "if the accuracy at the last step is below PERCENT (needs labels).")] = None,
     max_drop: Annotated[Optional[float], typer.Option("--max-drop", metavar="POINTS", help="Gate: exit 1 if the "
                         "accuracy at the last step is more than POINTS below the ANN's (needs labels and --ann).")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE.png", help="Draw accuracy against t and "
-                                                 "spikes per layer (needs matplotlib: pip install 'ann2snn\\[plot]').")] = None,
+                                                 "spikes per layer (needs matplotlib: pip install 'ann2snn[plot]').")] = None,
     plot_with: Annotated[Optional[list[Path]], typer.Option("--plot-with", metavar="REPORT.json", help="Add the "
                          "curves of earlier `simulate --json` reports to the plot (repeatable).")] = None,
     layer_error: Annotated[bool, typer.Option("--layer-error", help="Per neuron layer: the gap between SNN rate "
@@ -44,16 +50,18 @@ def command(
     until_silent: Annotated[Optional[int], typer.Option("--until-silent", metavar="CAP", min=1, help="Also report "
                             "accuracy when each sample keeps stepping with zero input until no neuron fires (at most "
                             "CAP extra steps).")] = None,
-    sweep_extra_t: Annotated[Optional[int], typer.Option("--sweep-extra-t", metavar="E", min=0, help="Print seed "
-                             "000's table instead: rows t (1..T, or 1, 2, 4, .. T when T > 16), columns extra_t = "
-                             "0..E, accuracy after t + extra_t steps.")] = None,
-    drain: Annotated[Optional[bool], typer.Option("--drain/--no-drain", help="Silent steps (--extra-t, "
-                     "--until-silent, --sweep-extra-t) are drain steps: the file's input snn.drive is 0, so neither "
-                     "input nor biases charge in and neurons only settle; the output is decoded as its sum over "
-                     "all steps / T (default: drain when the file was converted for drain steps).")] = None,
+    sweep_extra_t: Annotated[Optional[int], typer.Option("--sweep-extra-t", metavar="E", min=0, help="Print instead "
+                             "a table of the accuracy after t steps with input and then 0..E steps without: rows t "
+                             "(1..T, or 1, 2, 4, .. T when T > 16), columns the extra steps (see docs/cli.md).")] \
+        = None,
+    drain: Annotated[Optional[bool], typer.Option("--drain/--no-drain", help="Make the steps "
+                     "without input (--extra-t, --until-silent, --sweep-extra-t) drain steps: the biases are "
+                     "switched off too, so the neurons only settle; the output is then its sum over all steps / T "
+                     "(default: drain when the file was converted for drain steps; see docs/cli.md).")] = None,
     json_out: JsonOpt = None,
 ) -> None:
     with errors_to_exit_codes():
+        from rewrites.calibration.data import data_source
         from rewrites.errors import Ann2SnnError, InputFileError
         from sim.metrics import report_steps
         from sim.model import load_spiking
@@ -63,6 +71,7 @@ def command(
             raise Ann2SnnError("--max-drop needs --ann", "give the ANN the model was converted from")
         if plot and importlib.util.find_spec("matplotlib") is None:  # before the run, not after it
             raise Ann2SnnError("--plot needs matplotlib", "pip install 'ann2snn[plot]'")
+        data = data_source(data, mean, std)
         out = Output(json_out)
         if sweep_extra_t is not None:
             window = window_for(load_spiking(model), steps, 0, drain)
@@ -102,7 +111,7 @@ def command(
 def gate_failures(report, min_accuracy: float | None, max_drop: float | None) -> list[str]:
     from rewrites.errors import DataError
     if (min_accuracy is not None or max_drop is not None) and report.final_accuracy is None:
-        raise DataError("accuracy gates need labels: the data has no array y")
+        raise DataError("accuracy gates need labels: the data has no array y (or class subfolders of images)")
     failures = []
     last = report.steps[-1]
     if min_accuracy is not None and 100 * report.final_accuracy < min_accuracy:
@@ -118,8 +127,8 @@ def gate_failures(report, min_accuracy: float | None, max_drop: float | None) ->
 def render_sweep(out: Output, grid: dict) -> None:
     rows = [[t] + [percent(a) for a in accs] for t, accs in zip(grid["t"], grid["accuracy"])]
     silent = "silent input and no biases" if grid.get("drain") else "silent input"
-    out.table(f"Accuracy after t + extra_t steps ({silent} after t), {grid['samples']} samples",
-              ["t"] + [f"+{e}" for e in grid["extra_t"]], rows)
+    out.table(f"Accuracy after t + extra_t steps, {grid['samples']} samples",
+              ["t"] + [f"+{e}" for e in grid["extra_t"]], rows, legend=f"the extra_t steps: {silent}")
 
 
 def render(out: Output, report) -> None:
@@ -141,8 +150,11 @@ def render(out: Output, report) -> None:
     if report.ann_accuracy is not None:
         title += f", ANN accuracy {percent(report.ann_accuracy)}"
     out.table(title, columns, rows)
+    if report.accuracy is None:
+        out.print("no labels in the data (array y, or class subfolders of images): no accuracy"
+                  + ("" if report.agreement is not None else "; --ann gives the agreement with the ANN"))
     out.table("Spikes per neuron layer (per sample, over the window)",
-              ["layer", "neurons", "spikes/neuron", "firing rate", "silent", "saturated"],
+              ["layer", "neurons", "spikes per neuron", "firing rate", "silent", "saturated"],
               [[l.node, l.neurons, l.spikes_per_neuron, l.firing_rate, percent(l.silent), percent(l.saturated)]
                for l in report.layers])
     out.print(f"{report.total_spikes_per_sample:,.0f} spikes per sample. Latency: the prediction first equals "

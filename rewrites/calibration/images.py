@@ -170,7 +170,8 @@ class ImageDataset:
         except DataError:
             raise
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise DataError(f"{file}: not a readable PNG or JPEG image ({str(exc).splitlines()[0] or type(exc).__name__})") from exc
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{file}: not a readable PNG or JPEG image ({why})") from exc
         return pixels.reshape(self.layout.height, self.layout.width, self.layout.channels)
 
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
