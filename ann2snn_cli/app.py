@@ -12,7 +12,7 @@ import typer
 from ann2snn_cli import state
 
 app = typer.Typer(
-    name="ann2snn", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    name="ann2snn", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
     help="Convert an ONNX ANN into a spiking neural network and simulate it.\n\n"
          "inspect -> calibrate -> convert -> simulate; `ann2snn demo` runs all four on the bundled example.")
 
