@@ -323,9 +323,9 @@ def test_without_the_nir_package_it_stops_before_any_work(tmp_path, monkeypatch)
     assert not list(tmp_path.iterdir())
 
 
-def test_help_names_the_package_and_every_option():
+def test_help_names_the_extra_and_every_option():
     result = ok(invoke("export-nir", "--help"))
-    for word in ("the nir package", "--output", "--no-node-metadata", "--json"):
+    for word in ("the nir package", "'ann2snn[nir]'", "--output", "--no-node-metadata", "--json"):
         assert word in result.output
 
 
