@@ -20,7 +20,7 @@ from rewrites.export import (SharedValues, export_spiking, graph_to_model, graph
 from rewrites.graph import NonFinite, default_opset, fingerprint, load_model, non_finite_constants, with_inferred_types
 from rewrites.optable import Conversion, NodeConversion, classify_graph
 from rewrites.passes import NORMALISE, SPIKING, PassContext, PassReport, run_passes
-from rewrites.passes import allow_float, fold_constants, fuse_softmax, max_to_relu
+from rewrites.passes import allow_float, batch_shapes, decoded_head, fold_constants, fuse_softmax, max_to_relu
 from rewrites.runtime import WEIGHTS_AS_INPUTS_ABOVE, Session
 from rewrites.shapes import DynamicInput, bind_input_shapes, dynamic_inputs, resolve_input_shapes
 
@@ -165,9 +165,9 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
     params += sum(int(np.prod(a.t.dims)) for n in model.graph.node if n.op_type == "Constant"  # paddle2onnx's weights
                   for a in n.attribute if a.HasField("t"))
     graph = import_graph(model, infer=True)
-    # Constant nodes become values the matchers read; Max(x, 0) is a ReLU; the exp/sum/divide softmax loses
-    # its ReduceMax guard
-    run_passes(graph, (fold_constants.PASS, max_to_relu.PASS, fuse_softmax.PASS), PassContext())
+    # Constant nodes become values the matchers read; Max(x, 0) is a ReLU; shape-computed Reshape targets
+    # become constants; the exp/sum/divide softmax loses its ReduceMax guard
+    run_passes(graph, (fold_constants.PASS, max_to_relu.PASS, batch_shapes.PASS, fuse_softmax.PASS), PassContext())
     return ModelSummary(_io([i for i in model.graph.input if i.name not in inits]), _io(model.graph.output),
                         params, _with_encoder(graph, classify_graph(graph), model), default_opset(model),
                         non_finite_constants(model), dynamic_inputs(model))
@@ -179,8 +179,10 @@ def _with_encoder(graph: gs.Graph, conversions: list[NodeConversion], model: onn
     nodes that read an infinite mask on activations: unsupported, as `refuse_masks` says in convert."""
     encoder = set(allow_float.input_encoder(graph, conversions))
     masked = {node: reason for node, reason in masked_nodes(model)}
+    head = {n.name for n in decoded_head.head_nodes(graph)}
     return [NodeConversion(c.node, c.op_type, Conversion.FLOAT, allow_float.ENCODER) if c.node in encoder
             else NodeConversion(c.node, c.op_type, Conversion.UNSUPPORTED, masked[c.node]) if c.node in masked
+            else NodeConversion(c.node, c.op_type, Conversion.HEAD, "") if c.node in head
             else c for c in conversions]
 
 

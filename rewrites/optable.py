@@ -22,6 +22,7 @@ class Conversion(enum.Enum):
     PRODUCT = "variable x variable product: spiking product (TCSA)"
     NORMALIZATION = "softmax / LayerNorm: UGO subnets and spiking products"
     FLOAT = "kept float (estimate-and-correct)"
+    HEAD = "head: exact on the decoded value"
     UNSUPPORTED = "unsupported"
 
     @property

@@ -99,8 +99,9 @@ def is_seed(node: gs.Node) -> bool:
     return False
 
 
-def find_regions(graph: gs.Graph) -> list[Region]:
-    root, families = _families(graph)
+def find_regions(graph: gs.Graph, exclude: frozenset[str] = frozenset()) -> list[Region]:
+    """`exclude`: nodes a pass already kept as exact float operators (a decoded head)."""
+    root, families = _families(graph, exclude)
     regions = []
     for members in families.values():
         region_nodes = _seeded(members)
@@ -109,13 +110,14 @@ def find_regions(graph: gs.Graph) -> list[Region]:
     return regions
 
 
-def _families(graph: gs.Graph) -> tuple[dict[str, gs.Variable], dict[str, list[gs.Node]]]:
+def _families(graph: gs.Graph, exclude: frozenset[str]) -> tuple[dict[str, gs.Variable], dict[str, list[gs.Node]]]:
     graph.toposort()
     dynamic = dynamic_tensors(graph)
     root: dict[str, gs.Variable] = {}
     families: dict[str, list[gs.Node]] = {}
     for node in graph.nodes:
-        if node.domain not in (None, "", "ai.onnx") or node.op not in FAMILY_OPS or len(node.outputs) != 1:
+        if node.domain not in (None, "", "ai.onnx") or node.op not in FAMILY_OPS or len(node.outputs) != 1 \
+                or node.name in exclude:
             continue
         inputs = [t for t in node.inputs if t.name]
         variables = [t for t in inputs if isinstance(t, gs.Variable)]

@@ -11,12 +11,18 @@ producers' exact node names:
 - `jax_classifier`: tf2onnx from JAX (jax2tf). An int32 input of token ids one-hot encoded in the graph
   (Unsqueeze -> Equal with a constant range -> Cast to float), value_info dims written as 0, and the same
   -inf-stabilised softmax head.
+- `jax_cnn`: tf2onnx from JAX with a polymorphic batch, as benchmarks/make_producer_models.py's real export
+  writes it: ReLU as Max(x, 0), lax.reduce_window as MaxPool, jnp.max over H and W as GlobalMaxPool ->
+  Squeeze, and jax.nn.softmax with keepdims=0 reductions whose axis comes back by a Reshape to a target
+  computed from Shape (batch, 1), then an Expand to it.
 
     paddle:  x[-1,3,8,8] -> Conv -> Relu -> Conv -> Relu -> GlobalAveragePool -> Flatten -> MatMul -> Add
     keras:   x[unk,8,8,3] -> Transpose -> Conv -> Relu -> Conv -> Relu -> GlobalAveragePool -> Flatten
              -> MatMul -> Add -> softmax head
     jax:     ids[unk,8] int32 -> Unsqueeze -> Equal(range) -> Cast -> Reshape -> MatMul -> Add -> Relu
              -> MatMul -> Add -> softmax head
+    jax_cnn: x[unk,8,8,3] -> Transpose -> Conv -> Add -> Max(0) -> MaxPool -> Conv -> Add -> Max(0)
+             -> GlobalMaxPool -> Squeeze -> MatMul -> Add -> keepdims=0 softmax
 """
 from __future__ import annotations
 
@@ -149,6 +155,58 @@ def jax_classifier(seed: int = 0, opset: int = 13) -> onnx.ModelProto:
         nodes, "jax2tf", [helper.make_tensor_value_info("ids", TensorProto.INT32, ["unk__3", LENGTH])],
         [helper.make_tensor_value_info("output_0", TensorProto.FLOAT, ["unk__4", CLASSES])], inits,
         value_info=[helper.make_tensor_value_info("jax2tf/onehot", TensorProto.FLOAT, [0, LENGTH, VOCAB])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tf2onnx")
+
+
+def _keepdims0_softmax(nodes: list, inits: list, x: str, logits: str, out: str, opset: int) -> None:
+    """jax.nn.softmax under jax2tf with a polymorphic batch: ReduceMax / ReduceSum with keepdims=0, each
+    brought back to [batch, 1] by a Reshape to Concat(Shape(x)[0:1], [1]) and an Expand to the same shape."""
+    inits += [numpy_helper.from_array(np.array([0], np.int64), "sm/start"),
+              numpy_helper.from_array(np.array([1], np.int64), "sm/one")]
+    nodes += [helper.make_node("Shape", [x], ["sm/shape"], name="sm/Shape"),
+              helper.make_node("Slice", ["sm/shape", "sm/start", "sm/one", "sm/start"], ["sm/batch"], name="sm/Slice"),
+              helper.make_node("Concat", ["sm/batch", "sm/one"], ["sm/kept"], name="sm/Concat", axis=0)]
+
+    def reduce(op: str, x: str, name: str) -> str:
+        if op == "ReduceSum" and opset >= 13 or opset >= 18:
+            nodes.append(helper.make_node(op, [x, "sm/one"], [f"sm/{name}"], name=f"sm/{name}", keepdims=0))
+        else:
+            nodes.append(helper.make_node(op, [x], [f"sm/{name}"], name=f"sm/{name}", axes=[1], keepdims=0))
+        nodes.append(helper.make_node("Reshape", [f"sm/{name}", "sm/kept"], [f"sm/{name}_r"], name=f"sm/{name}_r"))
+        nodes.append(helper.make_node("Expand", [f"sm/{name}_r", "sm/kept"], [f"sm/{name}_e"], name=f"sm/{name}_e"))
+        return f"sm/{name}_e"
+
+    nodes.append(helper.make_node("Sub", [logits, reduce("ReduceMax", logits, "max")], ["sm/shifted"], name="sm/Sub"))
+    nodes.append(helper.make_node("Exp", ["sm/shifted"], ["sm/exp"], name="sm/Exp"))
+    nodes.append(helper.make_node("Div", ["sm/exp", reduce("ReduceSum", "sm/exp", "sum")], [out], name="sm/Div"))
+
+
+def jax_cnn(seed: int = 3, opset: int = 13) -> onnx.ModelProto:
+    w = _conv_weights(np.random.default_rng(seed), 3)
+    inits = [numpy_helper.from_array(v, f"jax/{k}") for k, v in w.items() if not k.startswith("b")]
+    inits += [numpy_helper.from_array(w[k].reshape(1, -1, 1, 1), f"jax/{k}") for k in ("b1", "b2")]
+    inits += [numpy_helper.from_array(np.array(0, np.float32), "jax/zero"),
+              numpy_helper.from_array(np.array([2, 3], np.int64), "jax/hw")]
+    squeeze = helper.make_node("Squeeze", ["jax/gmax", "jax/hw"], ["jax/pooled"], name="jax/Squeeze") if opset >= 13 \
+        else helper.make_node("Squeeze", ["jax/gmax"], ["jax/pooled"], name="jax/Squeeze", axes=[2, 3])
+    nodes = [
+        helper.make_node("Transpose", ["image"], ["jax/nchw"], name="jax/Transpose", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["jax/nchw", "jax/w1"], ["jax/c1"], name="jax/Conv2D", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["jax/c1", "jax/b1"], ["jax/a1"], name="jax/AddV2"),
+        helper.make_node("Max", ["jax/a1", "jax/zero"], ["jax/r1"], name="jax/pjit_relu_/Maximum"),
+        helper.make_node("MaxPool", ["jax/r1"], ["jax/p1"], name="jax/max_pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["jax/p1", "jax/w2"], ["jax/c2"], name="jax/Conv2D_1", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["jax/c2", "jax/b2"], ["jax/a2"], name="jax/AddV2_1"),
+        helper.make_node("Max", ["jax/a2", "jax/zero"], ["jax/r2"], name="jax/pjit_relu_/Maximum_1"),
+        helper.make_node("GlobalMaxPool", ["jax/r2"], ["jax/gmax"], name="jax/reduce_max"),
+        squeeze,
+        helper.make_node("MatMul", ["jax/pooled", "jax/fc"], ["jax/mm"], name="jax/MatMul"),
+        helper.make_node("Add", ["jax/mm", "jax/fcb"], ["jax/logits"], name="jax/AddV2_2"),
+    ]
+    _keepdims0_softmax(nodes, inits, "image", "jax/logits", "Identity_1:0", opset)
+    graph = helper.make_graph(
+        nodes, "tf2onnx", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["unk__33", 8, 8, 3])],
+        [helper.make_tensor_value_info("Identity_1:0", TensorProto.FLOAT, ["unk__96", CLASSES])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tf2onnx")
 
 

@@ -49,10 +49,13 @@ def step_by_contract(snn_path: Path, feeds: dict[str, np.ndarray], T: int, drain
     batch = len(next(iter(feeds.values())))
     state = {s.name: np.zeros([d if isinstance(d, int) else batch for d in s.shape], np.float32) for s in states}
     first = next(o for o in outputs if not o.startswith("state."))
+    gated = "snn.drive" in {i.name for i in session.get_inputs()} | {
+        i.name for i in session.get_overridable_initializers()}  # a file that cannot drain has no gate
+    assert gated or not drain, "the file has no snn.drive: it cannot drain"
     total = 0.0
     for t in range(T + drain):
-        values = session.run([first] + [s.name + ".next" for s in states],
-                             {**feeds, **state, "snn.drive": np.array(1.0 if t < T else 0.0, np.float32)})
+        drive = {"snn.drive": np.array(1.0 if t < T else 0.0, np.float32)} if gated else {}
+        values = session.run([first] + [s.name + ".next" for s in states], {**feeds, **state, **drive})
         total = total + values[0].astype(np.float64)
         state = dict(zip(state, values[1:]))
     return total / T

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import ann2snn
 from conftest import run_ort
-from producers import image_data, jax_classifier, keras_classifier, paddle_classifier, token_data
+from producers import image_data, jax_classifier, jax_cnn, keras_classifier, paddle_classifier, token_data
 from rewrites.calibration.data import input_specs
 from rewrites.convert import inspect_model, normalise, self_check, to_model
 from rewrites.errors import ModelError, UnsupportedNodesError
@@ -33,7 +33,8 @@ from test_cli import assert_bad_input, files, invoke, ok
 
 BUILD = {"paddle": (paddle_classifier, lambda n, s: image_data(n, s)),
          "keras": (keras_classifier, lambda n, s: image_data(n, s, nhwc=True)),
-         "jax": (jax_classifier, token_data)}
+         "jax": (jax_classifier, token_data),
+         "jax_cnn": (jax_cnn, lambda n, s: image_data(n, s, nhwc=True))}
 T = 32
 MIN_AGREEMENT = 28 / 32
 
@@ -105,15 +106,20 @@ def _reference_snn(tmp_path: Path, calib: Path) -> onnx.ModelProto:
 def test_normalised_graph_equals_the_ann_in_onnxruntime(tmp_path, name, opset):
     """Constant-node weights become initializers, Max(., -inf) goes, the head fuses to one Softmax; the
     function is the same (onnxruntime on the calibration samples, and the pipeline's own self-check)."""
+    if name == "jax_cnn" and opset < 13:
+        pytest.skip("onnx infers no value for the Shape -> Slice chain before opset 13: the softmax stays "
+                    "decomposed there (it still converts); jax2tf with tf2onnx writes opset 13 and later")
     path, calib, _ = write(tmp_path, name, opset)
     ann = load_model(path)
     graph, reports = normalise(ann)
     ops = [n.op for n in graph.nodes]
     assert "Constant" not in ops and "Max" not in ops
     if name != "paddle":
-        assert ops[-1] == "Softmax" and "ReduceMax" not in ops and "Exp" not in ops, ops
+        assert ops[-1] == "Softmax" and "Exp" not in ops and "Expand" not in ops, ops
+        assert "ReduceMax" not in ops or name == "jax_cnn"  # its GlobalMaxPool reads the ReLU
+    if name in ("keras", "jax"):
         assert "head/Max" in next(r for r in reports if r.name == "fold_constants").converted
-    if name == "keras":
+    if name in ("keras", "jax_cnn"):
         assert ops[0] == "Transpose"
     assert self_check(ann, graph, "normalising passes") < 1e-5
     feeds = {input_specs(ann)[0].name: np.load(calib)["x"]}
@@ -138,8 +144,9 @@ def test_snn_agrees_with_the_ann_at_T_32(tmp_path, name):
         kept = {n.name: n for n in converted.result.model.graph.node}
         assert kept["jax2tf/Equal"].op_type == "Equal" and kept["jax2tf/Cast"].op_type == "Cast"
         assert kept["jax2tf/Equal"].input[0] == "jax2tf/ids_1"
-        assert not any(n.op_type in ("RunningMean", "RateCorrect") for n in converted.result.model.graph.node)
-    if name != "paddle":
+        wrapped = [n for n in converted.result.model.graph.node if n.op_type in ("RunningMean", "RateCorrect")]
+        assert wrapped and all(n.name.startswith("head.") for n in wrapped)  # only the softmax head is
+    if name in ("keras", "jax"):
         assert any("head/max_init" in note for note in converted.notes)
 
 

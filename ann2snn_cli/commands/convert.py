@@ -211,8 +211,12 @@ def render(out: Output, converted, target: Path) -> None:
                   ["node", "function", "input range", "hidden", "max |error|", "mean |error|"],
                   [[f["node"], f["op"], f"{f['range'][0]:.4g}..{f['range'][1]:.4g}", f["size"],
                     f"{f['max_error']:.3g}", f"{f['mean_error']:.3g}"] for f in result.ugo_fits])
-    if result.kept_float:
-        out.print(f"kept as float operators (see allow_float in the passes): {', '.join(n.node for n in result.kept_float)}")
+    head = {name for r in result.reports if r.name == "decoded_head" for name in r.converted}
+    if head:
+        out.print(f"head, exact on the decoded value of its input: {', '.join(sorted(head))}")
+    kept = [n.node for n in result.kept_float if n.node not in head]
+    if kept:
+        out.print(f"kept as float operators (see allow_float in the passes): {', '.join(kept)}")
     out.print(f"normalising passes checked with onnxruntime: max relative error {result.normalise_error:.2e}")
     if result.corrections:
         out.table(f"Bias correction at T = {options.default_T}", ["layer", "bias shifted", "mean shift"],

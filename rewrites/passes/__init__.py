@@ -1,5 +1,5 @@
 """The rewrite passes and the default pipeline: one explicit ordered tuple, no discovery."""
-from rewrites.passes import (allow_float, batch_shapes, canonical_products, decompose_layernorm,
+from rewrites.passes import (allow_float, batch_shapes, canonical_products, decoded_head, decompose_layernorm,
                              eliminate_identity, fold_batchnorm, fold_constants, fuse_softmax, max_to_neuron, max_to_relu,
                              maxpool_to_neuron, name_nodes,
                              nonlinear_to_spiking, products_to_spiking, qcfs_to_if, relu_to_if,
@@ -18,6 +18,7 @@ NORMALISE: tuple[Pass, ...] = (
     canonical_products.PASS,
 )
 SPIKING: tuple[Pass, ...] = (
+    decoded_head.PASS,  # first: a head on the way to an output is exact, whatever else would map it
     softmax_to_spiking.PASS,  # its Exp and Reciprocal are then elementwise functions like any other
     qcfs_to_if.PASS,  # before relu_to_if: a QCFS chain holds a ReLU-like Clip
     nonlinear_to_spiking.PASS,  # before relu_to_if: a ReLU-like node inside a function is part of it

@@ -86,7 +86,7 @@ def build_ugo(graph: gs.Graph, name: str, x: gs.Variable, y: gs.Variable, result
 def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     report = PassReport("nonlinear_to_spiking")
     exact = ctx.options.nonlinear is Nonlinear.EXACT
-    for region in find_regions(graph):
+    for region in find_regions(graph, frozenset(ctx.kept_float)):
         x = region.root
         if not x.shape or any(not isinstance(d, int) for d in list(x.shape)[1:]):
             raise PassError(f"node '{region.name}': the shape of '{x.name}' is not static ({x.shape})",

@@ -47,7 +47,7 @@ def centred(emit: Emitter, x: gs.Tensor, axes: list[int], opset: int, out: gs.Va
 
 def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     report = PassReport("softmax_to_spiking")
-    for node in [n for n in graph.nodes if n.op == "Softmax"]:
+    for node in [n for n in graph.nodes if n.op == "Softmax" and n.name not in ctx.kept_float]:
         x, y = node.inputs[0], node.outputs[0]
         if ctx.options.nonlinear is Nonlinear.EXACT:
             wrap_exact(graph, node.name, [node], [x], [y])
