@@ -6,7 +6,9 @@ in graph order, with the layers before it already converted as chosen:
    (what the converted layers before it really deliver, unevenness included);
 2. for every candidate (IF or signed neuron; threshold rule percentile 99 / 99.9 / 99.99, mmse or max; per
    tensor or per channel; phi 1/2, 1/4 or 0) run the neuron on that recorded current and measure the mean
-   squared gap between its rate at T and the ANN's activation, relative to the activation's mean square;
+   squared gap between its rate at T and the ANN's activation, relative to the activation's mean square
+   (where a max reads the layer, a MaxPool or a max reduction, both pooled first: the max keeps the top
+   values, so a threshold that clips them costs more than the layer alone shows);
 3. keep the best, and a bias correction (the mean gap per channel added to the driving Conv/Gemm bias, the
    "light" pipeline of SNN Calibration) when it lowers the error further.
 The search runs on one spiking model whose neurons are all signed (an IF neuron is a signed neuron that never
@@ -32,6 +34,7 @@ from sim.bias_correction import driving_bias, shift_bias
 from sim.engine import NumpyEngine
 from sim.model import spiking_from_proto
 from sim.neurons import if_neuron, signed_if_neuron
+from sim.ops import KERNELS, attributes
 from sim.simulate import AnnReference
 
 NORMS = ("percentile:99", "percentile:99.9", "percentile:99.99", "mmse", "max")
@@ -84,7 +87,7 @@ def tune(ann_path: str | Path, ann: onnx.ModelProto, calibration: Calibration, o
         if target is None:
             continue
         stats = calibration.stats(layer["input"], layer["node"])
-        choice = _choose(layer, stats, current, target.astype(np.float64), options, T)
+        choice = _choose(layer, stats, current, target.astype(np.float64), options, T, _observer(proto, layer))
         _apply(proto, layer, choice, stats, T)
         choices.append(choice)
         if progress:
@@ -138,17 +141,34 @@ def _rate(current: np.ndarray, theta: np.ndarray, setting: LayerSetting, T: int)
     return out.sum(axis=0, dtype=np.float64) / T
 
 
+def _observer(proto: onnx.ModelProto, layer: dict) -> Callable[[np.ndarray], np.ndarray]:
+    """What the layer's one reader makes of its decoded value where that is a max (MaxPool neuron, spiking
+    max reduction): the same function of a rate; else the identity."""
+    readers = [n for n in proto.graph.node if layer["node_output"] in n.input]
+    if len(readers) != 1:
+        return lambda r: r
+    reader = readers[0]
+    if reader.op_type == "MaxPoolNeuron":
+        attrs = attributes(reader)
+        return lambda r: KERNELS["MaxPool"]([r], attrs)[0]
+    if reader.op_type == "SpikeReduceMax":
+        attrs = attributes(reader)
+        return lambda r: np.max(r, axis=tuple(int(a) for a in attrs["axes"]), keepdims=bool(attrs.get("keepdims", 1)))
+    return lambda r: r
+
+
 def _choose(layer: dict, stats, current: np.ndarray, target: np.ndarray, options: ConvertOptions,
-            T: int) -> LayerChoice:
+            T: int, observe: Callable[[np.ndarray], np.ndarray] = lambda r: r) -> LayerChoice:
     rank = current.ndim - 1
     cap = layer.get("cap")
     axes = tuple(i for i in range(target.ndim) if i != 1)
-    scale = max(float(np.mean(target ** 2)), 1e-12)
+    observed = observe(target)
+    scale = max(float(np.mean(observed ** 2)), 1e-12)
 
     def error(setting: LayerSetting, shift: np.ndarray | None = None) -> float:
         theta, _ = layer_threshold(stats, setting, T, rank, layer["node"], cap)
         x = current if shift is None else current + _per_channel(shift, rank).astype(np.float32)
-        return float(np.mean((_rate(x, theta, setting, T) - target) ** 2)) / scale
+        return float(np.mean((observe(_rate(x, theta, setting, T)) - observed) ** 2)) / scale
 
     default = options.setting(layer["node"])
     tried = {default: error(default)}

@@ -1,0 +1,38 @@
+"""The per-layer search (ann2snn/tune.py) measures a layer read by a max through that max: the observer of a
+layer is what its reader makes of a rate, checked against onnxruntime running the same ANN op."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ann2snn.tune import _layers, _observer, _with_outputs, tunable_layers
+from builders import ModelBuilder
+from conftest import run_ort
+from spiking_helpers import convert_with_data
+
+
+def _net(pool: str):
+    b = ModelBuilder(seed=1)
+    h = b.node("Relu", [b.conv("x", 2, 4)])
+    if pool == "maxpool":
+        h = b.node("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])
+    elif pool == "global":
+        h = b.node("GlobalMaxPool", [h])
+    elif pool == "reducemax":
+        h = b.node("ReduceMax", [h], axes=[2, 3], keepdims=0)
+    return b.build({"x": [2, 6, 6]}, [b.node("Flatten", [h])])
+
+
+@pytest.mark.parametrize("pool", ["maxpool", "global", "reducemax", "none"])
+def test_a_layer_read_by_a_max_is_measured_through_it(tmp_path, pool):
+    x = np.random.default_rng(0).normal(size=(8, 2, 6, 6)).astype(np.float32)
+    _, result = convert_with_data(_net(pool), x, tmp_path, T=8)
+    layers = _with_outputs(result.model, tunable_layers(_layers(result.model)))
+    assert len(layers) == 1
+    observe = _observer(result.model, layers[0])
+    rate = np.random.default_rng(1).random((8, 4, 6, 6)).astype(np.float32)
+    b = ModelBuilder()
+    node = {"maxpool": ("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}), "global": ("GlobalMaxPool", {}),
+            "reducemax": ("ReduceMax", {"axes": [2, 3], "keepdims": 0}), "none": ("Identity", {})}[pool]
+    expected = run_ort(b.build({"r": [4, 6, 6]}, [b.node(node[0], ["r"], **node[1])]), {"r": rate})[0]
+    np.testing.assert_array_equal(observe(rate), expected)
