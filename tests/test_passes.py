@@ -152,3 +152,26 @@ def test_layout_operators_on_weights_fold_in_numpy(rng, monkeypatch):
     assert ops(graph) == ["MatMul", "MatMul"] and len(report.converted) == 4
     assert general == [["MatMul", "MatMul"]]  # the layout chains were gone before the general folding ran
     assert_same_function(model, to_model(graph, model), (6,), rng)
+
+
+def test_self_check_reads_outputs_near_zero_against_an_absolute_floor_and_still_catches_a_change():
+    """A probability map that is ~1e-9 on random inputs (Sigmoid of Conv - 15): folding the BatchNormalization
+    changes the float32 rounding, which is no change of function. Scaling a weight by 1.01 is one, caught on
+    outputs of ordinary size (below 1e-6 in all, no change is resolved: the price of the floor)."""
+    import onnx_graphsurgeon as gs
+
+    from rewrites.convert import normalise, self_check
+    from rewrites.errors import PassError
+    b = ModelBuilder(seed=2)
+    out = b.node("Sigmoid", [b.node("Add", [b.bn(b.conv("x", 3, 4), 4), b.const(np.array(-15.0))])])
+    model = b.build({"x": [3, 8, 8]}, [out])
+    graph, _ = normalise(model)
+    conv = next(n for n in graph.nodes if n.op == "Conv")  # and a rounding-sized change of its weights
+    conv.inputs[1] = gs.Constant("rounded", (conv.inputs[1].values * (1 + 2e-7)).astype(np.float32))
+    assert self_check(model, graph, "normalising passes") < 1e-4
+    model = b.build({"x": [3, 8, 8]}, [b.node("Sigmoid", [b.bn(b.conv("x", 3, 4), 4)])])  # outputs near 1/2
+    graph, _ = normalise(model)
+    conv = next(n for n in graph.nodes if n.op == "Conv")
+    conv.inputs[1] = gs.Constant("scaled2", (conv.inputs[1].values * 1.01).astype(np.float32))
+    with pytest.raises(PassError, match="changed output"):
+        self_check(model, graph, "normalising passes")
