@@ -12,7 +12,11 @@ from typing import Iterator
 
 import numpy as np
 import onnx
-from google.protobuf.unknown_fields import UnknownFieldSet
+try:
+    from google.protobuf.unknown_fields import UnknownFieldSet
+except ImportError:  # protobuf before 4.22 (tf2onnx pins 3.20): the message method it replaced
+    def UnknownFieldSet(message):  # noqa: N802
+        return message.UnknownFields()
 from onnx import external_data_helper, numpy_helper
 
 from rewrites.errors import InputFileError, ModelError
@@ -156,6 +160,12 @@ def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
         yield from in_nodes(function.node)
 
 
+def _repeated(field) -> bool:
+    """FieldDescriptor.is_repeated, or its label before protobuf 5 had the property (tf2onnx pins 3.20)."""
+    flag = getattr(field, "is_repeated", None)
+    return flag if flag is not None else field.label == field.LABEL_REPEATED
+
+
 def check_text(message, where: str = "model") -> None:
     """Every string field must be valid UTF-8 (protobuf hands a damaged one back as bytes, which fails much
     later, deep inside a rewrite). Raises ValueError naming the field. Tensors' data is not touched."""
@@ -163,10 +173,10 @@ def check_text(message, where: str = "model") -> None:
         fields = [("name", [message.name]), ("doc_string", [message.doc_string]),
                   ("external_data", [e.key for e in message.external_data] + [e.value for e in message.external_data])]
     else:
-        fields = [(f.name, list(v) if f.is_repeated else [v]) for f, v in message.ListFields()]
+        fields = [(f.name, list(v) if _repeated(f) else [v]) for f, v in message.ListFields()]
         for field, value in message.ListFields():
             if field.type == field.TYPE_MESSAGE:
-                for item in (value if field.is_repeated else [value]):
+                for item in (value if _repeated(field) else [value]):
                     check_text(item, f"{where}.{field.name}")
     for name, values in fields:
         for value in values:
@@ -721,7 +731,7 @@ def _split_fields(message, name: str) -> tuple[bytes, bytes]:
 
 
 def _copy_fields_into(field, value, target) -> None:
-    if field.is_repeated:
+    if _repeated(field):
         getattr(target, field.name).extend(value)
     elif field.type == field.TYPE_MESSAGE:
         getattr(target, field.name).CopyFrom(value)

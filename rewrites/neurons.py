@@ -152,6 +152,12 @@ def state_outputs(spec: OperatorSpec) -> tuple[str, ...]:
     return tuple(f"{s}_next" for s in spec.state)
 
 
+def _attribute_ref(name: str, kind: int) -> onnx.AttributeProto:
+    """A reference to the function's attribute of that name (onnx 1.17's helper.make_attribute_ref leaves
+    ref_attr_name unset, so the body would read an empty value)."""
+    return onnx.AttributeProto(name=name, ref_attr_name=name, type=kind)
+
+
 def _at_least(a: str, b: str, out: str, opset: int) -> list[onnx.NodeProto]:
     """out = a >= b: GreaterOrEqual from opset 12, Not(Less) before it."""
     if opset >= 12:
@@ -196,7 +202,7 @@ def _maxpool_neuron_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
     for name in spec.attributes:
         kind = onnx.AttributeProto.STRING if name == "auto_pad" else (
             onnx.AttributeProto.INT if name == "ceil_mode" else onnx.AttributeProto.INTS)
-        pool.attribute.append(helper.make_attribute_ref(name, kind))
+        pool.attribute.append(_attribute_ref(name, kind))
     nodes = [
         helper.make_node("Add", ["acc", "X"], ["acc_next"]),
         pool,
@@ -267,7 +273,7 @@ def _max_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
 
 def _reduce_max_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
     op = spec.op_type.removeprefix("Spike")
-    keepdims = helper.make_attribute_ref("keepdims", onnx.AttributeProto.INT)
+    keepdims = _attribute_ref("keepdims", onnx.AttributeProto.INT)
     if opset >= 18:  # axes became an input
         axes = onnx.AttributeProto(name="value_ints", ref_attr_name="axes", type=onnx.AttributeProto.INTS)
         constant = helper.make_node("Constant", [], ["axes_t"])
@@ -275,7 +281,7 @@ def _reduce_max_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
         reduce = [constant, helper.make_node(op, ["sum_next", "axes_t"], ["M"])]
     else:
         reduce = [helper.make_node(op, ["sum_next"], ["M"])]
-        reduce[0].attribute.append(helper.make_attribute_ref("axes", onnx.AttributeProto.INTS))
+        reduce[0].attribute.append(_attribute_ref("axes", onnx.AttributeProto.INTS))
     reduce[-1].attribute.append(keepdims)
     nodes = [helper.make_node("Add", ["sum", "X"], ["sum_next"]), *reduce,
              helper.make_node("Sub", ["M", "prev"], ["Y"]),

@@ -1,7 +1,9 @@
 """maxpool_to_neuron: MaxPool -> MaxPool neuron (max pooling of the accumulated input, emitting the
 increase of the pooled value each step; seed 000, from the Quantization Framework for Fast SNNs).
 
-Matches MaxPool with a single output (no Indices). Attributes are carried over unchanged."""
+Matches MaxPool with a single output (no Indices). Attributes are carried over, and those left at their
+defaults are written out: onnx before 1.18 gives a function body an absent attribute as an empty list
+("Attribute dilations has incorrect size")."""
 from __future__ import annotations
 
 import onnx_graphsurgeon as gs
@@ -22,6 +24,11 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
             continue
         x, y = node.inputs[0], node.outputs[0]
         attrs = {k: v for k, v in node.attrs.items() if k in MAXPOOL_NEURON.attributes}
+        rank = len(attrs["kernel_shape"])
+        defaults = {"strides": [1] * rank, "dilations": [1] * rank, "ceil_mode": 0, "auto_pad": "NOTSET"}
+        if attrs.get("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET"):
+            defaults["pads"] = [0] * (2 * rank)
+        attrs = {**defaults, **attrs}
         neuron = spiking_node(MAXPOOL_NEURON, node.name, [x], y, [x, y], attrs)
         replace_node(graph, node, neuron)
         report.converted.append(node.name)
