@@ -7,7 +7,7 @@ in graph order, with the layers before it already converted as chosen:
 2. for every candidate (IF or signed neuron; threshold rule percentile 99 / 99.9 / 99.99, mmse or max; per
    tensor or per channel; phi 1/2, 1/4 or 0) run the neuron on that recorded current and measure the mean
    squared gap between its rate at T and the ANN's activation, relative to the activation's mean square
-   (where a max reads the layer, a MaxPool or a max reduction, both pooled first: the max keeps the top
+   (where maxima read the layer, MaxPools or max reductions, both through them first: a max keeps the top
    values, so a threshold that clips them costs more than the layer alone shows);
 3. keep the best, and a bias correction (the mean gap per channel added to the driving Conv/Gemm bias, the
    "light" pipeline of SNN Calibration) when it lowers the error further.
@@ -142,19 +142,27 @@ def _rate(current: np.ndarray, theta: np.ndarray, setting: LayerSetting, T: int)
 
 
 def _observer(proto: onnx.ModelProto, layer: dict) -> Callable[[np.ndarray], np.ndarray]:
-    """What the layer's one reader makes of its decoded value where that is a max (MaxPool neuron, spiking
-    max reduction): the same function of a rate; else the identity."""
-    readers = [n for n in proto.graph.node if layer["node_output"] in n.input]
-    if len(readers) != 1:
-        return lambda r: r
-    reader = readers[0]
-    if reader.op_type == "MaxPoolNeuron":
-        attrs = attributes(reader)
-        return lambda r: KERNELS["MaxPool"]([r], attrs)[0]
-    if reader.op_type == "SpikeReduceMax":
-        attrs = attributes(reader)
-        return lambda r: np.max(r, axis=tuple(int(a) for a in attrs["axes"]), keepdims=bool(attrs.get("keepdims", 1)))
-    return lambda r: r
+    """What the chain of maxima that reads the layer's decoded value makes of it (MaxPool neurons, spiking max
+    reductions, each the one reader of the one before), as the same functions of a rate; else the identity."""
+    steps: list[Callable[[np.ndarray], np.ndarray]] = []
+    tensor = layer["node_output"]
+    while True:
+        readers = [n for n in proto.graph.node if tensor in n.input]
+        if len(readers) != 1 or readers[0].op_type not in ("MaxPoolNeuron", "SpikeReduceMax"):
+            break
+        reader, attrs = readers[0], attributes(readers[0])
+        if reader.op_type == "MaxPoolNeuron":
+            steps.append(lambda r, a=attrs: KERNELS["MaxPool"]([r], a)[0])
+        else:
+            steps.append(lambda r, a=attrs: np.max(r, axis=tuple(int(k) for k in a["axes"]),
+                                                   keepdims=bool(a.get("keepdims", 1))))
+        tensor = reader.output[0]
+
+    def observe(rate: np.ndarray) -> np.ndarray:
+        for step in steps:
+            rate = step(rate)
+        return rate
+    return observe
 
 
 def _choose(layer: dict, stats, current: np.ndarray, target: np.ndarray, options: ConvertOptions,

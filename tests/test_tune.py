@@ -20,10 +20,12 @@ def _net(pool: str):
         h = b.node("GlobalMaxPool", [h])
     elif pool == "reducemax":
         h = b.node("ReduceMax", [h], axes=[2, 3], keepdims=0)
+    elif pool == "chain":  # jax's reduce_window max pool, then jnp.max over H and W
+        h = b.node("ReduceMax", [b.node("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])], axes=[2, 3], keepdims=0)
     return b.build({"x": [2, 6, 6]}, [b.node("Flatten", [h])])
 
 
-@pytest.mark.parametrize("pool", ["maxpool", "global", "reducemax", "none"])
+@pytest.mark.parametrize("pool", ["maxpool", "global", "reducemax", "chain", "none"])
 def test_a_layer_read_by_a_max_is_measured_through_it(tmp_path, pool):
     x = np.random.default_rng(0).normal(size=(8, 2, 6, 6)).astype(np.float32)
     _, result = convert_with_data(_net(pool), x, tmp_path, T=8)
@@ -32,7 +34,11 @@ def test_a_layer_read_by_a_max_is_measured_through_it(tmp_path, pool):
     observe = _observer(result.model, layers[0])
     rate = np.random.default_rng(1).random((8, 4, 6, 6)).astype(np.float32)
     b = ModelBuilder()
-    node = {"maxpool": ("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}), "global": ("GlobalMaxPool", {}),
-            "reducemax": ("ReduceMax", {"axes": [2, 3], "keepdims": 0}), "none": ("Identity", {})}[pool]
-    expected = run_ort(b.build({"r": [4, 6, 6]}, [b.node(node[0], ["r"], **node[1])]), {"r": rate})[0]
+    pooling = {"kernel_shape": [2, 2], "strides": [2, 2]}
+    reduce = {"axes": [2, 3], "keepdims": 0}
+    out = {"maxpool": lambda: b.node("MaxPool", ["r"], **pooling), "global": lambda: b.node("GlobalMaxPool", ["r"]),
+           "reducemax": lambda: b.node("ReduceMax", ["r"], **reduce),
+           "chain": lambda: b.node("ReduceMax", [b.node("MaxPool", ["r"], **pooling)], **reduce),
+           "none": lambda: b.node("Identity", ["r"])}[pool]()
+    expected = run_ort(b.build({"r": [4, 6, 6]}, [out]), {"r": rate})[0]
     np.testing.assert_array_equal(observe(rate), expected)
