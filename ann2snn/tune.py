@@ -32,6 +32,8 @@ from rewrites.convert import ConversionResult, convert_model
 from rewrites.passes.relu_to_if import layer_threshold
 from sim.bias_correction import driving_bias, shift_bias
 from sim.engine import NumpyEngine
+from rewrites.errors import SpikingModelError
+from sim.ort import OrtEngine
 from sim.model import spiking_from_proto
 from sim.neurons import if_neuron, signed_if_neuron
 from sim.ops import KERNELS, attributes
@@ -127,7 +129,11 @@ def _input_current(proto: onnx.ModelProto, tensor: str, feeds: dict[str, np.ndar
     probe.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
     model = spiking_from_proto(probe, Path("probe"))
     model.outputs = [tensor]
-    return np.ascontiguousarray(NumpyEngine(model).run(feeds, T).outputs[tensor], np.float32)
+    try:
+        engine = NumpyEngine(model)
+    except SpikingModelError:  # an op without a NumPy kernel (Resize): onnxruntime steps the same file
+        engine = OrtEngine(model)
+    return np.ascontiguousarray(engine.run(feeds, T).outputs[tensor], np.float32)
 
 
 def _rate(current: np.ndarray, theta: np.ndarray, setting: LayerSetting, T: int) -> np.ndarray:
