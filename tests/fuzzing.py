@@ -275,6 +275,43 @@ def int_input(m, rng):
                                             to=TensorProto.FLOAT))
 
 
+HEADS = ("softmax", "sigmoid", "softmax_reshape", "jax2tf")
+
+
+def append_head(m, rng, kind: str | None = None):
+    """A head after the first graph output, as producers write them (issue 14): Softmax, Sigmoid, Softmax
+    then Reshape, or jax2tf's softmax with keepdims=0 reductions brought back by Reshape and Expand to
+    Concat(Shape(y)[0:1], [1])."""
+    out = m.graph.output[0]
+    y, kind = out.name, kind or _pick(rng, list(HEADS))
+    if kind == "sigmoid":
+        m.graph.node.append(helper.make_node("Sigmoid", [y], ["fuzz_head"], name="fuzz_head"))
+    elif kind in ("softmax", "softmax_reshape"):
+        m.graph.node.append(helper.make_node("Softmax", [y], ["fuzz_sm" if kind != "softmax" else "fuzz_head"],
+                                             name="fuzz_softmax", axis=-1))
+        if kind == "softmax_reshape":
+            m.graph.initializer.append(numpy_helper.from_array(np.array([0, -1], np.int64), "fuzz_shape"))
+            m.graph.node.append(helper.make_node("Reshape", ["fuzz_sm", "fuzz_shape"], ["fuzz_head"], name="fuzz_head"))
+    else:
+        m.graph.initializer.extend([numpy_helper.from_array(np.array([0], np.int64), "fuzz_zero"),
+                                    numpy_helper.from_array(np.array([1], np.int64), "fuzz_one")])
+        m.graph.node.extend([
+            helper.make_node("Shape", [y], ["fuzz_shape"], name="fuzz_shape"),
+            helper.make_node("Slice", ["fuzz_shape", "fuzz_zero", "fuzz_one", "fuzz_zero"], ["fuzz_batch"],
+                             name="fuzz_slice"),
+            helper.make_node("Concat", ["fuzz_batch", "fuzz_one"], ["fuzz_kept"], name="fuzz_concat", axis=0),
+            helper.make_node("ReduceMax", [y], ["fuzz_max"], name="fuzz_max", axes=[-1], keepdims=0),
+            helper.make_node("Reshape", ["fuzz_max", "fuzz_kept"], ["fuzz_max_r"], name="fuzz_max_r"),
+            helper.make_node("Expand", ["fuzz_max_r", "fuzz_kept"], ["fuzz_max_e"], name="fuzz_max_e"),
+            helper.make_node("Sub", [y, "fuzz_max_e"], ["fuzz_shifted"], name="fuzz_sub"),
+            helper.make_node("Exp", ["fuzz_shifted"], ["fuzz_exp"], name="fuzz_exp"),
+            helper.make_node("ReduceSum", ["fuzz_exp", "fuzz_one"], ["fuzz_sum"], name="fuzz_sum", keepdims=0),
+            helper.make_node("Reshape", ["fuzz_sum", "fuzz_kept"], ["fuzz_sum_r"], name="fuzz_sum_r"),
+            helper.make_node("Expand", ["fuzz_sum_r", "fuzz_kept"], ["fuzz_sum_e"], name="fuzz_sum_e"),
+            helper.make_node("Div", ["fuzz_exp", "fuzz_sum_e"], ["fuzz_head"], name="fuzz_div")])
+    out.name = "fuzz_head"
+
+
 def drop_output(m, rng):
     if rng.random() < 0.5:
         del m.graph.output[:]
@@ -287,7 +324,7 @@ GRAPH_MUTATIONS: dict[str, Callable[[onnx.ModelProto, np.random.Generator], None
                             reshape_initializer, retype_initializer, retype_input, reshape_input,
                             huge_initializer_dims, external_outside, change_op, mangle_attribute, change_opset,
                             nan_weights, drop_output, huge_constant_of_shape, odd_clip, rename_nodes,
-                            output_is_intermediate, zero_dims, producer_dims, inf_constant, int_input)}
+                            output_is_intermediate, zero_dims, producer_dims, inf_constant, int_input, append_head)}
 
 
 @dataclass

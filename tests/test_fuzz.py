@@ -396,3 +396,17 @@ def test_raw_data_of_one_byte_and_packed_types_must_match_the_dims(tmp_path, dty
     path.write_bytes(model.SerializeToString())
     with pytest.raises(ModelError, match=message):
         load_model(path)
+
+
+@pytest.mark.parametrize("kind", fuzzing.HEADS)
+def test_a_producer_head_on_a_corpus_model_converts_and_is_exact(tmp_path, fuzz_data, kind):
+    """append_head on small_cnn (opset 17): every form of head goes through the whole pipeline, and the
+    converted file applies it to the decoded value (its corrected output, rewrites/passes/decoded_head.py)."""
+    from rewrites.graph import load_model
+    model = onnx.load(str(fuzzing.corpus_models()["small_cnn"]))
+    fuzzing.append_head(model, np.random.default_rng(0), kind)
+    path = tmp_path / "headed.onnx"
+    onnx.save(model, path)
+    assert fuzzing.run_pipeline(path, fuzz_data["small_cnn"], tmp_path) == "simulate"
+    snn = next(tmp_path.glob("*.snn.onnx"))
+    assert any(n.op_type == "RateCorrect" and n.name.startswith("head.") for n in load_model(snn).graph.node)
