@@ -17,7 +17,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from rewrites.graph import writable_target, write_text_atomic
 
 
 def _clean(value: Any) -> Any:
@@ -35,6 +34,7 @@ class Output:
         self.json_target = json_target
         self.json_to_stdout = json_target == "-"
         if json_target and not self.json_to_stdout:
+            from rewrites.graph import writable_target  # lazy: onnx and numpy load only when a command runs
             writable_target(json_target)  # refused before the work, not after it
         self.console = Console(width=width, quiet=self.json_to_stdout, soft_wrap=False, highlight=False)
         self.err = Console(stderr=True, width=width, highlight=False)
@@ -108,6 +108,7 @@ class Output:
         if self.json_to_stdout:
             sys.stdout.write(text + "\n")
         else:
+            from rewrites.graph import write_text_atomic
             write_text_atomic(Path(self.json_target), text + "\n")
 
     @contextmanager
@@ -116,10 +117,17 @@ class Output:
         if self.json_to_stdout or not self.err.is_terminal:
             yield lambda done, total: None
             return
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        with Progress(TextColumn("{task.description}"), BarColumn(), _Count(), TimeElapsedColumn(),
                       console=self.err, transient=True) as bar:
-            task = bar.add_task(description, total=total)
-            yield lambda done, total: bar.update(task, completed=done, total=total)
+            task = bar.add_task(description, total=total or None)  # None: a pulsing bar, no "0/0"
+            yield lambda done, total: bar.update(task, completed=done, total=total or None)
+
+
+class _Count(MofNCompleteColumn):
+    """done/total, blank while the total is not known."""
+
+    def render(self, task):
+        return Text("") if task.total is None else super().render(task)
 
 
 _LONG = 24  # a column with wider cells gets lines of its own in the block layout
