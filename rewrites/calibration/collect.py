@@ -14,8 +14,9 @@ import onnx_graphsurgeon as gs
 from rewrites import __version__
 from rewrites.calibration.data import Dataset, array_shapes, input_specs, load_dataset
 from rewrites.calibration.observe import Observed, observe
-from rewrites.calibration.stats import DEFAULT_BINS, Calibration, ChannelFold, TensorStats
-from rewrites.config import DEFAULT_NORM, NormSpec
+from rewrites.calibration.stats import (DEFAULT_BINS, EXACT_FROM, TOP_LIMIT, Calibration, ChannelFold, TensorStats,
+                                        TopFold, top_capacity)
+from rewrites.config import DEFAULT_NORM, Norm, NormSpec
 from rewrites.convert import normalise, to_model
 from rewrites.errors import DataError
 from rewrites.export import graph_weights, large_constants, weights_to_inputs
@@ -82,7 +83,8 @@ def calibrate(model_path: str | Path, data_path: str | Path, batch_size: int = 6
     `method` (a --norm spec) is recorded as the default threshold rule for `convert`. Dynamic non-batch input
     dims are bound (rewrites/shapes.py) to `input_shapes` (--input-shape), else to the data's shapes, and
     the shapes are recorded."""
-    NormSpec.parse(method)
+    norm = NormSpec.parse(method)
+    exact_from = min(EXACT_FROM, norm.percentile) if norm.kind is Norm.PERCENTILE else EXACT_FROM
     if batch_size < 1:
         raise DataError(f"invalid --batch-size {batch_size}", "use a positive number")
     model = load_model(model_path)
@@ -99,7 +101,7 @@ def calibrate(model_path: str | Path, data_path: str | Path, batch_size: int = 6
     del graph, model
     gc.collect()  # graphsurgeon graphs hold reference cycles: free the model's weights now, not at some later time
     stats = {name: TensorStats(name, bins) for name in tensors}
-    collect(session, dataset, stats, batch_size, progress, plan)
+    collect(session, dataset, stats, batch_size, progress, plan, exact_from)
     return Calibration(model_fingerprint, str(model_path), len(dataset), stats, __version__, method,
                        input_shapes=recorded_shapes(bound))
 
@@ -134,14 +136,25 @@ class _WithWeights:
 
 
 def collect(session: Session, dataset: Dataset, stats: dict[str, TensorStats], batch_size: int,
-            progress: Progress | None = None, plan: list[Observed] | None = None) -> None:
+            progress: Progress | None = None, plan: list[Observed] | None = None,
+            exact_from: float = EXACT_FROM) -> None:
     """Run the session batch by batch and fold every observed tensor into `stats` (channels on axis 1: [N, C],
     [N, C, L], [N, C, H, W] as Conv and Gemm write), as `plan` reads it (default: every tensor whole). Batch k
     is folded on a worker thread while onnxruntime, which releases the GIL, runs batch k + 1: at most two
-    batches' outputs are alive at a time."""
+    batches' outputs are alive at a time. The top values are sized from the data set's length for
+    percentiles from `exact_from` up to be exact (stats.top_capacity)."""
     plan = plan if plan is not None else [Observed(name, [name]) for name in stats]
     names = [o for p in plan for o in p.outputs]
     folds: dict[str, ChannelFold] = {}
+    tops: dict[str, TopFold] = {}
+    squares: dict[str, np.ndarray] = {}
+    samples = len(dataset)
+
+    def top_fold(p: Observed, x: np.ndarray, channels: int) -> TopFold:
+        n = len(x) if x.ndim else 1
+        total = x.size * samples // max(n, 1) if x.ndim else x.size * -(-samples // batch_size)
+        k_channel = top_capacity(total // channels, exact_from, -(-TOP_LIMIT // channels)) if channels else 0
+        return TopFold(top_capacity(total, exact_from), channels, k_channel)
 
     def fold(outputs: list[np.ndarray]) -> None:
         k = 0
@@ -152,22 +165,61 @@ def collect(session: Session, dataset: Dataset, stats: dict[str, TensorStats], b
                 folds[p.name] = ChannelFold(stats[p.name], 1 if values[0].ndim >= 2 else None)
             if p.sampled:
                 folds[p.name].update(*p.fold_args(values))
+                sq = values[4].astype(np.float64).sum(axis=0)
+                if p.name not in tops:
+                    tops[p.name] = TopFold(*_capacities(p, len(values[0]), samples, exact_from))
+                tops[p.name].update(values[5], values[6])
             else:
-                folds[p.name].update(values[0])
+                x = values[0]
+                folds[p.name].update(x)
+                channels = x.shape[1] if x.ndim >= 2 else 0
+                if p.name not in tops:
+                    tops[p.name] = top_fold(p, x, channels)
+                r = x.reshape(x.shape[0], channels, -1) if channels else x.reshape(1, 1, -1)
+                r64 = r.astype(np.float64)
+                sq = np.einsum("acb,acb->c", r64, r64)
+                ids = (np.broadcast_to(np.arange(channels, dtype=np.int32)[None, :, None], r.shape).reshape(-1)
+                       if channels else None)
+                tops[p.name].update(x, ids)
+            squares[p.name] = squares.get(p.name, 0.0) + sq
+
+    def feeds(batch: dict) -> dict:
+        extra = {}
+        for p in plan:
+            if p.floor:
+                shape = [1, p.channels] + [1] * (p.rank - 2)
+                f = tops[p.name].floors() if p.name in tops else np.full(p.channels, -np.inf, np.float32)
+                extra[p.floor] = f.reshape(shape)
+        return {**batch, **extra}
 
     done = 0
+    if progress:
+        progress(0, samples)
     pending: Future | None = None
     with ThreadPoolExecutor(1, thread_name_prefix="calibration-fold") as worker:
         for batch in dataset.batches(batch_size):
-            outputs = session.run(names, batch)
+            outputs = session.run(names, feeds(batch))
             if pending is not None:
                 pending.result()  # raises the fold's error, if any
             pending = worker.submit(fold, outputs)
             del outputs
             done += len(next(iter(batch.values())))
             if progress:
-                progress(done, len(dataset))
+                progress(done, samples)
         if pending is not None:
             pending.result()
-    for f in folds.values():
-        f.finish()
+    for name, f in folds.items():
+        s = f.finish()
+        whole, channels = tops[name].finish()
+        sq = np.atleast_1d(squares[name])
+        s.top, s.total_sq = whole, float(sq.sum())
+        if s.channels is not None and channels is not None and len(channels) == len(s.channels):
+            for c, t, q in zip(s.channels, channels, sq.tolist()):
+                c.top, c.total_sq = t, q
+
+
+def _capacities(p: Observed, batch: int, samples: int, exact_from: float) -> tuple[int, int, int]:
+    """TopFold's (k, channels, k per channel) of a tensor read in the graph."""
+    per_channel = samples * p.per_sample
+    return (top_capacity(per_channel * p.channels, exact_from), p.channels,
+            top_capacity(per_channel, exact_from, -(-TOP_LIMIT // p.channels)))

@@ -13,6 +13,11 @@ channel, its minimum, maximum and sum over every value, and a subsample for the 
   repeating one grid (on examples/fmnist_cnn's first layer, a stride-5 grid of rows and columns was 5.7%
   off the exact 99th percentile, the flat subsample of as many values 0.09%).
 
+Also in the graph: the sum of squares per sample and channel (ReduceSumSquare), and the candidates for the
+exact top values (stats.TopFold): a graph input `<tensor>.calibration.floor` [1, C, 1, ...] holds each
+channel's floor, and Greater + Compress return only the values above it with their channel ids
+(Expand of the ids, Compress), so few values per batch leave onnxruntime once the floors have risen.
+
 Ranks below 3, tensors of unknown shape, other dtypes than float32 and tensors of more channels than
 ChannelFold keeps fine counts for are always output whole.
 """
@@ -43,6 +48,8 @@ class Observed:
     channels: int = 0
     per_sample: int = 0  # values per channel in one sample (sampled tensors)
     step: int = 0  # subsampling stride, 0 when whole
+    floor: str = ""  # the graph input of the candidates' floors (sampled tensors)
+    rank: int = 0
     _ids: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -59,7 +66,7 @@ class Observed:
     def fold_args(self, values: list[np.ndarray]) -> tuple[np.ndarray, Reductions, np.ndarray]:
         """The subsample, the per-channel reductions and the subsample's channel ids of a batch, from this
         tensor's outputs: the arguments of ChannelFold.update."""
-        low, high, total, sample = values
+        low, high, total, sample = values[:4]
         n = len(low)
         return sample, (low.min(axis=0), high.max(axis=0), total.astype(np.float64).sum(axis=0),
                         n * self.per_sample), self.channel_ids(n)
@@ -106,5 +113,19 @@ def observe(graph: gs.Graph, tensors: list[str], batch_size: int, bins: int) -> 
         flat = emit("Reshape", [x, np.array([-1], np.int64)], "flat")
         outs.append(emit("Slice", [flat, np.array([0], np.int64), np.array([2**62], np.int64),
                                    np.array([0], np.int64), np.array([step], np.int64)], "sample"))
-        plan.append(Observed(name, [o.name for o in outs], channels, per_sample, step))
+        outs.append(reduce(emit, "ReduceSumSquare", x, axes, "sumsq", graph.opset, keepdims=0))
+        broadcast = [1, channels] + [1] * (len(shape) - 2)
+        floor = gs.Variable(f"{name}.calibration.floor", np.float32, broadcast)
+        graph.inputs.append(floor)
+        def var(label, dtype):
+            return gs.Variable(f"{name}.calibration.{label}.out", dtype)
+        above = emit("Greater", [x, floor], "above", out=var("above", np.bool_))
+        mask = emit("Reshape", [above, np.array([-1], np.int64)], "mask", out=var("mask", np.bool_))
+        outs.append(emit("Compress", [flat, mask], "top"))
+        shape_of = emit("Shape", [x], "shape", out=var("shape", np.int64))
+        ids = emit("Expand", [np.arange(channels, dtype=np.int32).reshape(broadcast), shape_of], "ids",
+                   out=var("ids", np.int32))
+        flat_ids = emit("Reshape", [ids, np.array([-1], np.int64)], "flat_ids", out=var("flat_ids", np.int32))
+        outs.append(emit("Compress", [flat_ids, mask], "top_ids", out=var("top_ids", np.int32)))
+        plan.append(Observed(name, [o.name for o in outs], channels, per_sample, step, floor.name, len(shape)))
     return plan

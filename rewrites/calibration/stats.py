@@ -7,9 +7,16 @@ bin count, never by the amount of data. A percentile is read from the cumulative
 Count, extrema and sum always cover every value. The histogram may cover a deterministic subsample of
 large tensors (rewrites/calibration/observe.py); it then holds `binned` < `count` values, written as
 "binned" in the file's histogram (absent: every value), and percentiles are read over those.
+
+High percentiles are exact: each tensor (and channel) also keeps its largest values (TopValues), as many as
+the lowest exact percentile needs over the whole data set (sized before the pass from its length), capped at
+TOP_LIMIT. The q-th percentile is numpy's method='higher': the value at ascending index ceil(q/100 (N - 1)),
+i.e. the (N - that index)-th largest. Where that rank is past what was kept, the histogram answers (within
+one bin width) and `exact(q)` says so.
 """
 from __future__ import annotations
 
+import base64
 import json
 import math
 from dataclasses import dataclass, field
@@ -21,7 +28,8 @@ from rewrites.config import DEFAULT_NORM, NormSpec
 from rewrites.errors import Ann2SnnError, CalibrationError, InputFileError
 
 SCHEMA = "ann2snn.calibration"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sum of squares and exact top values; 1 (histograms only) still reads
+READS = (1, 2)
 DEFAULT_BINS = 4096
 CHANNEL_BINS = 512
 
@@ -39,6 +47,8 @@ class TensorStats:
     channel_axis: int | None = None  # per-channel statistics along this axis, when collected
     channels: list[TensorStats] | None = field(default=None, repr=False)
     binned: int | None = None  # values in the histogram; None: count (every value)
+    total_sq: float = 0.0  # sum of squares (0 in version-1 files)
+    top: TopValues | None = field(default=None, repr=False)  # the largest values, for exact percentiles
 
     def __post_init__(self):
         if self.bins % 4:
@@ -51,6 +61,18 @@ class TensorStats:
     @property
     def mean(self) -> float:
         return self.total / self.count if self.count else 0.0
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(max(self.total_sq / self.count - self.mean ** 2, 0.0)) if self.count else 0.0
+
+    def rank(self, q: float) -> int:
+        """The 1-based rank from the top of the q-th percentile (numpy method='higher')."""
+        return self.count - math.ceil(q / 100.0 * (self.count - 1))
+
+    def exact(self, q: float) -> bool:
+        """Whether percentile(q) is exact (read from the kept top values), not from the histogram."""
+        return q >= 100.0 or (self.top is not None and self.count > 0 and self.rank(q) <= self.top.exact_rank)
 
     @property
     def bin_width(self) -> float:
@@ -119,6 +141,8 @@ class TensorStats:
         """The q-th percentile (0 < q <= 100) of all values seen, within one bin width."""
         if self.count == 0:
             raise CalibrationError(f"tensor '{self.name}' has no calibration samples")
+        if q < 100.0 and self.exact(q):
+            return float(self.top.values[self.rank(q) - 1])
         if q >= 100.0 or self.half_range == 0.0 or self.binned == 0:
             return self.maximum if q >= 100.0 else min(max(0.0, self.minimum), self.maximum)
         target = q / 100.0 * self.binned
@@ -139,6 +163,9 @@ class TensorStats:
         }
         if self.binned != self.count:
             body["histogram"]["binned"] = self.binned
+        body["sum_sq"] = self.total_sq
+        if self.top is not None:
+            body["top"] = self.top.to_json()
         if self.channels is not None:
             body["channels"] = {"axis": self.channel_axis, "stats": [c.to_json() for c in self.channels]}
         return body
@@ -170,7 +197,10 @@ class TensorStats:
         half_range = _finite(hist["range"][1], "range")
         if (count and minimum > maximum) or half_range < 0:
             raise ValueError(f"tensor '{name}': min > max or a negative range")
-        stats = cls(name, bins, count, minimum, maximum, mean * count, half_range, counts, binned=binned)
+        stats = cls(name, bins, count, minimum, maximum, mean * count, half_range, counts, binned=binned,
+                    total_sq=_finite(data.get("sum_sq", 0.0), "sum_sq"))
+        if "top" in data:
+            stats.top = TopValues.from_json(name, data["top"], count)
         if "channels" in data:
             stats.channel_axis = _integer(data["channels"]["axis"], "axis")
             stats.channels = [cls.from_json(f"{name}[{c}]", d) for c, d in enumerate(data["channels"]["stats"])]
@@ -334,6 +364,160 @@ def _flat_bin_index(values: np.ndarray, channel_ids: np.ndarray, half_ranges: np
     return index + offsets
 
 
+TOP_LIMIT = 2**16  # top values kept per tensor (its channels share as many): 256 KiB each
+TOP_MARGIN = 1.25  # kept past the rank needed, so shards merged stay exact (their floors differ)
+EXACT_FROM = 99.0  # the lowest percentile kept exact by default (tune tries 99, 99.9, 99.99)
+
+
+def top_capacity(values: int, exact_from: float, limit: int = TOP_LIMIT) -> int:
+    """How many top values to keep of `values` for percentiles >= exact_from to be exact."""
+    want = math.ceil((1.0 - exact_from / 100.0) * values * TOP_MARGIN) + 16
+    return max(1, min(want, limit, values))
+
+
+@dataclass
+class TopValues:
+    """The largest values of a tensor, sorted descending. Values at or below `floor` may be missing (-inf:
+    none is), so the ones at or above it are the exact top `exact_rank`."""
+    values: np.ndarray  # float32, descending
+    floor: float = -math.inf
+    capacity: int = 0
+
+    @property
+    def exact_rank(self) -> int:
+        if self.floor == -math.inf:
+            return len(self.values)
+        return int(np.count_nonzero(self.values >= self.floor))
+
+    def to_json(self) -> dict:
+        return {"capacity": self.capacity, "floor": None if self.floor == -math.inf else self.floor,
+                "values": base64.b64encode(self.values.astype("<f4").tobytes()).decode("ascii")}
+
+    @classmethod
+    def from_json(cls, name: str, data: dict, count: int) -> TopValues:
+        values = np.frombuffer(base64.b64decode(data["values"], validate=True), "<f4").astype(np.float32)
+        floor = -math.inf if data.get("floor") is None else _finite(data["floor"], "floor")
+        if len(values) > count or (len(values) > 1 and (np.diff(values) > 0).any()) or not np.isfinite(values).all():
+            raise ValueError(f"tensor '{name}': top values not finite, descending and at most count")
+        return cls(values, floor, _integer(data.get("capacity", len(values)), "capacity"))
+
+    @staticmethod
+    def merge(parts: list[TopValues]) -> TopValues:
+        """The top values of the union of shards: exact down to the highest floor of the parts."""
+        values = np.sort(np.concatenate([p.values for p in parts]))[::-1].astype(np.float32)
+        floor = max(p.floor for p in parts)
+        capacity = sum(p.capacity for p in parts)
+        if floor != -math.inf:
+            values = values[values >= floor]
+        return TopValues(np.ascontiguousarray(values), floor, capacity)
+
+
+class TopFold:
+    """Streaming top-k of one tensor and (with `channels`) of each channel, fed only candidates: values above
+    floors() (computed in the graph). Buffers are trimmed to k when they pass 2k, which raises the floors;
+    a floor only ever lies at or below the final k-th largest, so what it rejects is never in the top k."""
+
+    def __init__(self, k: int, channels: int = 0, k_channel: int = 0):
+        self.k, self.k_channel, self.channels = k, k_channel, channels
+        self.whole: list[np.ndarray] = []
+        self.whole_n = 0
+        self.tau = -math.inf
+        self.vals: list[np.ndarray] = []
+        self.ids: list[np.ndarray] = []
+        self.ch_n = 0
+        self.tau_c = np.full(channels, -np.inf, np.float32)
+
+    def floors(self) -> np.ndarray:
+        """Per channel, the value a candidate must pass: [C] (one value without channels), float32."""
+        if not self.channels:
+            return np.array([self.tau], np.float32)
+        return np.minimum(self.tau_c, np.float32(self.tau))
+
+    def update(self, values: np.ndarray, ids: np.ndarray | None) -> None:
+        values = values.reshape(-1)
+        w = values[values > self.tau] if self.tau != -math.inf else values
+        if w.size:
+            self.whole.append(w)
+            self.whole_n += w.size
+            if self.whole_n > 2 * self.k + 1024:
+                self._trim_whole()
+        if self.channels:
+            m = values > self.tau_c[ids]
+            if m.any():
+                self.vals.append(values[m])
+                self.ids.append(ids[m].astype(np.int32, copy=False))
+                self.ch_n += int(m.sum())
+                if self.ch_n > 2 * self.k_channel * self.channels + 1024:
+                    self._trim_channels()
+
+    def _trim_whole(self) -> None:
+        v = np.concatenate(self.whole)
+        if v.size > self.k:
+            v = np.partition(v, v.size - self.k)[v.size - self.k:]
+            self.tau = float(v.min())
+        self.whole, self.whole_n = [v], v.size
+
+    def _trim_channels(self) -> None:
+        v, c = np.concatenate(self.vals), np.concatenate(self.ids)
+        order = np.lexsort((-v, c))  # by channel, then descending
+        v, c = v[order], c[order]
+        start = np.searchsorted(c, np.arange(self.channels))
+        rank = np.arange(v.size) - start[c]
+        keep = rank < self.k_channel
+        full = np.flatnonzero(np.bincount(c, minlength=self.channels) > self.k_channel)
+        self.tau_c[full] = v[start[full] + self.k_channel - 1]
+        self.vals, self.ids = [v[keep]], [c[keep]]
+        self.ch_n = int(keep.sum())
+
+    def finish(self) -> tuple[TopValues, list[TopValues] | None]:
+        whole = _top(np.concatenate(self.whole) if self.whole else np.zeros(0, np.float32), self.k,
+                     self.tau != -math.inf)
+        if not self.channels:
+            return whole, None
+        v = np.concatenate(self.vals) if self.vals else np.zeros(0, np.float32)
+        c = np.concatenate(self.ids) if self.ids else np.zeros(0, np.int32)
+        return whole, [_top(v[c == i], self.k_channel, self.tau_c[i] != -np.inf) for i in range(self.channels)]
+
+
+def _top(values: np.ndarray, k: int, dropped: bool) -> TopValues:
+    """The k largest of `values`, descending; floored at the k-th where any value was left out."""
+    values = np.sort(values.astype(np.float32, copy=False))[::-1]
+    dropped = dropped or values.size > k
+    values = np.ascontiguousarray(values[:k])
+    return TopValues(values, float(values[-1]) if dropped and values.size else -math.inf, k)
+
+
+def merge_stats(parts: list[TensorStats]) -> TensorStats:
+    """One tensor's statistics over several shards, as one pass over all of them gives (the histogram
+    counts alike where each shard was binned at batch boundaries; percentiles exact where the merged top
+    values reach)."""
+    first = parts[0]
+    out = TensorStats(first.name, first.bins)
+    for p in parts:
+        if p.bins != first.bins:
+            raise CalibrationError(f"tensor '{first.name}': shards binned with {p.bins} and {first.bins} bins",
+                                   "calibrate the shards with the same --bins")
+        _add_scalars([out], np.array([p.minimum]), np.array([p.maximum]), np.array([p.total]), p.count)
+        out.total_sq += p.total_sq
+    out.half_range = max([out.half_range] + [p.half_range for p in parts])
+    for p in parts:
+        counts = p.counts.copy()
+        r = p.half_range
+        while r and r < out.half_range:  # regrid to the common range (powers of two: exact)
+            merged = counts.reshape(-1, 2).sum(axis=1)
+            counts = np.zeros(p.bins, np.int64)
+            counts[p.bins // 4:p.bins // 4 + merged.size] = merged
+            r *= 2.0
+        out.counts += counts
+    out.binned = sum(p.binned for p in parts)
+    if all(p.top is not None for p in parts):
+        out.top = TopValues.merge([p.top for p in parts])
+    if all(p.channels is not None for p in parts):
+        out.channel_axis = first.channel_axis
+        out.channels = [merge_stats([p.channels[c] for p in parts]) for c in range(len(first.channels))]
+    return out
+
+
 FINE_STATE_LIMIT = 2**20  # fine bins (int64) a ChannelFold may hold for one tensor: 8 MiB
 
 
@@ -489,9 +673,10 @@ class Calibration:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise CalibrationError(f"{path}: not an ann2snn calibration file",
                                    "make one with `ann2snn calibrate`")
-        if data.get("schema_version") != SCHEMA_VERSION:
+        if data.get("schema_version") not in READS:
             raise CalibrationError(f"{path}: calibration schema version {data.get('schema_version')!r}, "
-                                   f"this tool reads version {SCHEMA_VERSION}", "recalibrate")
+                                   f"this tool reads versions {', '.join(map(str, READS))}",
+                                   "recalibrate with `ann2snn calibrate`")
         try:
             tensors = {name: TensorStats.from_json(name, t) for name, t in data["tensors"].items()}
             result = cls(str(data["model"]["fingerprint"]), str(data["model"].get("path", "")),
@@ -506,6 +691,19 @@ class Calibration:
             raise CalibrationError(f"{path}: malformed calibration file (method {result.method!r} is not a "
                                    "valid norm)", "recalibrate") from exc
         return result
+
+    @classmethod
+    def merge(cls, parts: list[Calibration]) -> Calibration:
+        """Shards of one model's calibration (e.g. its data split over machines) as one calibration: the
+        statistics one pass over all their data gives."""
+        first = parts[0]
+        for p in parts[1:]:
+            if p.fingerprint != first.fingerprint or set(p.tensors) != set(first.tensors):
+                raise CalibrationError(f"{p.source or 'a shard'}: calibration of another model than "
+                                       f"{first.source or 'the first shard'}", "merge shards of one model")
+        tensors = {name: merge_stats([p.tensors[name] for p in parts]) for name in first.tensors}
+        return cls(first.fingerprint, first.model_path, sum(p.samples for p in parts), tensors,
+                   first.tool_version, first.method, input_shapes=first.input_shapes)
 
     def check_model(self, fingerprint: str, path: str | Path, model_path: str | Path) -> None:
         if fingerprint != self.fingerprint:
