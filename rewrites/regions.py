@@ -134,9 +134,34 @@ def _families(graph: gs.Graph, exclude: frozenset[str]) -> tuple[dict[str, gs.Va
     return root, families
 
 
+def _family_seeds(members: list[gs.Node]) -> set[int]:
+    """The seeds of a family, less gated products: a product whose operands pass only through linear and
+    ReLU-like nodes, one of them at least, from the root (x * Clip(x + 3, 0, 6), HardSwish) is an IF neuron
+    and a spiking product, exact as T grows, not a nonlinearity to fit."""
+    gated: set[str] = set()  # family tensors with a ReLU-like node and no seed upstream
+    curved: set[str] = set()  # family tensors with a seed upstream
+    seeds: set[int] = set()
+    for n in members:  # graph order
+        inputs = [t.name for t in n.inputs if isinstance(t, gs.Variable)]
+        upstream_curved = any(t in curved for t in inputs)
+        seed = is_seed(n) and not (n.op == "Mul" and not upstream_curved and any(t in gated for t in inputs))
+        if seed:
+            seeds.add(id(n))
+        if seed or upstream_curved:
+            curved.update(t.name for t in n.outputs)
+        elif is_relu_like(n) or any(t in gated for t in inputs):
+            gated.update(t.name for t in n.outputs)
+    return seeds
+
+
 def _seeded(members: list[gs.Node]) -> list[gs.Node]:
     """Members that are seeds, feed a seed, or follow one (within the family)."""
     ids = {id(n) for n in members}
+    seed_ids = _family_seeds(members)
+
+    def is_seed(n: gs.Node) -> bool:
+        return id(n) in seed_ids
+
     seeds = [n for n in members if is_seed(n)]
     if not seeds:
         return []

@@ -1,6 +1,6 @@
 """The rewrite passes and the default pipeline: one explicit ordered tuple, no discovery."""
 from rewrites.passes import (allow_float, batch_shapes, canonical_products, decoded_head, decompose_layernorm,
-                             eliminate_identity, fold_batchnorm, fold_constants, fuse_softmax, max_to_neuron, max_to_relu,
+                             eliminate_identity, fold_batchnorm, hard_activations, fold_constants, fuse_softmax, max_to_neuron, max_to_relu,
                              maxpool_to_neuron, name_nodes,
                              nonlinear_to_spiking, products_to_spiking, qcfs_to_if, relu_to_if,
                              softmax_to_spiking, weight_norm)
@@ -11,6 +11,7 @@ NORMALISE: tuple[Pass, ...] = (
     eliminate_identity.PASS,
     fold_constants.PASS,
     max_to_relu.PASS,  # after fold_constants: its zero is a constant then
+    hard_activations.PASS,  # before batch_shapes, which gives its new tensors their shapes
     batch_shapes.PASS,  # after fold_constants: what folds needs no probe run
     fold_batchnorm.PASS,
     fuse_softmax.PASS,  # before canonical_products rewrites its Div

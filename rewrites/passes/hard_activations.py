@@ -1,0 +1,46 @@
+"""hard_activations: HardSigmoid and HardSwish spelled as the clipped ReLU they are.
+
+HardSigmoid(x) = Clip(alpha * x + beta, 0, 1) and HardSwish(x) = x * Clip(x + 3, 0, 6) / 6 (the form
+paddle2onnx already writes). Same function; the Clip then becomes a clipped IF neuron (relu_to_if) and the
+product of x and that gate a spiking product (products_to_spiking), both exact as T grows, with one state
+tensor per element where a UGO subnet holds one per hidden neuron (rewrites/regions.py: a product gated by a
+ReLU-like node is not a nonlinearity of its own)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from rewrites.passes._emit import Emitter
+from rewrites.passes.base import Pass, PassContext, PassReport
+
+
+def _clip(emit: Emitter, x: gs.Tensor, high: float, opset: int, shape, out: gs.Variable | None = None
+          ) -> gs.Variable:
+    if opset >= 11:
+        return emit("Clip", [x, np.array(0.0, np.float32), np.array(high, np.float32)], "clip", out, shape=shape)
+    return emit("Clip", [x], "clip", out, shape=shape, min=0.0, max=float(high))
+
+
+def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
+    report = PassReport("hard_activations")
+    for node in [n for n in graph.nodes if n.op in ("HardSigmoid", "HardSwish") and n.domain in (None, "", "ai.onnx")]:
+        x, y = node.inputs[0], node.outputs[0]
+        shape = x.shape
+        emit = Emitter(graph, node.name)
+        if node.op == "HardSigmoid":
+            alpha, beta = float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))
+            scaled = emit("Mul", [x, np.array(alpha, np.float32)], "scale", shape=shape)
+            shifted = emit("Add", [scaled, np.array(beta, np.float32)], "shift", shape=shape)
+            _clip(emit, shifted, 1.0, graph.opset, shape, out=y)
+        else:
+            shifted = emit("Add", [x, np.array(3.0, np.float32)], "shift", shape=shape)
+            gate = _clip(emit, shifted, 6.0, graph.opset, shape)
+            product = emit("Mul", [x, gate], "gated", shape=shape)
+            emit("Div", [product, np.array(6.0, np.float32)], "out", out=y)
+        node.inputs.clear()
+        node.outputs.clear()
+        report.converted.append(node.name)
+    return report
+
+
+PASS = Pass("hard_activations", run, doc="HardSigmoid -> Clip(alpha x + beta, 0, 1); HardSwish -> x Clip(x + 3, 0, 6) / 6.")
