@@ -12,6 +12,7 @@ from rewrites.calibration.stats import Calibration
 from rewrites.config import DEFAULT_NORM, ConvertOptions, Neuron, Nonlinear, NormSpec
 from rewrites.convert import ConversionResult, convert_model, normalise, refuse_masks
 from rewrites.errors import Ann2SnnError, CalibrationError
+from rewrites.footprint import Footprint, footprint
 from rewrites.graph import fingerprint, load_model, non_finite_constants, write_text_atomic
 from rewrites.passes.qcfs_to_if import qcfs_levels
 from rewrites.shapes import bind_input_shapes, recorded_shapes, resolve_input_shapes
@@ -57,6 +58,8 @@ class Converted:
     choices: list[LayerChoice] = field(default_factory=list)  # per layer, when chosen on the data
     notes: list[str] = field(default_factory=list)
     input_shapes: dict[str, list] = field(default_factory=dict)  # what dynamic inputs were bound to, batch 'N'
+    step_memory: Footprint | None = None  # per sample, one call of the exported file
+    ann_memory: Footprint | None = None  # per sample, one inference of the ANN at the same shapes
 
 
 def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(), calib: str | Path | None = None,
@@ -127,4 +130,5 @@ def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(), 
         from sim.bias_correction import correct_biases
         result.model, result.corrections = correct_biases(result.model, model_path.with_suffix(".snn.onnx"),
                                                           model_path, dataset, T)
-    return Converted(result, options, source, choices, notes, recorded_shapes(bound))
+    return Converted(result, options, source, choices, notes, recorded_shapes(bound), footprint(result.model),
+                     footprint(ann))

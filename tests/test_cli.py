@@ -155,6 +155,10 @@ def test_convert_json_and_valid_onnx(tmp_path, art):
     snn = onnx.load(str(target))
     onnx.checker.check_model(snn, full_check=True)
     assert files(tmp_path) == {"s.snn.onnx", "convert.json"}
+    from rewrites.footprint import footprint
+    memory = report["step_memory_per_sample"]
+    assert memory == footprint(snn).to_json() and memory["state_bytes"] > 0
+    assert report["ann_memory_per_sample"]["tensor_bytes"] < memory["tensor_bytes"]
 
 
 def test_convert_default_output(tmp_path, art):

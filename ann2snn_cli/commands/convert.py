@@ -146,6 +146,15 @@ def _rule_text(setting) -> str:
     return text + ("/ch" if setting.per_channel else "")
 
 
+def _memory_text(snn, ann) -> str:
+    """One sample, one call: the state carried between steps and every tensor the call computes."""
+    from rewrites.footprint import mib
+    text = f"one step, per sample: state {mib(snn.state_bytes)}, tensors up to {mib(snn.tensor_bytes)}"
+    if ann and ann.tensor_bytes:
+        text += f" ({snn.tensor_bytes / ann.tensor_bytes:.1f}x the ANN's {mib(ann.tensor_bytes)})"
+    return text
+
+
 def summary(converted, target: Path) -> dict:
     result, options = converted.result, converted.options
     return {
@@ -166,6 +175,8 @@ def summary(converted, target: Path) -> dict:
         "notes": converted.notes,
         "input_shapes": converted.input_shapes,
         "layers": result.layers,
+        "step_memory_per_sample": converted.step_memory.to_json() if converted.step_memory else None,
+        "ann_memory_per_sample": converted.ann_memory.to_json() if converted.ann_memory else None,
     }
 
 
@@ -223,5 +234,7 @@ def render(out: Output, converted, target: Path) -> None:
                   [[c.node, c.bias or f"skipped: {c.skipped}", c.mean_shift] for c in result.corrections], names=(0, 1))
     for note in converted.notes:
         out.print(f"note: {note}")
+    if converted.step_memory:
+        out.print(_memory_text(converted.step_memory, converted.ann_memory))
     drain = f", read after {options.drain_steps} drain steps" if options.drain_steps else ""
     out.print(f"wrote {target} (T = {options.default_T}{drain})")
