@@ -81,6 +81,18 @@ def data(tmp_path_factory):
     return root, x
 
 
+def well_conditioned(graph, x: np.ndarray, tries: int = 8):
+    """x, or the first of a few batches drawn like it, whose membranes all stay over 1e-6 (relative) from
+    their thresholds in the reference stepper: closer, float32 and float64 rounding may move a spike, and the
+    comparison could not tell that from a mapping error. Returns (x, reference outputs, margin)."""
+    for seed in range(tries):
+        batch = x if seed == 0 else np.random.default_rng(100 + seed).random(x.shape).astype(np.float32)
+        reference, margin = step_nir(graph, batch, T)
+        if margin > 1e-6:
+            break
+    return batch, reference, margin
+
+
 def converted(root: Path, proto: onnx.ModelProto, name: str, *flags) -> Path:
     ann, snn = root / f"{name}.onnx", root / f"{name}.snn.onnx"
     onnx.save(proto, ann)
@@ -177,14 +189,14 @@ def test_nir_graph_steps_like_the_spiking_file(data, flags):
     report = json.loads(summary.read_text())
     assert [n["type"] for n in report["nodes"]][0] == "Input" and report["output"] == str(target)
 
-    reference, margin = step_nir(graph, x, T)
+    x, reference, margin = well_conditioned(graph, x)
     model = load_spiking(snn)
     ours = NumpyEngine(model).run({"input": x}, T).outputs[model.outputs[0]]
     # The engine runs float32 (onnxruntime kernels), the stepper float64 on the folded float32 weights (each
     # rounded by 2^-24 when the threshold was folded in): a layer's sum of at most 36 products rounds by at
     # most ~36 * 2^-24 of its scale, under 1e-5 of the largest output (measured: ~1e-7). A spike flips only
     # where a membrane lands closer than that to its threshold; the seeded data comes no closer than `margin`
-    # (measured ~3e-6), so a mismatch here is a mapping error, not rounding.
+    # (well_conditioned draws the batch again when one comes closer), so a mismatch is a mapping error.
     assert margin > 1e-6, margin
     assert reference.shape == ours.shape
     tolerance = 1e-5 * np.abs(reference).max()
@@ -202,7 +214,7 @@ def test_global_pooling_strides_and_a_constant_factor(data):
     assert kinds == sorted(["Input", "Conv2d", "IF", "Conv2d", "IF", "SumPool2d", "Flatten", "Affine", "Output"])
     assert any(isinstance(n, nir.Conv2d) and tuple(n.stride) == (2, 2) for n in graph.nodes.values())
     assert any("0.5" in n.metadata.get("note", "") for n in graph.nodes.values() if isinstance(n, nir.Affine))
-    reference, margin = step_nir(graph, x, T)
+    x, reference, margin = well_conditioned(graph, x)
     model = load_spiking(snn)
     ours = NumpyEngine(model).run({"input": x}, T).outputs[model.outputs[0]]
     assert margin > 1e-6, margin  # as in the test above
