@@ -86,3 +86,19 @@ def test_state_is_one_tensor_per_element_not_per_hidden_neuron(tmp_path):
     state = [i for i in onnx.load(str(snn)).graph.input if i.name.startswith("state.")]
     elements = sum(int(np.prod([d.dim_value for d in i.type.tensor_type.shape.dim[1:]])) for i in state)
     assert elements <= 12 * 2 * 8 * 8 * 8
+
+
+def test_a_hard_sigmoid_head_stays_for_decoded_head(tmp_path):
+    """HardSigmoid before the graph output is the model's head: kept as the op in normalising, then applied
+    exactly to the decoded value, so the file's decoded output equals HardSigmoid of the decoded logits."""
+    b = ModelBuilder(seed=2)
+    logits = b.gemm(b.node("Relu", [b.gemm("input", 8, 8)]), 8, 3)
+    model = b.build({"input": [8]}, [b.node("HardSigmoid", [logits], alpha=0.3)])
+    graph, reports = normalise(model)
+    assert [n.op for n in graph.nodes].count("HardSigmoid") == 1
+    (report,) = [r for r in reports if r.name == "hard_activations"]
+    assert report.converted == [] and len(report.skipped) == 1
+    x = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)
+    snn, result = convert_with_data(model, x, tmp_path)
+    (head,) = [r for r in result.reports if r.name == "decoded_head"]
+    assert any("hardsigmoid" in n.lower() for n in head.converted)

@@ -4,7 +4,8 @@ HardSigmoid(x) = Clip(alpha * x + beta, 0, 1) and HardSwish(x) = x * Clip(x + 3,
 paddle2onnx already writes). Same function; the Clip then becomes a clipped IF neuron (relu_to_if) and the
 product of x and that gate a spiking product (products_to_spiking), both exact as T grows, with one state
 tensor per element where a UGO subnet holds one per hidden neuron (rewrites/regions.py: a product gated by a
-ReLU-like node is not a nonlinearity of its own)."""
+ReLU-like node is not a nonlinearity of its own). A HardSigmoid head before a graph output is left to
+decoded_head."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +13,9 @@ import onnx_graphsurgeon as gs
 
 from rewrites.passes._emit import Emitter
 from rewrites.passes.base import Pass, PassContext, PassReport
+from rewrites.passes.decoded_head import head_nodes
+
+HEAD = "a head before a graph output: decoded_head applies it to the decoded value of its input"
 
 
 def _clip(emit: Emitter, x: gs.Tensor, high: float, opset: int, shape, out: gs.Variable | None = None
@@ -23,7 +27,11 @@ def _clip(emit: Emitter, x: gs.Tensor, high: float, opset: int, shape, out: gs.V
 
 def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     report = PassReport("hard_activations")
+    heads = {id(n) for n in head_nodes(graph)}
     for node in [n for n in graph.nodes if n.op in ("HardSigmoid", "HardSwish") and n.domain in (None, "", "ai.onnx")]:
+        if id(node) in heads:
+            report.skipped.append((node.name, HEAD))
+            continue
         x, y = node.inputs[0], node.outputs[0]
         shape = x.shape
         emit = Emitter(graph, node.name)
