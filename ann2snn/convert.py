@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ann2snn.tune import LayerChoice, apply_bias_shifts, settings_of, tunable_layers, tune, tuned
+from ann2snn.tune import LayerChoice, apply_charges, settings_of, tunable_layers, tune, tuned
 from rewrites.calibration.collect import calibrate
 from rewrites.calibration.data import array_shapes, input_specs, load_dataset
 from rewrites.calibration.stats import Calibration
@@ -122,7 +122,7 @@ def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(), 
             result = convert_model(ann, calibration, options, model_path, source, check=False,
                                    source_fingerprint=source_fp)
             result.normalise_error = checked  # the same normalising passes, checked above
-            apply_bias_shifts(result.model, choices)
+            apply_charges(result.model, choices)
             result = tuned(result, choices)
     if request.bias_correction:
         if dataset is None:

@@ -9,8 +9,11 @@ in graph order, with the layers before it already converted as chosen:
    squared gap between its rate at T and the ANN's activation, relative to the activation's mean square
    (where maxima read the layer, MaxPools or max reductions, both through them first: a max keeps the top
    values, so a threshold that clips them costs more than the layer alone shows);
-3. keep the best, and a bias correction (the mean gap per channel added to the driving Conv/Gemm bias, the
-   "light" pipeline of SNN Calibration) when it lowers the error further.
+3. keep the best, and a charge correction when it lowers the error further: the mean gap per channel, as
+   the charge the window's input lacks, added to the initial membrane (SNN Calibration's "light" pipeline
+   corrects the bias instead, by the gap per step; but the gap is mostly the lag of the layers before, a
+   fixed charge, so a bias shift tuned at T over-corrects by (T' - T) x the shift when the file is read at
+   T' > T, and a charge does not).
 The search runs on one spiking model whose neurons are all signed (an IF neuron is a signed neuron that never
 fires negative: unfire level -inf), so no layer is converted twice; the final file is converted once with
 the chosen settings. Deterministic: the first `samples` samples, no randomness."""
@@ -30,7 +33,6 @@ from rewrites.calibration.stats import Calibration
 from rewrites.config import ConvertOptions, LayerSetting, Neuron, NormSpec
 from rewrites.convert import ConversionResult, convert_model
 from rewrites.passes.relu_to_if import layer_threshold
-from sim.bias_correction import driving_bias, shift_bias
 from sim.engine import NumpyEngine
 from rewrites.errors import SpikingModelError
 from sim.ort import OrtEngine
@@ -42,8 +44,8 @@ from sim.simulate import AnnReference
 NORMS = ("percentile:99", "percentile:99.9", "percentile:99.99", "mmse", "max")
 PHIS = (0.5, 0.25, 0.0)
 SAMPLES = 128
-BIAS_CANDIDATES = 3  # the best settings without correction that get one
-BIAS_ROUNDS = 2
+CHARGE_CANDIDATES = 3  # the best settings without correction that get one
+CHARGE_ROUNDS = 2
 Progress = Callable[[int, int], None]  # (layers done, layers)
 
 
@@ -51,13 +53,13 @@ Progress = Callable[[int, int], None]  # (layers done, layers)
 class LayerChoice:
     node: str
     setting: LayerSetting
-    bias_shift: np.ndarray | None  # per channel, added to the driving Conv/Gemm bias
+    charge: np.ndarray | None  # per channel, added to the initial membrane (a fixed charge, not per step)
     error: float  # relative mean squared error of the layer's rate at T against the ANN activation
     default_error: float  # the same for the options' own setting, on the same recorded input
     candidates: int
 
     def to_json(self) -> dict:
-        return {**self.setting.to_json(), "bias_correction": self.bias_shift is not None,
+        return {**self.setting.to_json(), "charge_correction": self.charge is not None,
                 "measured_error": round(self.error, 6), "default_error": round(self.default_error, 6),
                 "candidates": self.candidates}
 
@@ -81,8 +83,6 @@ def tune(ann_path: str | Path, ann: onnx.ModelProto, calibration: Calibration, o
                                                                                    _with_outputs(proto, layers)])
     _, activations = reference(feeds)
     choices = []
-    for layer in layers:
-        layer["biased"] = driving_bias(proto, layer["input"])[0] is not None
     for k, layer in enumerate(layers):
         current = _input_current(proto, layer["input"], feeds, T)
         target = activations.get(layer["node_output"])
@@ -101,13 +101,31 @@ def settings_of(choices: list[LayerChoice]) -> dict[str, LayerSetting]:
     return {c.node: c.setting for c in choices}
 
 
-def apply_bias_shifts(model: onnx.ModelProto, choices: list[LayerChoice]) -> None:
-    """Add the chosen bias corrections to the final file (through its drain gate)."""
+def apply_charges(model: onnx.ModelProto, choices: list[LayerChoice]) -> None:
+    """Give the final file's neurons their chosen charge corrections (new fire and unfire levels)."""
+    nodes = {n.name: n for n in model.graph.node}
     for choice in choices:
-        if choice.bias_shift is not None:
-            inputs = {n.name: n.input[0] for n in model.graph.node if n.name == choice.node}
-            driver, _ = driving_bias(model, inputs[choice.node])
-            shift_bias(model, driver, choice.bias_shift)
+        if choice.charge is not None:
+            _charge_neuron(model, nodes[choice.node], choice.charge)
+
+
+def _charge_neuron(model: onnx.ModelProto, node: onnx.NodeProto, charge: np.ndarray) -> None:
+    """Start `node`'s membrane `charge` higher: its fire (and unfire) levels lowered by it, per channel, in new
+    initializers (a level may be shared with another neuron)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    rank = len(_shape_of(model, node.input[0]))
+    offset = _per_channel(np.asarray(charge, np.float64), rank)
+    replaced = set()
+    for slot in (2, 3) if node.op_type == "SignedIFNeuron" else (2,):
+        level = numpy_helper.to_array(inits[node.input[slot]]).astype(np.float64)
+        name = f"{node.name}.{('fire', 'unfire')[slot - 2]}_level.charged"
+        model.graph.initializer.append(numpy_helper.from_array((level - offset).astype(np.float32), name))
+        replaced.add(node.input[slot])
+        node.input[slot] = name
+    used = {i for n in model.graph.node for i in n.input} | {i.name for i in model.graph.input}
+    keep = [t for t in model.graph.initializer if t.name in used or t.name not in replaced]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
 
 
 def _layers(proto: onnx.ModelProto) -> list[dict]:
@@ -179,9 +197,9 @@ def _choose(layer: dict, stats, current: np.ndarray, target: np.ndarray, options
     observed = observe(target)
     scale = max(float(np.mean(observed ** 2)), 1e-12)
 
-    def error(setting: LayerSetting, shift: np.ndarray | None = None) -> float:
+    def error(setting: LayerSetting, charge: np.ndarray | None = None) -> float:
         theta, _ = layer_threshold(stats, setting, T, rank, layer["node"], cap)
-        x = current if shift is None else current + _per_channel(shift, rank).astype(np.float32)
+        x = current if charge is None else _charged(current, charge, rank)
         return float(np.mean((observe(_rate(x, theta, setting, T)) - observed) ** 2)) / scale
 
     default = options.setting(layer["node"])
@@ -199,23 +217,28 @@ def _choose(layer: dict, stats, current: np.ndarray, target: np.ndarray, options
         if setting not in tried:
             tried[setting] = error(setting)
     best = min(tried, key=tried.get)
-    if not layer["biased"]:
-        return LayerChoice(layer["node"], best, None, tried[best], tried[default], len(tried))
-    # a bias correction on the best few, iterated: the shifted rate has a gap of its own
+    # a charge correction on the best few, iterated: the charged rate has a gap of its own
     corrected = {}
-    for setting in sorted(tried, key=tried.get)[:BIAS_CANDIDATES]:
+    for setting in sorted(tried, key=tried.get)[:CHARGE_CANDIDATES]:
         theta, _ = layer_threshold(stats, setting, T, rank, layer["node"], cap)
-        shift = np.zeros(target.shape[1] if target.ndim > 1 else 1)
-        for _ in range(BIAS_ROUNDS):
-            x = current + _per_channel(shift, rank).astype(np.float32)
-            shift = shift + (target - _rate(x, theta, setting, T)).mean(axis=axes)
-        corrected[setting] = (error(setting, shift), shift)
-    with_bias = min(corrected, key=lambda k: corrected[k][0])
-    count = len(tried) + len(corrected) * BIAS_ROUNDS
-    if corrected[with_bias][0] < tried[best]:
-        return LayerChoice(layer["node"], with_bias, corrected[with_bias][1], corrected[with_bias][0], tried[default],
-                           count)
+        charge = np.zeros(target.shape[1] if target.ndim > 1 else 1)
+        for _ in range(CHARGE_ROUNDS):
+            gap = (target - _rate(_charged(current, charge, rank), theta, setting, T)).mean(axis=axes)
+            charge = charge + T * gap
+        corrected[setting] = (error(setting, charge), charge)
+    with_charge = min(corrected, key=lambda k: corrected[k][0])
+    count = len(tried) + len(corrected) * CHARGE_ROUNDS
+    if corrected[with_charge][0] < tried[best]:
+        return LayerChoice(layer["node"], with_charge, corrected[with_charge][1], corrected[with_charge][0],
+                           tried[default], count)
     return LayerChoice(layer["node"], best, None, tried[best], tried[default], count)
+
+
+def _charged(current: np.ndarray, charge: np.ndarray, rank: int) -> np.ndarray:
+    """The recorded current with `charge` delivered at the first step: the membrane starts that much higher."""
+    out = current.copy()
+    out[0] += _per_channel(charge, rank).astype(np.float32)
+    return out
 
 
 def _per_channel(values: np.ndarray, rank: int) -> np.ndarray:
@@ -224,7 +247,7 @@ def _per_channel(values: np.ndarray, rank: int) -> np.ndarray:
 
 def _apply(proto: onnx.ModelProto, layer: dict, choice: LayerChoice, stats, T: int) -> None:
     """Give the search model's signed neuron `layer` the chosen setting (an IF choice never fires negative)
-    and bias shift."""
+    and charge."""
     node = next(n for n in proto.graph.node if n.name == layer["node"])
     theta, _ = layer_threshold(stats, choice.setting, T, len(_shape_of(proto, node.input[0])), layer["node"],
                                layer.get("cap"))
@@ -234,8 +257,8 @@ def _apply(proto: onnx.ModelProto, layer: dict, choice: LayerChoice, stats, T: i
     for init in proto.graph.initializer:
         if init.name in values:
             init.CopyFrom(numpy_helper.from_array(np.asarray(values[init.name], np.float32), init.name))
-    if choice.bias_shift is not None:
-        shift_bias(proto, driving_bias(proto, node.input[0])[0], choice.bias_shift)
+    if choice.charge is not None:
+        _charge_neuron(proto, node, choice.charge)
 
 
 def _shape_of(proto: onnx.ModelProto, name: str) -> list:

@@ -81,8 +81,8 @@ def window_for(model: SpikingModel, T: int | None, extra_t: int | None, drain: b
     drain = bool(drain) and extra_t > 0
     notes = []
     if file_T and steps != file_T:
-        notes.append(f"the file was converted for T = {file_T} (its thresholds, spike budgets and any bias "
-                     f"correction target that T); this run has T = {steps}")
+        notes.append(f"the file was converted for T = {file_T} (its thresholds, spike budgets and any charge "
+                     f"or bias correction target that T); this run has T = {steps}")
     if drain_steps and not drain:
         notes.append(f"the file was converted to be read after {drain_steps} drain steps (ann2snn.drain_steps); "
                      "this run has none")

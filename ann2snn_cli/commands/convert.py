@@ -190,9 +190,9 @@ def render(out: Output, converted, target: Path) -> None:
     neurons = [l for l in result.layers if "threshold" in l]
     if converted.choices:
         out.table(f"Chosen per layer on {converted.calibration}",
-                  ["node", "neuron", "threshold", "phi", "bias", "error", "default"],
+                  ["node", "neuron", "threshold", "phi", "charge", "error", "default"],
                   [[c.node, c.setting.neuron.value, _rule_text(c.setting),
-                    f"{c.setting.phi:g}", "shifted" if c.bias_shift is not None else "-", f"{c.error:.4f}",
+                    f"{c.setting.phi:g}", "charged" if c.charge is not None else "-", f"{c.error:.4f}",
                     f"{c.default_error:.4f}"] for c in converted.choices],
                   legend=f"threshold p: percentile, /ch: per channel; error: mean squared gap of the rate at T = "
                   f"{options.default_T} to the ANN, relative; default: the same for the default options")
