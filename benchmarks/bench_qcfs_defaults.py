@@ -2,7 +2,9 @@
 ../shared/tools/step_onnx.py (which knows only the exported file's contract) at T = L, 2L and 4L, once with
 `--drain E` (E = the file's metadata ann2snn.drain_steps) and once with `--drain 0`. L is the file's
 ann2snn.default_T (convert's --T defaults to L for a QCFS network). Prints a markdown table of accuracy and
-agreement with the ANN's top-1 (onnxruntime on MODEL) per T.
+agreement with the ANN's top-1 (onnxruntime on MODEL) per T, and next to it the ANN with every QCFS
+activation's L replaced by T (lambda clip(floor(z T / lambda + shift) / T, 0, 1), onnxruntime): the
+function an IF neuron computes for a constant input over T steps, so what the SNN can at best be at that T.
 
 usage: python benchmarks/bench_qcfs_defaults.py [MODEL ...] [--data test.npz] [--ann2snn PATH] [--python PATH]
        [--json FILE]
@@ -20,8 +22,53 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_defaults import STEP_ONNX, metadata, run_cli  # noqa: E402
 from common import EXAMPLE, REPO, load_line, machine_lines  # noqa: E402
+
+def requantised(model: Path, T: int):
+    """MODEL with each QCFS chain (as qcfs_to_if finds it) rebuilt at T levels instead of L."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+    from rewrites.convert import normalise
+    from rewrites.graph import load_model
+    from rewrites.passes.qcfs_to_if import find_chains
+    graph = normalise(load_model(model))[0]  # the normalised graph: the function of the ANN, its chains found
+    matches, _ = find_chains(graph)
+    for k, m in enumerate(matches):
+        def const(name, value):
+            return gs.Constant(f"requantised.{k}.{name}.value", np.array(value, np.float32))
+        up, shifted, floored, down = (gs.Variable(f"requantised.{k}.{n}", np.float32) for n in
+                                      ("up", "shifted", "floored", "down"))
+        for node in m.nodes:
+            node.outputs.clear()
+        graph.nodes += [gs.Node("Mul", inputs=[m.x, const("up", T / m.lam)], outputs=[up]),
+                        gs.Node("Add", inputs=[up, const("shift", 0.5 if m.shift else 0.0)], outputs=[shifted]),
+                        gs.Node("Floor", inputs=[shifted], outputs=[floored]),
+                        gs.Node("Mul", inputs=[floored, const("down", m.lam / T)], outputs=[down]),
+                        gs.Node("Clip", inputs=[down, const("lo", 0.0), const("hi", m.lam)], outputs=[m.y])]
+    graph.cleanup().toposort()
+    return gs.export_onnx(graph), len(matches)
+
+
+def ann_at(model: Path, data: Path, steps: list[int]) -> dict:
+    """Accuracy and agreement with MODEL of MODEL requantised at each T."""
+    import numpy as np
+    import onnxruntime as ort
+    with np.load(data, allow_pickle=False) as d:
+        x, y = d["x"], d["y"]
+
+    def predict(proto):
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: x})[0].argmax(axis=1)
+    from rewrites.graph import load_model
+    reference, out = predict(load_model(model)), {}
+    for t in steps:
+        proto, chains = requantised(model, t)
+        p = predict(proto)
+        out[t] = {"acc": float(np.mean(p == y)), "agree": float(np.mean(p == reference)), "chains": chains}
+    return out
+
 
 MODELS = [REPO / "examples" / "fmnist_qcfs_L4" / "model.onnx", REPO / "examples" / "fmnist_qcfs_L8" / "model.onnx"]
 
@@ -64,10 +111,12 @@ def main() -> int:
             entry.update(default_T=L, drain_steps=drain, steps=[L, 2 * L, 4 * L])
             for e in sorted({drain, 0}, reverse=True):
                 entry["runs"][e] = step(args.python, snn, model, args.data, entry["steps"], e, shown)
+            entry["ann_at_T"] = ann_at(model, args.data, entry["steps"])
     shown = [line.replace(tmp, "$OUT") for line in shown]
 
-    print("\n| model | L (default_T) | drain_steps | --drain | T | accuracy (%) | agreement (%) | ANN (%) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| model | L (default_T) | drain_steps | --drain | T | accuracy (%) | agreement (%) | ANN (%) | "
+          "ANN at T levels: accuracy (%) | agreement (%) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for entry in results:
         name = str(Path(entry["model"]).resolve().relative_to(REPO)) if Path(entry["model"]).resolve().is_relative_to(
             REPO) else entry["model"]
@@ -79,9 +128,10 @@ def main() -> int:
                 print(f"| `{name}` | {entry['default_T']} | {entry['drain_steps']} | {e} | | failed | | |")
                 continue
             for t in entry["steps"]:
+                at = entry["ann_at_T"][t]
                 print(f"| `{name}` | {entry['default_T']} | {entry['drain_steps']} | {e} | {t} | "
                       f"{100 * rep['acc'][str(t)]:.2f} | {100 * rep['agree'][str(t)]:.2f} | "
-                      f"{100 * rep['ann_acc']:.2f} |")
+                      f"{100 * rep['ann_acc']:.2f} | {100 * at['acc']:.2f} | {100 * at['agree']:.2f} |")
     for entry in results:
         if entry["error"]:
             print(f"\n`ann2snn convert {entry['model']}` failed: {entry['error']}")
