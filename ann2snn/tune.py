@@ -33,7 +33,7 @@ from rewrites.calibration.stats import Calibration
 from rewrites.config import ConvertOptions, LayerSetting, Neuron, NormSpec
 from rewrites.convert import ConversionResult, convert_model
 from rewrites.passes.relu_to_if import layer_threshold
-from sim.engine import NumpyEngine
+from sim.engine import NumpyEngine, PausedRun
 from rewrites.errors import SpikingModelError
 from sim.ort import OrtEngine
 from sim.model import spiking_from_proto
@@ -83,18 +83,43 @@ def tune(ann_path: str | Path, ann: onnx.ModelProto, calibration: Calibration, o
                                                                                    _with_outputs(proto, layers)])
     _, activations = reference(feeds)
     choices = []
-    for k, layer in enumerate(layers):
-        current = _input_current(proto, layer["input"], feeds, T)
-        target = activations.get(layer["node_output"])
-        if target is None:
-            continue
-        stats = calibration.stats(layer["input"], layer["node"])
-        choice = _choose(layer, stats, current, target.astype(np.float64), options, T, _observer(proto, layer))
-        _apply(proto, layer, choice, stats, T)
-        choices.append(choice)
-        if progress:
-            progress(k + 1, len(layers))
+    paused = _paused_run(proto, feeds, T, layers)
+    try:
+        for k, layer in enumerate(layers):
+            if paused is not None:
+                paused.advance()
+                current = paused.tensor(layer["input"])
+                if len(current) != T:
+                    current = np.ascontiguousarray(np.broadcast_to(current, (T,) + current.shape[1:]))
+            else:
+                current = _input_current(proto, layer["input"], feeds, T)
+            target = activations.get(layer["node_output"])
+            if target is None:
+                continue
+            stats = calibration.stats(layer["input"], layer["node"])
+            choice = _choose(layer, stats, current, target.astype(np.float64), options, T, _observer(proto, layer))
+            values = _apply(proto, layer, choice, stats, T)
+            if paused is not None:
+                paused.set(values)
+            choices.append(choice)
+            if progress:
+                progress(k + 1, len(layers))
+    finally:
+        if paused is not None:
+            paused.close()
     return choices
+
+
+def _paused_run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], T: int, layers: list[dict]) -> PausedRun | None:
+    """The search's one pass over the network, stopping before each layer; None where the NumPy engine cannot
+    run the model (then each layer's input is recorded by a run of its own under onnxruntime)."""
+    try:
+        engine = NumpyEngine(spiking_from_proto(proto, Path("probe")))
+    except SpikingModelError:
+        return None
+    order = {n.name: i for i, n in enumerate(engine.nodes)}
+    layers.sort(key=lambda l: order[l["node"]])
+    return PausedRun(engine, feeds, T, [l["node"] for l in layers])
 
 
 def settings_of(choices: list[LayerChoice]) -> dict[str, LayerSetting]:
@@ -245,20 +270,24 @@ def _per_channel(values: np.ndarray, rank: int) -> np.ndarray:
     return values.reshape((-1,) + (1,) * (rank - 2)) if rank > 1 else values
 
 
-def _apply(proto: onnx.ModelProto, layer: dict, choice: LayerChoice, stats, T: int) -> None:
+def _apply(proto: onnx.ModelProto, layer: dict, choice: LayerChoice, stats, T: int) -> dict[str, np.ndarray]:
     """Give the search model's signed neuron `layer` the chosen setting (an IF choice never fires negative)
-    and charge."""
+    and charge, in its initializers; returns them by name."""
     node = next(n for n in proto.graph.node if n.name == layer["node"])
-    theta, _ = layer_threshold(stats, choice.setting, T, len(_shape_of(proto, node.input[0])), layer["node"],
-                               layer.get("cap"))
+    rank = len(_shape_of(proto, node.input[0]))
+    theta, _ = layer_threshold(stats, choice.setting, T, rank, layer["node"], layer.get("cap"))
     phi = choice.setting.phi
     unfire = -theta * phi if choice.setting.neuron is Neuron.SIGNED else np.full_like(theta, -np.inf)
-    values = {node.input[1]: theta, node.input[2]: theta * (1.0 - phi), node.input[3]: unfire}
+    fire = theta * (1.0 - phi)
+    if choice.charge is not None:
+        offset = _per_channel(np.asarray(choice.charge, np.float64), rank)
+        fire, unfire = fire - offset, unfire - offset
+    values = {node.input[1]: theta, node.input[2]: fire, node.input[3]: unfire}
+    values = {name: np.asarray(v, np.float32) for name, v in values.items()}
     for init in proto.graph.initializer:
         if init.name in values:
-            init.CopyFrom(numpy_helper.from_array(np.asarray(values[init.name], np.float32), init.name))
-    if choice.charge is not None:
-        _charge_neuron(proto, node, choice.charge)
+            init.CopyFrom(numpy_helper.from_array(values[init.name], init.name))
+    return values
 
 
 def _shape_of(proto: onnx.ModelProto, name: str) -> list:

@@ -223,6 +223,18 @@ class NumpyEngine:
     def _run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int, observe: int,
              drained: dict[int, BiasTerm] | None) -> WindowResult:
         """`drained`: the bias terms left out after T steps, None when the silent steps are not drain steps."""
+        evaluation = self._evaluate(feeds, T, extra_t, observe, drained, frozenset())
+        while True:
+            try:
+                next(evaluation)
+            except StopIteration as done:
+                return done.value
+
+    def _evaluate(self, feeds: dict[str, np.ndarray], T: int, extra_t: int, observe: int,
+                  drained: dict[int, BiasTerm] | None, pauses: frozenset[int]):
+        """The run as a generator: before each node whose index is in `pauses` it yields (index, env), the
+        tensors computed so far and the constants the rest will read, which the caller may replace; it
+        returns the WindowResult."""
         steps = T + extra_t
         result = WindowResult({})
         env: dict[str, Any] = dict(self.model.constants)
@@ -239,6 +251,8 @@ class NumpyEngine:
         drain_attrs = {"driven_steps": T} if drained is not None else {}
         drained = drained or {}
         for i, (node, attrs) in enumerate(zip(self.nodes, self.attrs)):
+            if i in pauses:
+                yield i, env
             inputs = [env[n] if n else None for n in node.input]
             block = self._block_of(i, node, inputs) if blocking else 0
             if not block and node.op_type not in ("Shape", "Size"):
@@ -394,6 +408,52 @@ class NumpyEngine:
         per_step = [kernel([v.step(t) if isinstance(v, Seq) else v for v in inputs], attrs)
                     for t in range(steps)]
         return [Seq(np.stack([outs[k] for outs in per_step])) for k in range(len(per_step[0]))]
+
+
+class PausedRun:
+    """One batch run from zero state for T steps, stopped before each of `stops` (node names, in graph order)
+    so that the caller reads what the node is fed and may set the constants it and later nodes read: what the
+    per-layer search needs, each layer converted as chosen before the next one's input is recorded, in one
+    pass over the network instead of one per layer. The batch is split in slices as NumpyEngine.run does;
+    their evaluations advance together."""
+
+    def __init__(self, engine: NumpyEngine, feeds: dict[str, np.ndarray], T: int, stops: list[str]):
+        index = {n.name: i for i, n in enumerate(engine.nodes)}
+        self.stops = [index[name] for name in stops]
+        if self.stops != sorted(self.stops):
+            raise ValueError("stops are not in graph order")
+        batch = len(next(iter(feeds.values())))
+        step = max(1, engine.memory_budget // (engine.sample_bytes * T))
+        if engine.workers > 1:
+            step = min(step, -(-batch // engine.workers))
+        step = max(2, step)
+        slices = [{k: v[i:i + step] for k, v in feeds.items()} for i in range(0, batch, step)]
+        self.runs = [engine._evaluate(f, T, 0, 0, None, frozenset(self.stops)) for f in slices]
+        self.pool = ThreadPoolExecutor(min(engine.workers, len(slices))) if engine.workers > 1 and len(slices) > 1 \
+            else None
+        self.envs: list[dict] = []
+        self.names = [n.name for n in engine.nodes]
+
+    def advance(self) -> str:
+        """Run every slice up to the next stop; the name of the node it stopped before."""
+        paused = list(self.pool.map(next, self.runs)) if self.pool else [next(run) for run in self.runs]
+        self.envs = [env for _, env in paused]
+        return self.names[paused[0][0]]
+
+    def tensor(self, name: str) -> np.ndarray:
+        """A tensor at the stop, [T or 1, batch, ...], a copy in the plain layout."""
+        return np.concatenate([_plain(env[name]).data for env in self.envs], axis=1)
+
+    def set(self, values: dict[str, np.ndarray]) -> None:
+        """Replace constants (initializer names) for the rest of the run."""
+        for env in self.envs:
+            env.update(values)
+
+    def close(self) -> None:
+        for run in self.runs:
+            run.close()
+        if self.pool:
+            self.pool.shutdown()
 
 
 class OrtNode:

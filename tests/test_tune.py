@@ -2,6 +2,7 @@
 layer is what its reader makes of a rate, checked against onnxruntime running the same ANN op."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,29 @@ def test_a_charged_neuron_in_the_file_is_the_neuron_the_search_measured(example_
     spiking.outputs = [out]
     got = OrtEngine(spiking).run({"input": x}, 8).outputs[out].sum(axis=0, dtype=np.float64) / 8
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * float(np.max(theta)))
+
+
+def test_the_one_pass_search_chooses_as_a_run_per_layer_does(tmp_path, monkeypatch):
+    """The search records each layer's input in one pass over the network, stopped before each layer and
+    given the choices so far (sim.engine.PausedRun); a run of its own per layer, with the choices written
+    into the model, is the reference. Same settings, charges and measured errors, on a network with a
+    residual Add, a MaxPool and a Gemm (batch slices run apart: 96 samples, a small memory budget)."""
+    import ann2snn
+    import ann2snn.tune as tune_module
+    import sim.engine
+    from builders import small_cnn
+    from rewrites.graph import save_model
+    path, data = tmp_path / "m.onnx", tmp_path / "d.npz"
+    save_model(small_cnn(), path)
+    np.savez(data, x=np.random.default_rng(0).random((96, 1, 12, 12)).astype(np.float32))
+    monkeypatch.setattr(tune_module, "NumpyEngine", partial(sim.engine.NumpyEngine, memory_budget=2**16))
+    one_pass = ann2snn.convert(path, data=data).choices
+    monkeypatch.setattr(tune_module, "_paused_run", lambda *args: None)
+    per_layer = ann2snn.convert(path, data=data).choices
+    assert len(one_pass) == len(per_layer) >= 3
+    for a, b in zip(one_pass, per_layer):
+        assert (a.node, a.setting) == (b.node, b.setting)
+        assert (a.charge is None) == (b.charge is None)
+        if a.charge is not None:
+            np.testing.assert_allclose(a.charge, b.charge, rtol=1e-5, atol=1e-6)
+        assert a.error == pytest.approx(b.error, rel=1e-5, abs=1e-9)
