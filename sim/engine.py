@@ -50,6 +50,9 @@ ORDER_DEPENDENT = frozenset({"ReduceMean", "ReduceSum", "ReduceSumSquare", "Redu
 # run under onnxruntime by default
 DELEGATED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool", "GlobalAveragePool", "MaxPool",
                        "GlobalMaxPool"}) | ORDER_DEPENDENT
+# no NumPy kernel: run under onnxruntime when their inputs after the first are constants
+ORT_ONLY = frozenset({"Resize"})
+DELEGATED = DELEGATED | ORT_ONLY
 LINEAR_BACKENDS = ("onnxruntime", "numpy")
 BLOCKED_NEURONS = frozenset({"IFNeuron", "SignedIFNeuron"})  # elementwise in their input
 AXIS_OPS = frozenset({"Flatten", "Softmax", "LogSoftmax", "Concat", "Split", "LayerNormalization", "ArgMax",
@@ -156,7 +159,8 @@ class NumpyEngine:
                 attrs["opset"] = opset  # their axis semantics changed at opset 13 (sim.ops.softmax_axes)
         for node in self.nodes:
             known = NEURON_KERNELS if node.domain == SPIKING_DOMAIN else KERNELS
-            if node.op_type not in known:
+            if node.op_type not in known and not (linear == "onnxruntime" and node.op_type in ORT_ONLY
+                                                  and _delegable(model, node)):
                 raise SpikingModelError(f"{model.path}: node '{node.name}' ({node.op_type}) has no NumPy kernel",
                                         "use --engine onnxruntime")
         self.last_use = _last_use(self.nodes, model.outputs)
@@ -466,7 +470,7 @@ class OrtNode:
                  constants: dict[str, np.ndarray] | None = None):
         self.model, self.node, self.threads = model, node, threads
         self.constants = model.constants if constants is None else constants
-        self.fallback = KERNELS[node.op_type]
+        self.fallback = KERNELS.get(node.op_type) or partial(_no_kernel, model, node)
         self.session: ort.InferenceSession | None = None
         self.reason = ""
         self.lock = threading.Lock()
@@ -500,6 +504,11 @@ class OrtNode:
             self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises untyped errors
             self.reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
+def _no_kernel(model: SpikingModel, node: onnx.NodeProto, inputs: list, attrs: dict) -> list:
+    raise SpikingModelError(f"{model.path}: node '{node.name}' ({node.op_type}) runs only under onnxruntime, on "
+                            "float32", "use --engine onnxruntime")
 
 
 IN_PLACE = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}
@@ -581,6 +590,10 @@ def _foldable(op: str, attrs: dict, inputs: list) -> bool:
     rank = first.data.ndim - 1
     if op in BATCH_FIRST:
         return True
+    if op == "Resize":  # scales that keep axis 0; `sizes` would name the batch without the folded steps
+        scales = inputs[2] if len(inputs) > 2 else None
+        sized = len(inputs) > 3 and inputs[3] is not None and np.size(inputs[3])
+        return scales is not None and np.size(scales) > 0 and float(np.ravel(scales)[0]) == 1.0 and not sized
     if op == "Gemm":
         return not attrs.get("transA", 0)
     if op == "MatMul":
