@@ -34,6 +34,7 @@ class Accumulator:
     first_final: int = 0  # sum over samples of the first t whose prediction equals the final one
     settled: int = 0  # sum over samples of the t from which the prediction never changes
     layers: dict[str, LayerSpikes] = field(default_factory=dict)
+    map_shape: tuple[int, ...] | None = None  # per sample, when the output is a map, not class scores
 
     def __post_init__(self):
         self.correct = np.zeros(self.steps, np.int64)
@@ -45,6 +46,8 @@ class Accumulator:
         decoded = running_mean(per_step, self.input_steps)
         batch = per_step.shape[1]
         self.samples += batch
+        if sum(d > 1 for d in per_step.shape[2:]) > 1:
+            self.map_shape = tuple(per_step.shape[2:])
         predicted = decoded.reshape(self.steps, batch, -1).argmax(-1)
         differs = predicted != predicted[-1][None]
         self.first_final += int((np.argmax(~differs, axis=0) + 1).sum())
@@ -135,7 +138,7 @@ def report_steps(total: int) -> list[int]:
 def finish(acc: Accumulator, engine: str, T: int, extra_t: int, steps: list[int]) -> SimulationReport:
     pick = [t - 1 for t in steps]
     accuracy_all = (acc.correct / acc.labelled).tolist() if acc.labelled else None
-    agreement_all = (acc.agree / acc.compared).tolist() if acc.compared else None
+    agreement_all = (acc.agree / acc.compared).tolist() if acc.compared and not acc.map_shape else None
     rel = np.sqrt(acc.err_sq / acc.ann_sq).tolist() if acc.compared and acc.ann_sq > 0 else None
     window = T + extra_t
     layers = []
@@ -152,4 +155,6 @@ def finish(acc: Accumulator, engine: str, T: int, extra_t: int, steps: list[int]
         [rel[i] for i in pick] if rel else None,
         acc.ann_correct / acc.labelled if acc.labelled and acc.compared else None,
         layers, total, acc.first_final / n, acc.settled / n,
-        accuracy_all=accuracy_all, agreement_all=agreement_all)
+        accuracy_all=accuracy_all, agreement_all=agreement_all,
+        notes=[f"the output is a map ([{', '.join(map(str, acc.map_shape))}] per sample), not class scores: no "
+               "agreement with the ANN's top-1, only the relative error"] if acc.map_shape and acc.compared else [])

@@ -106,7 +106,7 @@ def simulate(snn_path: str | Path, data_path: str | Path, T: int | None = None, 
     ann = AnnReference(ann_path, model, extra) if ann_path else None
     report = run_dataset(runner, model, dataset, window.T, window.extra_t, ann, batch_size, progress, analyses,
                          window.drain)
-    report.notes = list(window.notes)
+    report.notes = list(window.notes) + report.notes
     return report
 
 

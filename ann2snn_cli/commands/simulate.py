@@ -136,14 +136,19 @@ def render(out: Output, report) -> None:
     if report.accuracy is not None:
         columns.append("accuracy")
     if report.agreement is not None:
-        columns += ["agreement with ANN", "relative error"]
+        columns.append("agreement with ANN")
+    compared = report.agreement is not None or report.relative_error is not None
+    if compared:
+        columns.append("relative error")
     rows = []
     for i, t in enumerate(report.steps):
         row = [str(t) + (" (extra)" if t > report.T else "")]
         if report.accuracy is not None:
             row.append(percent(report.accuracy[i]))
         if report.agreement is not None:
-            row += [percent(report.agreement[i]), report.relative_error[i] if report.relative_error else None]
+            row.append(percent(report.agreement[i]))
+        if compared:
+            row.append(report.relative_error[i] if report.relative_error else None)
         rows.append(row)
     silent = " drain" if report.drain else " silent"
     title = f"{report.samples} samples, T = {report.T}" + (f" + {report.extra_t}{silent}" if report.extra_t else "")
@@ -152,7 +157,7 @@ def render(out: Output, report) -> None:
     out.table(title, columns, rows)
     if report.accuracy is None:
         out.print("no labels in the data (array y, or class subfolders of images): no accuracy"
-                  + ("" if report.agreement is not None else "; --ann gives the agreement with the ANN"))
+                  + ("" if compared else "; --ann gives the agreement with the ANN"))
     out.table("Spikes per neuron layer (per sample, over the window)",
               ["layer", "neurons", "spikes per neuron", "firing rate", "silent", "saturated"],
               [[l.node, l.neurons, l.spikes_per_neuron, l.firing_rate, percent(l.silent), percent(l.saturated)]
