@@ -47,12 +47,11 @@ BATCH_FIRST = frozenset({
 # on its decoded output at T = 16).
 ORDER_DEPENDENT = frozenset({"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceProd", "Softmax",
                              "LogSoftmax", "LayerNormalization"})
-# run under onnxruntime by default
-DELEGATED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool", "GlobalAveragePool", "MaxPool",
-                       "GlobalMaxPool"}) | ORDER_DEPENDENT
 # no NumPy kernel: run under onnxruntime when their inputs after the first are constants
 ORT_ONLY = frozenset({"Resize"})
-DELEGATED = DELEGATED | ORT_ONLY
+# run under onnxruntime by default
+DELEGATED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool", "GlobalAveragePool", "MaxPool",
+                       "GlobalMaxPool"}) | ORDER_DEPENDENT | ORT_ONLY
 LINEAR_BACKENDS = ("onnxruntime", "numpy")
 BLOCKED_NEURONS = frozenset({"IFNeuron", "SignedIFNeuron"})  # elementwise in their input
 AXIS_OPS = frozenset({"Flatten", "Softmax", "LogSoftmax", "Concat", "Split", "LayerNormalization", "ArgMax",
@@ -207,10 +206,7 @@ class NumpyEngine:
         drained = self.drain_terms if drain and extra_t else None
         run = lambda f: self._run(f, T, extra_t, observe, drained)  # noqa: E731
         batch = len(next(iter(feeds.values())))
-        step = max(1, self.memory_budget // (self.sample_bytes * (T + extra_t)))
-        if self.workers > 1:
-            step = min(step, -(-batch // self.workers))
-        step = max(2, step)  # two samples a slice at least, so that an output not batched on axis 1 shows
+        step = self.slice_size(batch, T + extra_t)
         if batch <= step:
             return run(feeds)
         slices = [{k: v[i:i + step] for k, v in feeds.items()} for i in range(0, batch, step)]
@@ -223,6 +219,14 @@ class NumpyEngine:
                    for part, f in zip(parts, slices) for out in part.outputs.values()):
             return run(feeds)  # an output whose axis 1 is not the batch (a Shape, a rank-raising constant)
         return WindowResult.concat(parts)
+
+    def slice_size(self, batch: int, steps: int) -> int:
+        """Samples a slice: [steps, slice, largest activation] within the memory budget, one slice per worker at
+        most, two samples at least (so that an output not batched on axis 1 shows)."""
+        step = max(1, self.memory_budget // (self.sample_bytes * steps))
+        if self.workers > 1:
+            step = min(step, -(-batch // self.workers))
+        return max(2, step)
 
     def _run(self, feeds: dict[str, np.ndarray], T: int, extra_t: int, observe: int,
              drained: dict[int, BiasTerm] | None) -> WindowResult:
@@ -427,10 +431,7 @@ class PausedRun:
         if self.stops != sorted(self.stops):
             raise ValueError("stops are not in graph order")
         batch = len(next(iter(feeds.values())))
-        step = max(1, engine.memory_budget // (engine.sample_bytes * T))
-        if engine.workers > 1:
-            step = min(step, -(-batch // engine.workers))
-        step = max(2, step)
+        step = engine.slice_size(batch, T)
         slices = [{k: v[i:i + step] for k, v in feeds.items()} for i in range(0, batch, step)]
         self.runs = [engine._evaluate(f, T, 0, 0, None, frozenset(self.stops)) for f in slices]
         self.pool = ThreadPoolExecutor(min(engine.workers, len(slices))) if engine.workers > 1 and len(slices) > 1 \
