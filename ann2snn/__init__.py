@@ -7,7 +7,8 @@
 from ann2snn.convert import DEFAULT_T, ConvertRequest, Converted, convert
 from rewrites.calibration.collect import calibrate
 from rewrites.convert import inspect_model as inspect
-from rewrites.graph import load_model, save_model
+from ground.load import load_model
+from ground.save import save_model
 from sim.simulate import simulate
 from sim.to_nir import export_nir, to_nir
 

@@ -7,14 +7,16 @@ from pathlib import Path
 
 from ann2snn.tune import LayerChoice, apply_charges, settings_of, tunable_layers, tune, tuned
 from rewrites.calibration.collect import calibrate
-from rewrites.calibration.data import array_shapes, input_specs, load_dataset
+from ground.data import array_shapes, input_specs, load_dataset
 from rewrites.calibration.stats import Calibration
 from rewrites.config import DEFAULT_NORM, ConvertOptions, Neuron, Nonlinear, NormSpec
 from rewrites.convert import ConversionResult, convert_model, normalise, refuse_masks
-from rewrites.errors import Ann2SnnError, CalibrationError
+from ground.errors import Ann2SnnError, CalibrationError
 from rewrites.footprint import Footprint, footprint
-from rewrites.graph import fingerprint, load_model, non_finite_constants, write_text_atomic
-from rewrites.passes.qcfs_to_if import qcfs_levels
+from ground.load import load_model, non_finite_constants
+from ground.protos import fingerprint
+from ground.save import write_text_atomic
+from rewrites.patterns.qcfs import qcfs_levels
 from rewrites.shapes import bind_input_shapes, recorded_shapes, resolve_input_shapes
 
 DEFAULT_T = 8

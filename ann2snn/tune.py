@@ -28,18 +28,19 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from rewrites.calibration.data import Dataset
+from ground.data import Dataset
 from rewrites.calibration.stats import Calibration
 from rewrites.config import ConvertOptions, LayerSetting, Neuron, NormSpec
 from rewrites.convert import ConversionResult, convert_model
 from rewrites.passes.relu_to_if import layer_threshold
 from sim.engine import NumpyEngine, PausedRun
-from rewrites.errors import SpikingModelError
+from ground.errors import SpikingModelError
 from sim.ort import OrtEngine
 from sim.model import spiking_from_proto
 from sim.neurons import if_neuron, signed_if_neuron
 from sim.ops import KERNELS, attributes
 from sim.simulate import AnnReference
+from snnfile import Meta
 
 NORMS = ("percentile:99", "percentile:99.9", "percentile:99.99", "mmse", "max")
 PHIS = (0.5, 0.25, 0.0)
@@ -154,7 +155,7 @@ def _charge_neuron(model: onnx.ModelProto, node: onnx.NodeProto, charge: np.ndar
 
 
 def _layers(proto: onnx.ModelProto) -> list[dict]:
-    return json.loads({p.key: p.value for p in proto.metadata_props}["ann2snn.layers"])
+    return json.loads({p.key: p.value for p in proto.metadata_props}[Meta.LAYERS])
 
 
 def _with_outputs(proto: onnx.ModelProto, layers: list[dict]) -> list[dict]:
@@ -304,7 +305,7 @@ def tuned(result: ConversionResult, choices: list[LayerChoice]) -> ConversionRes
     for layer in result.layers:
         if layer["node"] in by_node:
             layer["chosen"] = by_node[layer["node"]]
-    entry = next(p for p in result.model.metadata_props if p.key == "ann2snn.layers")
+    entry = next(p for p in result.model.metadata_props if p.key == Meta.LAYERS)
     entry.value = json.dumps([{**l, "chosen": by_node[l["node"]]} if l["node"] in by_node else l
                               for l in json.loads(entry.value)])
     return result

@@ -34,7 +34,7 @@ class Output:
         self.json_target = json_target
         self.json_to_stdout = json_target == "-"
         if json_target and not self.json_to_stdout:
-            from rewrites.graph import writable_target  # lazy: onnx and numpy load only when a command runs
+            from ground.save import writable_target  # lazy: onnx and numpy load only when a command runs
             writable_target(json_target)  # refused before the work, not after it
         self.console = Console(width=width, quiet=self.json_to_stdout, soft_wrap=False, highlight=False)
         self.err = Console(stderr=True, width=width, highlight=False)
@@ -108,7 +108,7 @@ class Output:
         if self.json_to_stdout:
             sys.stdout.write(text + "\n")
         else:
-            from rewrites.graph import write_text_atomic
+            from ground.save import write_text_atomic
             write_text_atomic(Path(self.json_target), text + "\n")
 
     @contextmanager

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import typer
 
-from rewrites.errors import Ann2SnnError
+from ground.errors import Ann2SnnError
 
 EXIT_OK, EXIT_GATE, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 debug = False

@@ -17,10 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rewrites.calibration.collect import calibrate  # noqa: E402
-from rewrites.calibration.data import load_dataset  # noqa: E402
+from ground.data import load_dataset  # noqa: E402
 from rewrites.config import ConvertOptions, Neuron, NormSpec  # noqa: E402
 from rewrites.convert import convert_model  # noqa: E402
-from rewrites.graph import load_model, save_model  # noqa: E402
+from ground.load import load_model  # noqa: E402
+from ground.save import save_model
 from sim.bias_correction import correct_biases  # noqa: E402
 from sim.model import spiking_from_proto  # noqa: E402
 from sim.simulate import simulate  # noqa: E402

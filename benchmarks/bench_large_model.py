@@ -44,7 +44,8 @@ from rewrites.calibration.collect import calibrate
 from rewrites.calibration.stats import Calibration
 from rewrites.config import ConvertOptions, NormSpec
 from rewrites.convert import convert_model, suggested_T
-from rewrites.graph import load_model, save_model, write_text_atomic
+from ground.load import load_model
+from ground.save import save_model, write_text_atomic
 baseline = status("VmRSS")
 stages = {}
 

@@ -32,8 +32,8 @@ import onnxruntime as ort  # noqa: E402
 
 from bench_simulate import convert, dense_session  # noqa: E402
 from common import EXAMPLE, fmt_times, load_line, machine_lines, random_images, resnet_model  # noqa: E402
-from rewrites.calibration.data import input_specs, load_dataset  # noqa: E402
-from rewrites.graph import load_model  # noqa: E402
+from ground.data import input_specs, load_dataset  # noqa: E402
+from ground.load import load_model  # noqa: E402
 from sim.engine import LayerSpikes, WindowResult  # noqa: E402
 from sim.model import load_spiking  # noqa: E402
 from sim.ort import OrtEngine  # noqa: E402

@@ -31,8 +31,8 @@ def requantised(model: Path, T: int):
     import numpy as np
     import onnx_graphsurgeon as gs
     from rewrites.convert import normalise
-    from rewrites.graph import load_model
-    from rewrites.passes.qcfs_to_if import find_chains
+    from ground.load import load_model
+    from rewrites.patterns.qcfs import find_chains
     graph = normalise(load_model(model))[0]  # the normalised graph: the function of the ANN, its chains found
     matches, _ = find_chains(graph)
     for k, m in enumerate(matches):
@@ -61,7 +61,7 @@ def ann_at(model: Path, data: Path, steps: list[int]) -> dict:
     def predict(proto):
         session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
         return session.run(None, {session.get_inputs()[0].name: x})[0].argmax(axis=1)
-    from rewrites.graph import load_model
+    from ground.load import load_model
     reference, out = predict(load_model(model)), {}
     for t in steps:
         proto, chains = requantised(model, t)

@@ -31,10 +31,11 @@ import onnxruntime as ort  # noqa: E402
 
 from common import EXAMPLE, MB, best_of, fmt_times, load_line, machine_lines, random_images, resnet_model  # noqa: E402
 from rewrites.calibration.collect import calibrate  # noqa: E402
-from rewrites.calibration.data import input_specs, load_dataset  # noqa: E402
+from ground.data import input_specs, load_dataset  # noqa: E402
 from rewrites.config import DEFAULT_PERCENTILE, ConvertOptions  # noqa: E402
 from rewrites.convert import convert_model  # noqa: E402
-from rewrites.graph import load_model, save_model  # noqa: E402
+from ground.load import load_model  # noqa: E402
+from ground.save import save_model
 from sim import neurons as sim_neurons  # noqa: E402
 from sim import ops as sim_ops  # noqa: E402
 from sim.engine import NumpyEngine  # noqa: E402

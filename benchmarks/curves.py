@@ -38,7 +38,8 @@ def run_grid(args, results: dict, save) -> None:
     from rewrites.calibration.collect import calibrate
     from rewrites.config import ConvertOptions, Neuron, NormSpec
     from rewrites.convert import convert_model
-    from rewrites.graph import load_model, save_model
+    from ground.load import load_model
+    from ground.save import save_model
     from sim.bias_correction import correct_with_data
     from sim.simulate import simulate
 

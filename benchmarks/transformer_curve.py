@@ -21,7 +21,8 @@ sys.path.insert(0, str(REPO))
 from rewrites.calibration.collect import calibrate  # noqa: E402
 from rewrites.config import ConvertOptions, Nonlinear  # noqa: E402
 from rewrites.convert import convert_model  # noqa: E402
-from rewrites.graph import load_model, save_model  # noqa: E402
+from ground.load import load_model  # noqa: E402
+from ground.save import save_model
 from sim.simulate import simulate  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "fmnist_vit"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from rewrites.errors import Ann2SnnError
+from ground.errors import Ann2SnnError
 
 
 # Measured on the bundled example (docs/accuracy.md): at T <= 32 the 99th percentile loses less than 99.9

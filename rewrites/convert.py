@@ -11,17 +11,18 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onnx
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from rewrites.calibration.data import input_specs
+from ground.data import input_specs
 from rewrites.calibration.stats import Calibration
 from rewrites.config import ConvertOptions
-from rewrites.errors import PassError, UnsupportedNode, UnsupportedNodesError
+from ground.errors import PassError, UnsupportedNode, UnsupportedNodesError
 from rewrites.export import (SharedValues, export_spiking, graph_to_model, graph_weights, large_constants,
                              weights_to_inputs)
-from rewrites.graph import NonFinite, default_opset, fingerprint, load_model, non_finite_constants, with_inferred_types
-from rewrites.optable import Conversion, NodeConversion, classify_graph
+from ground.load import load_model, non_finite_constants, NonFinite
+from ground.protos import default_opset, fingerprint, with_inferred_types
+from rewrites.optable import classify_graph, Conversion, NodeConversion
 from rewrites.passes import NORMALISE, SPIKING, PassContext, PassReport, run_passes
 from rewrites.passes import allow_float, batch_shapes, decoded_head, fold_constants, fuse_softmax, max_to_relu
-from rewrites.runtime import WEIGHTS_AS_INPUTS_ABOVE, Session
+from ground.sessions import Session, WEIGHTS_AS_INPUTS_ABOVE
 from rewrites.shapes import DynamicInput, bind_input_shapes, dynamic_inputs, resolve_input_shapes
 
 
@@ -234,7 +235,7 @@ DEFAULT_T = 32
 
 def suggested_T(model: onnx.ModelProto) -> int:
     """L for a network trained with QCFS activations of one L (zero expected error at T = L), else 32."""
-    from rewrites.passes.qcfs_to_if import qcfs_levels
+    from rewrites.patterns.qcfs import qcfs_levels
     graph, _ = normalise(model)
     return qcfs_levels(graph) or DEFAULT_T
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from rewrites.neurons import DOMAIN, SIGNED_IF_NEURON, STEP_COUNT, TIME_NORMALISED
+from snnfile import DOMAIN, DRIVE, is_state, next_name, state_name
+from snnfile.operators import SIGNED_IF_NEURON, STEP_COUNT, TIME_NORMALISED
 
-DRIVE = "snn.drive"
 STEPS = "snn.steps"
 NO_COUNT_BOUND = 2.0 ** 24  # float32 counts stay exact below it
 
@@ -73,7 +73,7 @@ def gate(graph: gs.Graph, default_budget: bool) -> DriveGate:
     """Add the drive gate to the spiking graph (before export), or say why it cannot have one. The caller
     declares `drive` as the graph's last input, with an initializer of 1.0 in the exported model.
     `default_budget`: the signed neurons made from ReLUs (and QCFS chains) had no --tmax."""
-    data = [t for t in graph.inputs if not t.name.startswith("state.")]
+    data = [t for t in graph.inputs if not is_state(t.name)]
     budgeted = [n for n in graph.nodes if n.domain == DOMAIN and n.op == SIGNED_IF_NEURON.op_type
                 and default_budget and len(n.inputs) > 4 and n.inputs[4].name == f"{n.name}.tmax"]
     report = DriveGate(reason=not_drainable(graph, data))
@@ -107,9 +107,9 @@ def gate(graph: gs.Graph, default_budget: bool) -> DriveGate:
         report.inputs.append(x.name)
     if budgeted:
         steps = gs.Variable(STEPS, np.float32, [1])
-        count = f"state.{STEPS}.{STEP_COUNT.state[0]}"  # the contract's state naming, shape [1]
+        count = state_name(STEPS, STEP_COUNT.state[0])  # shape [1]
         graph.nodes.append(gs.Node(STEP_COUNT.op_type, name=STEPS, domain=DOMAIN, inputs=[
-            drive, gs.Variable(count, np.float32, [1])], outputs=[steps, gs.Variable(count + ".next", np.float32, [1])]))
+            drive, gs.Variable(count, np.float32, [1])], outputs=[steps, gs.Variable(next_name(count), np.float32, [1])]))
         for neuron in budgeted:
             neuron.inputs[4] = steps
             report.budget.append(neuron.name)

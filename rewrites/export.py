@@ -22,14 +22,12 @@ from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from rewrites import __version__, drive
 from rewrites.config import ConvertOptions
-from rewrites.errors import ModelError
-from rewrites.graph import WEIGHTLESS_ABOVE, default_opset, without_weights
-from rewrites.neurons import DOMAIN, DOMAIN_VERSION, OPERATORS
-from rewrites.runtime import Session
-
-CONTRACT = ("one time step per call; inputs state.* start at zero and take their .next outputs at the next "
-            "step; the first non-state output is the step's value, decoded as the running mean over steps")
-
+from ground.errors import ModelError
+from ground.protos import default_opset, WEIGHTLESS_ABOVE, without_weights
+from snnfile import CONTRACT, DOMAIN, DOMAIN_VERSION, DRIVE, Meta
+from rewrites.neurons import function_body
+from snnfile.operators import OPERATORS
+from ground.sessions import Session
 
 class SharedValues(LazyValues):
     """NumPy values already in memory, standing where exporting the graph and importing it again would put
@@ -187,29 +185,29 @@ def export_spiking(graph: gs.Graph, source: onnx.ModelProto, options: ConvertOpt
     if gated.drive is not None and not options.drain_steps:
         # a default of 1: a runtime that does not know the input steps with input. A file read after drain steps
         # has none: reading it needs them (and onnxruntime lists an input with a default as an initializer only)
-        model.graph.initializer.append(helper.make_tensor(drive.DRIVE, onnx.TensorProto.FLOAT, [], [1.0]))
+        model.graph.initializer.append(helper.make_tensor(DRIVE, onnx.TensorProto.FLOAT, [], [1.0]))
     del model.opset_import[:]
     model.opset_import.extend([helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
     model.ir_version = max(source.ir_version, 8)
-    model.functions.extend(spec.function(opset) for spec in used.values())
+    model.functions.extend(function_body(spec, opset) for spec in used.values())
     model.producer_name = "ann2snn"
     model.producer_version = __version__
     meta = {p.key: p.value for p in source.metadata_props}
     meta.update({
-        "ann2snn.version": __version__,
-        "ann2snn.contract": CONTRACT,
-        "ann2snn.coding": "direct",
-        "ann2snn.decoding": "mean",
-        "ann2snn.default_T": str(options.default_T),
-        "ann2snn.phi": str(options.phi),
-        "ann2snn.norm": str(options.norm),
-        "ann2snn.nonlinear": options.nonlinear.value,
-        "ann2snn.source_fingerprint": fingerprint,
-        "ann2snn.layers": json.dumps(_with_budget(layers, gated)),
-        "ann2snn.drain_steps": str(options.drain_steps if gated.drive is not None else 0),
+        Meta.VERSION: __version__,
+        Meta.CONTRACT: CONTRACT,
+        Meta.CODING: "direct",
+        Meta.DECODING: "mean",
+        Meta.DEFAULT_T: str(options.default_T),
+        Meta.PHI: str(options.phi),
+        Meta.NORM: str(options.norm),
+        Meta.NONLINEAR: options.nonlinear.value,
+        Meta.SOURCE_FINGERPRINT: fingerprint,
+        Meta.LAYERS: json.dumps(_with_budget(layers, gated)),
+        Meta.DRAIN_STEPS: str(options.drain_steps if gated.drive is not None else 0),
     })
     if gated.reason:
-        meta["ann2snn.no_drain"] = gated.reason
+        meta[Meta.NO_DRAIN] = gated.reason
     del model.metadata_props[:]
     for key in sorted(meta):
         model.metadata_props.add(key=key, value=meta[key])

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-STATE_PREFIX = "state."
+from snnfile import is_state, NEXT_SUFFIX
+
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def footprint(model: onnx.ModelProto, input_shapes: dict[str, list] | None = Non
             unknown += 1
             continue
         tensors += size
-        if name.startswith(STATE_PREFIX) and not name.endswith(".next"):
+        if is_state(name) and not name.endswith(NEXT_SUFFIX):
             state += size
     return Footprint(state, tensors, unknown)
 

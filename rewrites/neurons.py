@@ -1,155 +1,13 @@
-"""The spiking operators of domain ai.ann2snn: their state variables and their ONNX function bodies.
-
-Each operator computes ONE time step. Its state is passed explicitly: the node's trailing inputs are the
-state at the start of the step, its trailing outputs the state after it, in the order of `state`. Every
-state variable starts at zero, so a runtime needs no initial values.
-"""
+"""The ONNX function bodies of the contract's spiking operators (snnfile/operators.py), written in the model's
+default-domain opset: what an exported file ships so that a stock runtime steps it."""
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import onnx
 from onnx import TensorProto, helper
 
-DOMAIN = "ai.ann2snn"
-DOMAIN_VERSION = 1
+from snnfile import DOMAIN
+from snnfile.operators import OperatorSpec
 
-
-@dataclass(frozen=True)
-class OperatorSpec:
-    op_type: str
-    inputs: tuple[str, ...]  # non-state inputs, in order
-    state: tuple[str, ...]  # state variable names
-    attributes: tuple[str, ...]
-    doc: str
-
-    def function(self, opset: int) -> onnx.FunctionProto:
-        """The ONNX function body, written in the model's default-domain opset."""
-        return _BODIES[self.op_type](self, opset)
-
-
-IF_NEURON = OperatorSpec(
-    "IFNeuron",
-    inputs=("X", "threshold", "fire_level"),
-    state=("v",),
-    attributes=(),
-    doc=(
-        "Integrate-and-fire neuron with soft reset, scaled output. State v = membrane - v_init "
-        "(v_init = phi*threshold). m = v + X; spike = m >= fire_level (= threshold - v_init); "
-        "Y = spike * threshold; v_next = m - Y."
-    ),
-)
-
-SIGNED_IF_NEURON = OperatorSpec(
-    "SignedIFNeuron",
-    inputs=("X", "threshold", "fire_level", "unfire_level", "tmax"),
-    state=("v", "count"),
-    attributes=(),
-    doc=(
-        "Two-type (signed) integrate-and-fire neuron with soft reset, scaled output (seed 000's "
-        "TwotypeSpikeIFNode, ST-BIF). State v = membrane - v_init (v_init = phi*threshold), count = net "
-        "spikes so far. m = v + X; s = +1 if m >= fire_level (= threshold - v_init) and count < tmax, -1 if "
-        "m < unfire_level (= -v_init, the membrane is negative) and count > 0, else 0; Y = s * threshold; "
-        "v_next = m - Y; count_next = count + s."
-    ),
-)
-
-MAXPOOL_NEURON = OperatorSpec(
-    "MaxPoolNeuron",
-    inputs=("X",),
-    state=("acc", "pooled"),
-    attributes=("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad"),
-    doc=(
-        "Max pooling of accumulated input: acc_next = acc + X; M = MaxPool(acc_next); Y = M - pooled; "
-        "pooled_next = M. The outputs sum to MaxPool of the summed input, so their running mean is "
-        "MaxPool of the input's running mean."
-    ),
-)
-
-RUNNING_MEAN = OperatorSpec(
-    "RunningMean",
-    inputs=("X",),
-    state=("sum", "step"),
-    attributes=(),
-    doc=(
-        "The running mean of the input: the estimate of the ANN value that a float operator reads under "
-        "--nonlinear exact. sum_next = sum + X; step_next = step + 1 (shape [1]); Y = sum_next / step_next."
-    ),
-)
-
-RATE_CORRECT = OperatorSpec(
-    "RateCorrect",
-    inputs=("X",),
-    state=("emitted", "step"),
-    attributes=(),
-    doc=(
-        "Estimate-and-correct: X is f(running mean) at this step; emit what makes the running mean of the "
-        "output equal X. step_next = step + 1; total = X * step_next; Y = total - emitted; emitted_next = total."
-    ),
-)
-
-
-def _max_spec(op: str, reduce: bool) -> OperatorSpec:
-    verb = "largest" if op == "Max" else "smallest"
-    if reduce:
-        return OperatorSpec(
-            f"SpikeReduce{op}", inputs=("X",), state=("sum", "prev"), attributes=("axes", "keepdims"),
-            doc=(f"Spiking Reduce{op}: sum_next = sum + X; M = Reduce{op}(sum_next, axes, keepdims); Y = M - prev; "
-                 f"prev_next = M. The outputs sum to the {verb} of the summed input, so their running mean is "
-                 f"Reduce{op} of the input's running mean (a {op.lower()} of sums is t times the {op.lower()} of "
-                 "means)."))
-    return OperatorSpec(
-        f"Spike{op}", inputs=("A", "B"), state=("sum_a", "sum_b", "prev"), attributes=(),
-        doc=(f"Spiking elementwise {op} (broadcasting): sum_a_next = sum_a + A; sum_b_next = sum_b + B; "
-             f"M = {op}(sum_a_next, sum_b_next); Y = M - prev; prev_next = M. The outputs sum to the {op.lower()} "
-             f"of the summed inputs, so their running mean is the {op.lower()} of the inputs' running means."))
-
-
-SPIKE_MAX, SPIKE_MIN = _max_spec("Max", False), _max_spec("Min", False)
-SPIKE_REDUCE_MAX, SPIKE_REDUCE_MIN = _max_spec("Max", True), _max_spec("Min", True)
-
-STEP_COUNT = OperatorSpec(
-    "StepCount",
-    inputs=("drive",),
-    state=("count",),
-    attributes=(),
-    doc=(
-        "The number of steps with drive so far (shape [1]): Y = count + drive; count_next = Y. Fed the file's "
-        "snn.drive, it counts the input steps and stays put in drain steps: the spike budget of the signed "
-        "neurons, so that a file run longer than its T keeps its meaning."
-    ),
-)
-
-
-def _product_spec(op: str, how: str) -> OperatorSpec:
-    return OperatorSpec(
-        f"Spike{op}",
-        inputs=("A", "B"),
-        state=("sum_a", "sum_b", "emitted", "step"),
-        attributes=(),
-        doc=(
-            f"Spiking product (TCSA) of two signals, {how}: with running sums sum_a, sum_b, the increment "
-            f"delta = {op}(A, sum_b + B) + {op}(sum_a, B) = {op}(sum_a', sum_b') - {op}(sum_a, sum_b); "
-            "step_next = step + 1; Y = (delta - emitted) / step_next; emitted_next = emitted + Y. The outputs "
-            "up to step t sum to {op}(sum_a', sum_b') / t, so their running mean is the product of the inputs' "
-            "running means."
-        ).replace("{op}", op),
-    )
-
-
-SPIKE_MATMUL = _product_spec("MatMul", "a matrix product")
-SPIKE_MUL = _product_spec("Mul", "elementwise")
-
-OPERATORS: dict[str, OperatorSpec] = {spec.op_type: spec for spec in (
-    IF_NEURON, SIGNED_IF_NEURON, MAXPOOL_NEURON, RUNNING_MEAN, RATE_CORRECT, SPIKE_MATMUL, SPIKE_MUL, STEP_COUNT, SPIKE_MAX, SPIKE_MIN,
-    SPIKE_REDUCE_MAX, SPIKE_REDUCE_MIN)}
-# operators whose output divides by the step count: steps without charge (drain) would dilute them
-TIME_NORMALISED = frozenset({"SpikeMatMul", "SpikeMul", "RunningMean", "RateCorrect"})
-STEP_STATE = "step"  # the per-node step counter, shape [1]
-
-
-def state_outputs(spec: OperatorSpec) -> tuple[str, ...]:
-    return tuple(f"{s}_next" for s in spec.state)
 
 
 def _attribute_ref(name: str, kind: int) -> onnx.AttributeProto:
@@ -293,7 +151,7 @@ def _function(spec: OperatorSpec, nodes: list[onnx.NodeProto], opset: int) -> on
     return helper.make_function(
         DOMAIN, spec.op_type,
         inputs=list(spec.inputs) + list(spec.state),
-        outputs=["Y"] + list(state_outputs(spec)),
+        outputs=["Y"] + list(spec.state_outputs),
         nodes=nodes,
         opset_imports=[helper.make_opsetid("", opset)],
         attributes=list(spec.attributes),
@@ -301,8 +159,13 @@ def _function(spec: OperatorSpec, nodes: list[onnx.NodeProto], opset: int) -> on
     )
 
 
-_BODIES = {"IFNeuron": _if_neuron_body, "SignedIFNeuron": _signed_if_neuron_body,
+BODIES = {"IFNeuron": _if_neuron_body, "SignedIFNeuron": _signed_if_neuron_body,
            "MaxPoolNeuron": _maxpool_neuron_body, "RunningMean": _running_mean_body,
            "RateCorrect": _rate_correct_body, "SpikeMatMul": _product_body, "SpikeMul": _product_body,
            "StepCount": _step_count_body, "SpikeMax": _max_body, "SpikeMin": _max_body,
            "SpikeReduceMax": _reduce_max_body, "SpikeReduceMin": _reduce_max_body}
+
+
+def function_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
+    """The operator's ONNX function, written in the model's default-domain opset."""
+    return BODIES[spec.op_type](spec, opset)

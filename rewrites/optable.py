@@ -9,6 +9,11 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 import numpy as np
 
+from rewrites.patterns.qcfs import find_chains
+from rewrites.patterns.regions import find_regions
+from rewrites.patterns.tensors import SHAPE_ONLY_OPS, dynamic_tensors, is_relu_like
+from snnfile import DOMAIN
+
 
 class Conversion(enum.Enum):
     LINEAR = "kept (linear)"
@@ -43,7 +48,6 @@ UGO_OPS = frozenset({
     "HardSwish", "Abs", "Reciprocal", "Sqrt", "Pow", "Log", "Mish", "Sin", "Cos", "Celu", "ThresholdedRelu",
 })
 NORMALIZATION_OPS = frozenset({"Softmax", "LayerNormalization"})  # decomposed by passes
-SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
 MAX_OPS = frozenset({"Max", "Min", "ReduceMax", "ReduceMin", "GlobalMaxPool"})  # max_to_neuron
 
 
@@ -55,42 +59,6 @@ class NodeConversion:
     reason: str = ""
 
 
-def dynamic_tensors(graph: gs.Graph) -> set[str]:
-    """Names of tensors whose value depends on the graph inputs (shape-only dependence does not count).
-    The graph must be topologically sorted."""
-    dynamic = {t.name for t in graph.inputs}
-    for node in graph.nodes:
-        if node.op in SHAPE_ONLY_OPS:
-            continue
-        if any(isinstance(i, gs.Variable) and i.name in dynamic for i in node.inputs):
-            dynamic.update(o.name for o in node.outputs)
-    return dynamic
-
-
-def clip_bounds(node: gs.Node) -> tuple[float | None, float | None] | None:
-    """(min, max) of a Clip when both are constants (None = absent), else None."""
-    if "min" in node.attrs or "max" in node.attrs:  # opset < 11
-        return node.attrs.get("min"), node.attrs.get("max")
-    bounds = []
-    for i in (1, 2):
-        if len(node.inputs) <= i or node.inputs[i].name == "":
-            bounds.append(None)
-        elif isinstance(node.inputs[i], gs.Constant):
-            bounds.append(float(np.asarray(node.inputs[i].values).reshape(-1)[0]))
-        else:
-            return None
-    return bounds[0], bounds[1]
-
-
-def is_relu_like(node: gs.Node) -> bool:
-    if node.op == "Relu":
-        return True
-    if node.op == "Clip":
-        bounds = clip_bounds(node)
-        return bounds is not None and bounds[0] == 0.0 and (bounds[1] is None or bounds[1] > 0.0)
-    return False
-
-
 def classify(node: gs.Node, dynamic: set[str]) -> NodeConversion:
     op = node.op
     ins = [i for i in node.inputs if i.name]
@@ -99,7 +67,7 @@ def classify(node: gs.Node, dynamic: set[str]) -> NodeConversion:
     def result(conv: Conversion, reason: str = "") -> NodeConversion:
         return NodeConversion(node.name, op, conv, reason)
 
-    if node.domain == "ai.ann2snn":
+    if node.domain == DOMAIN:
         return result(Conversion.SPIKING)
     if not any(is_dynamic) or op in SHAPE_ONLY_OPS:  # Shape / Size read the shape, never the values
         return result(Conversion.STATIC)
@@ -155,8 +123,6 @@ def _max_conversion(node: gs.Node, ins: list, is_dynamic: list[bool], result) ->
 
 def classify_graph(graph: gs.Graph, kept_float: frozenset[str] = frozenset()) -> list[NodeConversion]:
     """`kept_float`: nodes a pass kept as exact float operators (they convert, as float)."""
-    from rewrites.passes.qcfs_to_if import find_chains  # the pass imports this module
-    from rewrites.regions import find_regions
     graph.toposort()
     dynamic = dynamic_tensors(graph)
     in_qcfs = {id(n) for m in find_chains(graph)[0] for n in m.nodes}

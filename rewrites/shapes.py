@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import onnx
 
-from rewrites.errors import Ann2SnnError, DataError, ModelError
-from rewrites.graph import _set_meta, infer_shapes
+from ground.errors import Ann2SnnError, DataError, ModelError
+from ground.protos import set_meta, infer_shapes
+from snnfile import is_state, Meta
 
-INPUT_SHAPES_KEY = "ann2snn.input_shapes"  # metadata of the exported file: {input: [dims]}, the batch by name
+INPUT_SHAPES_KEY = Meta.INPUT_SHAPES  # {input: [dims]}, the batch by name
 BOUND_AT_CONVERT = "bound at convert from the calibration data or --input-shape"
 
 Shape = tuple  # one input's dims: int (static), str (a named dynamic dim) or None (unnamed)
@@ -45,7 +46,7 @@ class DynamicInput:
 
 def _data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     initializers = {t.name for t in model.graph.initializer}
-    return [vi for vi in model.graph.input if vi.name not in initializers and not vi.name.startswith("state.")]
+    return [vi for vi in model.graph.input if vi.name not in initializers and not is_state(vi.name)]
 
 
 def _declared(vi: onnx.ValueInfoProto) -> Shape | None:
@@ -199,7 +200,7 @@ def bind_input_shapes(model: onnx.ModelProto, shapes: dict[str, Shape]) -> onnx.
     for vi in graph.output:
         if vi.name in outputs and outputs[vi.name].type.tensor_type.HasField("shape"):
             vi.type.CopyFrom(outputs[vi.name].type)
-    _set_meta(model, INPUT_SHAPES_KEY, json.dumps(
+    set_meta(model, INPUT_SHAPES_KEY, json.dumps(
         {name: [next((vi.type.tensor_type.shape.dim[0].dim_param or vi.type.tensor_type.shape.dim[0].dim_value
                       for vi in graph.input if vi.name == name))] + [int(d) for d in shape[1:]]
          for name, shape in sorted(shapes.items())}))

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sim.model import SPIKING_DOMAIN, SpikingModel
-from sim.neurons import NON_FIRING
+from sim.model import SpikingModel
+from snnfile import DOMAIN
+from snnfile.operators import NON_FIRING
 
 
 @dataclass
@@ -22,7 +23,7 @@ class NeuronLayer:
 def neuron_layers(model: SpikingModel) -> list[NeuronLayer]:
     layers = []
     for node in model.nodes:
-        if node.domain != SPIKING_DOMAIN or node.op_type in NON_FIRING:
+        if node.domain != DOMAIN or node.op_type in NON_FIRING:
             continue
         theta = model.constants[node.input[1]].astype(np.float64)
         fire_level = model.constants[node.input[2]].astype(np.float64)

@@ -11,10 +11,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from rewrites.calibration.data import Dataset, load_dataset
+from ground.data import Dataset, load_dataset
 from sim.analysis import neuron_layers
 from sim.engine import NumpyEngine
-from sim.model import DRIVE, SpikingModel, spiking_from_proto
+from sim.model import spiking_from_proto, SpikingModel
+from snnfile import DRIVE
 from sim.ort import OrtEngine
 from sim.simulate import AnnReference
 

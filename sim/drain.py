@@ -21,8 +21,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from rewrites.errors import SpikingModelError
-from sim.model import DEFAULT_DOMAINS, DRIVE, SPIKING_DOMAIN, SpikingModel
+from ground.errors import SpikingModelError
+from sim.model import SpikingModel
+from snnfile import DRIVE, Meta
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class BiasTerm:
 def check_drainable(model: SpikingModel) -> None:
     if model.drainable:
         return
-    why = model.metadata.get("ann2snn.no_drain")
+    why = model.metadata.get(Meta.NO_DRAIN)
     if why:
         raise SpikingModelError(f"{model.path}: the file cannot drain: {why}",
                                 "simulate without --drain: its silent steps keep the biases, as seed 000's extra_t")

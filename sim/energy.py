@@ -17,17 +17,17 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from sim.model import SPIKING_DOMAIN, SpikingModel
+from sim.model import SpikingModel
+from snnfile import DOMAIN, is_state
+from snnfile.operators import Energy, OPERATORS
 
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
-PRODUCTS = frozenset({"SpikeMatMul", "SpikeMul"})
-# ai.ann2snn operators that emit non-spikes (the max family: increments of a max of sums)
-ANALOG_SPIKING = PRODUCTS | {"RunningMean", "RateCorrect", "SpikeMax", "SpikeMin", "SpikeReduceMax", "SpikeReduceMin"}
+PRODUCTS = frozenset({"SpikeMatMul", "SpikeMul"})  # weighted layers of two signals
 TRANSPARENT = frozenset({"Flatten", "Reshape", "Pad", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout",
-                         "AveragePool", "GlobalAveragePool", "MaxPool", "MaxPoolNeuron", "Add", "Sum", "Concat",
-                         "Slice", "Split", "ReduceMean", "ReduceSum"})
+                         "AveragePool", "GlobalAveragePool", "MaxPool", "Add", "Sum", "Concat", "Slice", "Split",
+                         "ReduceMean", "ReduceSum"}) | {op for op, spec in OPERATORS.items() if spec.energy is Energy.TRANSPARENT}
 
 
 @dataclass
@@ -81,15 +81,16 @@ def weighted_layers(model: SpikingModel) -> list[WeightedLayer]:
         node = producers.get(tensor)
         if node is None:
             return None if tensor in data_inputs else []
-        if node.domain == SPIKING_DOMAIN and node.op_type in ANALOG_SPIKING:
+        energy = OPERATORS[node.op_type].energy if node.domain == DOMAIN else None
+        if energy is Energy.ANALOG:
             return None
-        if node.domain == SPIKING_DOMAIN and node.op_type != "MaxPoolNeuron":
+        if energy is not None and energy is not Energy.TRANSPARENT:
             return [node.name]
         if node.op_type not in TRANSPARENT:
             return None
         found: list[str] = []
         for name in node.input:
-            if not name or name.startswith("state."):
+            if not name or is_state(name):
                 continue
             more = sources(name, seen)
             if more is None:
@@ -99,11 +100,11 @@ def weighted_layers(model: SpikingModel) -> list[WeightedLayer]:
 
     layers = []
     for node in model.nodes:
-        if node.op_type in WEIGHTED and node.domain != SPIKING_DOMAIN:
+        if node.op_type in WEIGHTED and node.domain != DOMAIN:
             if node.op_type == "MatMul" and node.input[1] not in model.constants:
                 continue
             layers.append(WeightedLayer(node.name, node.op_type, _macs(model, node), sources(node.input[0], set())))
-        elif node.op_type in PRODUCTS and node.domain == SPIKING_DOMAIN:
+        elif node.op_type in PRODUCTS and node.domain == DOMAIN:
             layers.append(WeightedLayer(node.name, node.op_type, _macs(model, node), None))
     return layers
 

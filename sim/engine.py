@@ -25,12 +25,14 @@ import onnx
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 import onnxruntime as ort
 
-from rewrites.errors import SpikingModelError
+from ground.errors import first_line, SpikingModelError
 from sim.drain import BiasTerm, bias_terms
-from sim.model import DEFAULT_DOMAINS, SPIKING_DOMAIN, SpikingModel
+from sim.model import SpikingModel
+from snnfile import DEFAULT_DOMAINS, DOMAIN, is_state
 from sim.nchwc import blocked_constant, blocked_conv, blocked_pool, blocked_view, from_blocked, to_blocked
 from sim.neurons import NEURON_KERNELS, REUSING, maxpool_neuron
 from sim.ops import KERNELS, attributes, axes_from, softmax_axes
+from ground.sessions import make_session
 
 ELEMENTWISE = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Greater", "Less",
@@ -63,7 +65,7 @@ ORT_ERRORS = (Fail, InvalidArgument, RuntimeException)
 
 
 def node_failed(model: SpikingModel, node: onnx.NodeProto, exc: Exception) -> SpikingModelError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    first = first_line(exc)
     return SpikingModelError(f"{model.path}: node '{node.name}' ({node.op_type}) cannot run: {first}",
                              "the file does not hold together; export it again with `ann2snn convert`")
 
@@ -157,7 +159,7 @@ class NumpyEngine:
             if node.op_type in ("Softmax", "LogSoftmax") and node.domain in DEFAULT_DOMAINS:
                 attrs["opset"] = opset  # their axis semantics changed at opset 13 (sim.ops.softmax_axes)
         for node in self.nodes:
-            known = NEURON_KERNELS if node.domain == SPIKING_DOMAIN else KERNELS
+            known = NEURON_KERNELS if node.domain == DOMAIN else KERNELS
             if node.op_type not in known and not (linear == "onnxruntime" and node.op_type in ORT_ONLY
                                                   and _delegable(model, node)):
                 raise SpikingModelError(f"{model.path}: node '{node.name}' ({node.op_type}) has no NumPy kernel",
@@ -174,14 +176,14 @@ class NumpyEngine:
         # MaxPoolNeuron index -> its kernel with the pooling of the running sums under onnxruntime (2x NumPy's)
         self.pools = {i: partial(maxpool_neuron, pool=OrtNode(model, _maxpool_of(node), threads))
                       for i, node in enumerate(self.nodes)
-                      if linear == "onnxruntime" and node.domain == SPIKING_DOMAIN and node.op_type == "MaxPoolNeuron"}
+                      if linear == "onnxruntime" and node.domain == DOMAIN and node.op_type == "MaxPoolNeuron"}
         # SpikeMatMul index -> its kernel with the products under onnxruntime's MatMul: the GEMM of the stepped file,
         # whose sums round as OpenBLAS's do not (the first difference of the engines on the ViT example, 2e-5 at
         # step 0, flipped spikes downstream); per matrix its floats do not depend on how many are batched
         self.products = {i: partial(NEURON_KERNELS[node.op_type],
                                     product=OrtNode(model, _product_of(node), threads, constants={}))
                          for i, node in enumerate(self.nodes)
-                         if linear == "onnxruntime" and node.domain == SPIKING_DOMAIN and node.op_type == "SpikeMatMul"}
+                         if linear == "onnxruntime" and node.domain == DOMAIN and node.op_type == "SpikeMatMul"}
         # with `blocked`, Convs (and MaxPool neurons) that onnxruntime runs channel-blocked keep that layout
         # between them (sim/nchwc.py): same floats, no reorder on every call
         opsets = [o for o in model.proto.opset_import if o.domain in DEFAULT_DOMAINS]
@@ -271,7 +273,7 @@ class NumpyEngine:
                 if block and (i in self.blocked_convs or i in self.blocked_ops):
                     kernel = self.blocked_convs.get(i) or self.blocked_ops[i]
                     outs = self._blocked(kernel, node, attrs, inputs, steps)
-                elif node.domain == SPIKING_DOMAIN:
+                elif node.domain == DOMAIN:
                     kernel = (self.blocked_pools.get(i) if block else None) or self.pools.get(i) \
                         or self.products.get(i) or NEURON_KERNELS[node.op_type]
                     if node.op_type == "StepCount":
@@ -318,12 +320,12 @@ class NumpyEngine:
             return self.blocked_convs[i].block
         if i in self.blocked_ops:
             return x.block if x.data.ndim == 5 else 0
-        budget = 4 if node.domain == SPIKING_DOMAIN and node.op_type == "SignedIFNeuron" else -1  # a step count
+        budget = 4 if node.domain == DOMAIN and node.op_type == "SignedIFNeuron" else -1  # a step count
         seqs = [v for k, v in enumerate(inputs) if isinstance(v, Seq) and k != budget]
         if not seqs or not seqs[0].block or any(s.block != seqs[0].block for s in seqs):
             return 0
         block = seqs[0].block
-        if node.domain == SPIKING_DOMAIN:
+        if node.domain == DOMAIN:
             if node.op_type == "MaxPoolNeuron":
                 return block if i in self.blocked_pools else 0
             if node.op_type not in BLOCKED_NEURONS or not isinstance(inputs[0], Seq):
@@ -334,7 +336,7 @@ class NumpyEngine:
             return 0
         per_step = seqs[0].data.shape[1:]
         constants = [v for name, v in zip(node.input, inputs)
-                     if name and not name.startswith("state.") and not isinstance(v, Seq)]
+                     if name and not is_state(name) and not isinstance(v, Seq)]
         return block if all(blocked_constant(c, per_step, block) is not None for c in constants) else 0
 
     def _blocked(self, kernel, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int) -> list:
@@ -351,7 +353,7 @@ class NumpyEngine:
     def _neuron(self, kernel, node: onnx.NodeProto, attrs: dict, inputs: list, steps: int, result: WindowResult,
                 observe: int, block: int = 0, reuse_input: bool = False) -> list:
         args = [v.data if isinstance(v, Seq) else v
-                for name, v in zip(node.input, inputs) if not name.startswith("state.")]
+                for name, v in zip(node.input, inputs) if not is_state(name)]
         if not isinstance(inputs[0], Seq):
             args[0] = np.asarray(args[0])[None]
         shape = args[0].shape[1:]
@@ -497,14 +499,10 @@ class OrtNode:
             [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in node.output], inits)
         opsets = [o for o in self.model.proto.opset_import if o.domain in DEFAULT_DOMAINS]
         proto = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=self.model.proto.ir_version)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if self.threads:
-            options.intra_op_num_threads = self.threads
         try:
-            self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            self.session = make_session(proto, self.threads)
         except Exception as exc:  # onnxruntime raises untyped errors
-            self.reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            self.reason = first_line(exc)
 
 
 def _no_kernel(model: SpikingModel, node: onnx.NodeProto, inputs: list, attrs: dict) -> list:

@@ -9,13 +9,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from rewrites.calibration.data import InputSpec, input_specs
-from rewrites.errors import SpikingModelError
-from rewrites.graph import load_model
+from ground.data import input_specs, InputSpec
+from ground.errors import SpikingModelError
+from ground.load import load_model
+from snnfile import contract_version, DEFAULT_DOMAINS, DOMAIN, DRIVE, is_state, Meta, next_name, version_problem
 
-SPIKING_DOMAIN = "ai.ann2snn"
-DEFAULT_DOMAINS = ("", "ai.onnx")
-DRIVE = "snn.drive"  # the file's optional drain gate (docs/contract.md)
 
 
 @dataclass
@@ -37,35 +35,35 @@ class SpikingModel:
 
     @property
     def layers(self) -> list[dict]:
-        return json.loads(self.metadata.get("ann2snn.layers", "[]"))
+        return json.loads(self.metadata.get(Meta.LAYERS, "[]"))
 
     @property
     def default_T(self) -> int | None:
-        value = self.metadata.get("ann2snn.default_T")
+        value = self.metadata.get(Meta.DEFAULT_T)
         return int(value) if value and value.isdigit() else None
 
     @property
     def drain_steps(self) -> int:
         """The drain steps the file was converted for (0: none, or a file without the gate)."""
-        value = self.metadata.get("ann2snn.drain_steps", "")
+        value = self.metadata.get(Meta.DRAIN_STEPS, "")
         return int(value) if value.isdigit() and self.drainable else 0
 
 
 def load_spiking(path: str | Path) -> SpikingModel:
     path = Path(path)
-    return spiking_from_proto(load_model(path), path)
+    return spiking_from_proto(load_model(path, strict_domains=(DOMAIN,)), path)
 
 
 def spiking_from_proto(model: onnx.ModelProto, path: Path) -> SpikingModel:
     """Check the contract of an exported model already in memory; `path` names it in errors."""
     outputs = [o.name for o in model.graph.output]
-    state_inputs = [i.name for i in model.graph.input if i.name.startswith("state.")]
+    state_inputs = [i.name for i in model.graph.input if is_state(i.name)]
     for name in state_inputs:
-        if name + ".next" not in outputs:
+        if next_name(name) not in outputs:
             raise SpikingModelError(f"{path}: state input '{name}' has no output '{name}.next'",
                                     "is this a file exported by `ann2snn convert`?")
-    if any(not n.name for n in model.graph.node if n.domain == SPIKING_DOMAIN):
-        raise SpikingModelError(f"{path}: a {SPIKING_DOMAIN} node has no name (its spikes are counted by name)",
+    if any(not n.name for n in model.graph.node if n.domain == DOMAIN):
+        raise SpikingModelError(f"{path}: a {DOMAIN} node has no name (its spikes are counted by name)",
                                 "the file was edited after export; export it again with `ann2snn convert`")
     names = [n.name for n in model.graph.node if n.name]
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -82,28 +80,31 @@ def spiking_from_proto(model: onnx.ModelProto, path: Path) -> SpikingModel:
                                     "the file was edited after export; export it again with `ann2snn convert`")
     declared = {vi.name: _dims(vi) for vi in list(model.graph.input) + list(model.graph.output)}
     for name in state_inputs:
-        if declared[name] != declared[name + ".next"]:
+        if declared[name] != declared[next_name(name)]:
             raise SpikingModelError(f"{path}: state input '{name}' is declared {declared[name]} but its output "
-                                    f"'{name}.next' {declared[name + '.next']}",
+                                    f"'{name}.next' {declared[next_name(name)]}",
                                     "the file was edited after export; export it again with `ann2snn convert`")
-    data_outputs = [o for o in outputs if not o.startswith("state.")]
-    has_domain = any(op.domain == SPIKING_DOMAIN for op in model.opset_import)
-    if not has_domain:
-        raise SpikingModelError(f"{path}: not a spiking model (no {SPIKING_DOMAIN} operators)",
+    data_outputs = [o for o in outputs if not is_state(o)]
+    version = contract_version(model.opset_import)
+    if version is None:
+        raise SpikingModelError(f"{path}: not a spiking model (no {DOMAIN} operators)",
                                 "convert it first with `ann2snn convert`")
+    problem = version_problem(version)
+    if problem:
+        raise SpikingModelError(f"{path}: {problem}")
     if not data_outputs:
         raise SpikingModelError(f"{path}: the model has no output besides its state")
     folded, gated = fold_drive(model)
     constants = {t.name: numpy_helper.to_array(t) for t in folded.graph.initializer}
     metadata = {p.key: p.value for p in model.metadata_props}
     try:
-        layers = json.loads(metadata.get("ann2snn.layers", "[]"))
+        layers = json.loads(metadata.get(Meta.LAYERS, "[]"))
     except ValueError:
         layers = None
     if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
         raise SpikingModelError(f"{path}: metadata 'ann2snn.layers' is not a JSON list of objects",
                                 "the file was edited after export; export it again with `ann2snn convert`")
-    return SpikingModel(path, folded, input_specs(folded), data_outputs, state_inputs, constants, metadata, gated,
+    return SpikingModel(path, folded, input_specs(folded, set(state_inputs)), data_outputs, state_inputs, constants, metadata, gated,
                         folded is not model)
 
 

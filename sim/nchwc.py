@@ -23,20 +23,14 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from ground.sessions import make_session
+
 NCHWC_DOMAIN = "com.microsoft.nchwc"
 
 
 def _session(proto: onnx.ModelProto, threads: int, optimise: bool = False,
              optimised_path: str | None = None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    if not optimise:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if optimised_path:
-        options.optimized_model_filepath = optimised_path
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return make_session(proto, threads, optimize=optimise, optimized_path=optimised_path)
 
 
 def _optimised(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -204,9 +204,6 @@ def step_count(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple
 
 
 REUSING = frozenset({"IFNeuron", "SignedIFNeuron", "MaxPoolNeuron"})  # kernels that take reuse_input
-MAX_FAMILY = frozenset({"SpikeMax", "SpikeMin", "SpikeReduceMax", "SpikeReduceMin"})
-NON_FIRING = frozenset({"MaxPoolNeuron", "RunningMean", "RateCorrect", "SpikeMatMul", "SpikeMul",
-                        "StepCount"}) | MAX_FAMILY
 NEURON_KERNELS: dict[str, NeuronKernel] = {
     "IFNeuron": if_neuron,
     "SignedIFNeuron": signed_if_neuron,

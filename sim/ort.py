@@ -18,12 +18,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from rewrites.errors import SpikingModelError
+from ground.errors import first_line, SpikingModelError
 from sim.drain import bias_terms, without_biases
 from sim.engine import ORT_ERRORS, LayerSpikes, WindowResult
 from sim.model import SpikingModel
-from sim.neurons import NON_FIRING
+from snnfile.operators import NON_FIRING
 from sim.ort_loop import EXTRA_INPUT, MAX_NARROW, OBSERVE_INPUT, T_INPUT, LoopOutputs, firing_nodes, loop_model
+from snnfile import is_state, next_name
+from ground.sessions import make_session
 
 LOOP_WEIGHTS_LIMIT = 256 * 2**20
 _NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64}
@@ -113,8 +115,8 @@ class OrtEngine:
                                                                              None))
         self.proto = proto
         self.session = self._session(proto)
-        self.state = [i for i in self.session.get_inputs() if i.name.startswith("state.")]
-        self.fetch = self.model.outputs + [s.name + ".next" for s in self.state] + [n.output[0] for n in self.firing]
+        self.state = [i for i in self.session.get_inputs() if is_state(i.name)]
+        self.fetch = self.model.outputs + [next_name(s.name) for s in self.state] + [n.output[0] for n in self.firing]
 
     def _run_steps(self, feeds: dict[str, np.ndarray], T: int, extra_t: int, observe: int,
                    drain: bool) -> WindowResult:
@@ -162,18 +164,14 @@ class OrtEngine:
         try:
             return session.run(fetch, feeds)
         except ORT_ERRORS as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            first = first_line(exc)
             raise SpikingModelError(f"{self.model.path}: onnxruntime cannot step it: {first}",
                                     "the file does not hold together; export it again with "
                                     "`ann2snn convert`") from exc
 
     def _session(self, proto: onnx.ModelProto) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if self.threads:
-            options.intra_op_num_threads = self.threads
         try:
-            return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            return make_session(proto, self.threads)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise SpikingModelError(f"{self.model.path}: onnxruntime cannot load it: "
                                     f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from exc

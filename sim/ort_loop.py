@@ -31,7 +31,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from sim.model import DEFAULT_DOMAINS, SPIKING_DOMAIN, SpikingModel
+from sim.model import SpikingModel
+from snnfile import DEFAULT_DOMAINS, DOMAIN, is_state, next_name
 
 T_INPUT, EXTRA_INPUT, OBSERVE_INPUT = "loop.T", "loop.extra", "loop.observe"
 MAX_NARROW = 255  # the longest window whose spike counts fit uint8
@@ -59,8 +60,8 @@ def loop_model(model: SpikingModel, firing: list[onnx.NodeProto], extra: bool, o
     proto = model.proto
     graph = proto.graph
     silent_graph = (silent or proto).graph
-    data = [i for i in graph.input if i.name not in model.constants and not i.name.startswith("state.")]
-    states = [i for i in graph.input if i.name.startswith("state.")]
+    data = [i for i in graph.input if i.name not in model.constants and not is_state(i.name)]
+    states = [i for i in graph.input if is_state(i.name)]
     hoisted, invariant = _hoisted(graph, {i.name for i in data}, set(model.constants))
     opset = next((o.version for o in proto.opset_import if o.domain in DEFAULT_DOMAINS), 17)
     b = _Graph(opset)
@@ -197,7 +198,7 @@ def _body(graph: onnx.GraphProto, hoisted: set[int], invariant: set[str], suffix
               helper.make_tensor_value_info("loop.cond", TensorProto.BOOL, [])]
     inputs += list(states)  # with their declared shapes: without them onnxruntime fuses fewer ops in the body
     out_names = [b.node("Identity", ["loop.cond"])]
-    out_names += [_produced(b, s.name + ".next", produced) for s in states]
+    out_names += [_produced(b, next_name(s.name), produced) for s in states]
     fired = []  # per firing layer: y != 0 (NaN included)
     for n in firing:
         count = f"count.{n.name}"
@@ -343,4 +344,4 @@ class _Graph:
 
 
 def firing_nodes(model: SpikingModel, non_firing: frozenset[str]) -> list[onnx.NodeProto]:
-    return [n for n in model.proto.graph.node if n.domain == SPIKING_DOMAIN and n.op_type not in non_firing]
+    return [n for n in model.proto.graph.node if n.domain == DOMAIN and n.op_type not in non_firing]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rewrites.errors import Ann2SnnError
+from ground.errors import Ann2SnnError
 
 
 def plot_reports(runs: list[tuple[str, dict]], path: str | Path) -> None:

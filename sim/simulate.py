@@ -8,18 +8,18 @@ from typing import Callable
 
 import numpy as np
 
-from rewrites.calibration.collect import augment
-from rewrites.calibration.data import Dataset, load_dataset
-from rewrites.errors import Ann2SnnError, DataError
-from rewrites.graph import load_model
-from rewrites.runtime import Session
+from ground.data import Dataset, load_dataset
+from ground.errors import Ann2SnnError, DataError
+from ground.load import load_model
+from ground.sessions import Session
 from sim.analysis import LayerErrors, UntilSilent, neuron_layers
 from sim.drain import check_drainable
 from sim.energy import estimate
 from sim.engine import NumpyEngine
 from sim.metrics import Accumulator, SimulationReport, finish, report_steps
-from sim.model import SpikingModel, load_spiking
+from sim.model import load_spiking, SpikingModel
 from sim.ort import OrtEngine
+from ground.protos import add_outputs
 
 ENGINES = {"numpy": NumpyEngine, "onnxruntime": OrtEngine}
 Progress = Callable[[int, int], None]
@@ -42,7 +42,7 @@ class AnnReference:
         known = {vi.name for vi in list(ann.graph.value_info) + list(ann.graph.output)} | \
             {o for n in ann.graph.node for o in n.output}
         self.extra = [name for name in extra if name in known]
-        self.session = Session(augment(ann, self.extra), str(path), optimize=not self.extra)
+        self.session = Session(add_outputs(ann, self.extra), str(path), optimize=not self.extra)
         if self.session.input_names != [s.name for s in model.inputs]:
             raise DataError(f"{path}: ANN inputs {self.session.input_names} differ from the spiking model's "
                             f"{[s.name for s in model.inputs]}", "pass the ANN this spiking model was converted from")

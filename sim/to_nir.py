@@ -17,32 +17,18 @@ from typing import Any
 import numpy as np
 import onnx
 
-from rewrites.errors import Ann2SnnError, UnsupportedNode, UnsupportedNodesError
-from rewrites.graph import write_bytes_atomic, writable_target
-from sim.model import DEFAULT_DOMAINS, SPIKING_DOMAIN, SpikingModel, load_spiking
+from ground.errors import Ann2SnnError, UnsupportedNode, UnsupportedNodesError
+from ground.save import writable_target, write_bytes_atomic
+from sim.model import load_spiking, SpikingModel
+from snnfile import DEFAULT_DOMAINS, DOMAIN, Meta
 from sim.ops import attributes
+from snnfile.operators import OPERATORS
 
 INSTALL_HINT = "pip install 'ann2snn[nir]'"
 DT = 1.0  # one step of the file is one unit of NIR time; the IF integrates v += r * dt * I with r = 1
 RESET = "subtract"  # IFNeuron subtracts the threshold; NIR's IF spec resets to v_reset (metadata says which)
 PASS_THROUGH = ("Identity", "Dropout")
 LISTED = 20  # nodes named in the error message; every one is in UnsupportedNodesError.nodes
-
-# why the ai.ann2snn operators other than IFNeuron have no NIR form
-SPIKING_REASONS = {
-    "SignedIFNeuron": "signed IF neuron (negative spikes, a spike budget): NIR's IF fires positive spikes only",
-    "MaxPoolNeuron": "max pooling of the accumulated input: NIR has no such node (average pooling exports)",
-    "SpikeMax": "max of accumulated inputs: NIR has no such node",
-    "SpikeMin": "min of accumulated inputs: NIR has no such node",
-    "SpikeReduceMax": "max of accumulated inputs: NIR has no such node",
-    "SpikeReduceMin": "min of accumulated inputs: NIR has no such node",
-    "SpikeMatMul": "spiking product of two signals (TCSA): NIR has no product node",
-    "SpikeMul": "spiking product of two signals (TCSA): NIR has no product node",
-    "RunningMean": "float operator on running means (estimate-and-correct): NIR has no such node",
-    "RateCorrect": "float operator on running means (estimate-and-correct): NIR has no such node",
-    "StepCount": "step counter (a signed neuron's spike budget): NIR has no such node",
-}
-
 
 def require_nir():
     """The `nir` module, or a one-line error naming the extra (checked before any work)."""
@@ -132,10 +118,10 @@ class _Builder:
     def build(self) -> NirExport:
         m = self.model
         meta = m.metadata
-        if meta.get("ann2snn.coding", "direct") != "direct":
+        if meta.get(Meta.CODING, "direct") != "direct":
             self.file_reasons.append(f"coding {meta['ann2snn.coding']!r}: NIR's IF has no time-dependent "
                                      "thresholds (FS neurons); only direct coding exports")
-        if meta.get("ann2snn.decoding", "mean") != "mean":
+        if meta.get(Meta.DECODING, "mean") != "mean":
             self.file_reasons.append(f"decoding {meta['ann2snn.decoding']!r}: only the running mean exports")
         if m.drain_steps:
             self.file_reasons.append(f"it is read after {m.drain_steps} drain steps (snn.drive = 0): NIR has no "
@@ -158,8 +144,8 @@ class _Builder:
             self._output(m.outputs[0])
         if self.file_reasons or self.refused:
             raise self._error()
-        metadata = {"source": m.path.name, "ann2snn_version": meta.get("ann2snn.version", ""),
-                    "source_fingerprint": meta.get("ann2snn.source_fingerprint", ""), "coding": "direct",
+        metadata = {"source": m.path.name, "ann2snn_version": meta.get(Meta.VERSION, ""),
+                    "source_fingerprint": meta.get(Meta.SOURCE_FINGERPRINT, ""), "coding": "direct",
                     "decoding": "mean of the output over the steps", "dt": DT, "reset": RESET, "v0": 0.0,
                     "default_T": int(m.default_T or 0),
                     "onnx_nodes": {n.name: n.source for n in self.info}}
@@ -209,11 +195,11 @@ class _Builder:
                                                     "nonlinearity: NIR's IF fires positive spikes only and no "
                                                     "NIR node computes it"))
             return self._stand_in(node)
-        if node.domain == SPIKING_DOMAIN and op != "IFNeuron":
-            self._refuse(node, SPIKING_REASONS.get(op, "no NIR node for this operator"))
+        if node.domain == DOMAIN and op != "IFNeuron":
+            self._refuse(node, OPERATORS[op].nir if op in OPERATORS else "no NIR node for this operator")
             return self._stand_in(node)
         handler = getattr(self, f"_op_{op}", None) \
-            if node.domain in DEFAULT_DOMAINS or (node.domain == SPIKING_DOMAIN and op == "IFNeuron") else None
+            if node.domain in DEFAULT_DOMAINS or (node.domain == DOMAIN and op == "IFNeuron") else None
         missing = [i for i in signal_inputs if i not in self.signals]
         if handler is None or missing:
             self._refuse(node, f"reads '{missing[0]}', which no exported node produces" if handler and missing

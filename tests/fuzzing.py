@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from rewrites.errors import Ann2SnnError
+from ground.errors import Ann2SnnError
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 
@@ -378,7 +378,7 @@ class Outcome:
 
 def write_data(folder: Path, samples: int = 6) -> dict[str, Path]:
     """Valid calibration data (uniform in [0, 1)) for every seed model, one .npz each."""
-    from rewrites.calibration.data import input_specs
+    from ground.data import input_specs
     paths = {}
     for name, path in corpus_models().items():
         rng = np.random.default_rng(0)
@@ -394,7 +394,8 @@ def run_pipeline(model_path: Path, data_path: Path, folder: Path, full: bool = T
     from rewrites.calibration.collect import calibrate
     from rewrites.config import ConvertOptions, NormSpec
     from rewrites.convert import convert_model, inspect_model
-    from rewrites.graph import load_model, save_model
+    from ground.load import load_model
+    from ground.save import save_model
     from sim.simulate import simulate
     inspect_model(model_path)
     if not full:

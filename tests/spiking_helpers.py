@@ -9,7 +9,7 @@ import onnx
 from rewrites.calibration.collect import calibrate
 from rewrites.config import ConvertOptions, Neuron, NormSpec
 from rewrites.convert import convert_model
-from rewrites.graph import save_model
+from ground.save import save_model
 from sim.engine import NumpyEngine
 from sim.model import load_spiking
 from sim.ort import OrtEngine

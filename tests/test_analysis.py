@@ -44,7 +44,7 @@ def test_layer_error_engines_agree(cnn):
 
 
 def test_layer_error_needs_the_ann(cnn):
-    from rewrites.errors import Ann2SnnError
+    from ground.errors import Ann2SnnError
     tmp, snn = cnn
     with pytest.raises(Ann2SnnError, match="needs the ANN"):
         simulate(snn, tmp / "labelled.npz", 8, analyses=Analyses(layer_error=True))

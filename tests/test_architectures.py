@@ -27,12 +27,13 @@ from onnx import TensorProto, helper, numpy_helper
 from builders import ModelBuilder
 from conftest import run_ort
 from rewrites.calibration.collect import calibrate
-from rewrites.calibration.data import input_specs
+from ground.data import input_specs
 from rewrites.calibration.stats import Calibration
 from rewrites.config import ConvertOptions, NormSpec
 from rewrites.convert import convert_model, inspect_model
-from rewrites.errors import UnsupportedNodesError
-from rewrites.graph import load_model, save_model
+from ground.errors import UnsupportedNodesError
+from ground.load import load_model
+from ground.save import save_model
 from sim.engine import NumpyEngine
 from sim.model import load_spiking
 from test_cli import assert_bad_input, files, invoke, ok

@@ -12,7 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import run_ort
 from rewrites.config import ConvertOptions
 from rewrites.convert import import_graph, summarize, to_model
-from rewrites.graph import infer_shapes, load_model
+from ground.load import load_model
+from ground.protos import infer_shapes
 from rewrites.optable import Conversion
 from rewrites.passes import PassContext, batch_shapes, fold_constants, run_passes
 

@@ -11,8 +11,8 @@ from rewrites.calibration.collect import calibrate
 from rewrites.calibration.stats import CHANNEL_BINS, Calibration, ChannelFold, TensorStats
 from rewrites.config import ConvertOptions
 from rewrites.convert import convert_model
-from rewrites.errors import CalibrationError
-from rewrites.graph import save_model
+from ground.errors import CalibrationError
+from ground.save import save_model
 
 
 def test_histogram_growth_keeps_counts_exact():
@@ -190,9 +190,10 @@ def test_tiny_negative_values_land_below_zero():
 def test_optimised_session_exposes_the_same_observed_tensors(tmp_path):
     """calibrate() runs its session with graph optimisation on: every observed tensor is still an output and
     equals the unoptimised session's within float rounding."""
-    from rewrites.calibration.collect import augment, observed_tensors
+    from ground.protos import add_outputs as augment
+    from rewrites.calibration.collect import observed_tensors
     from rewrites.convert import normalise, to_model
-    from rewrites.runtime import Session
+    from ground.sessions import Session
 
     model = small_cnn()
     graph, _ = normalise(model)

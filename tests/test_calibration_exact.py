@@ -18,8 +18,8 @@ from conftest import run_ort
 from rewrites.calibration import observe as observe_module
 from rewrites.calibration.collect import calibrate
 from rewrites.calibration.stats import Calibration, TopFold, TopValues
-from rewrites.errors import CalibrationError
-from rewrites.graph import save_model
+from ground.errors import CalibrationError
+from ground.save import save_model
 
 
 def _data(n: int, seed: int) -> np.ndarray:

@@ -15,9 +15,9 @@ from rewrites.calibration import observe as observe_module
 from rewrites.calibration.collect import calibrate
 from rewrites.calibration.observe import observe
 from rewrites.calibration.stats import Calibration, TensorStats
-from rewrites.errors import CalibrationError
-from rewrites.graph import save_model
-from rewrites.runtime import Session
+from ground.errors import CalibrationError
+from ground.save import save_model
+from ground.sessions import Session
 
 
 def _identity_model(shape: list[int], opset: int) -> onnx.ModelProto:

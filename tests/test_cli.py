@@ -19,8 +19,8 @@ from ann2snn_cli.app import app
 from builders import small_cnn
 from rewrites.calibration.stats import Calibration
 from rewrites.config import DEFAULT_NORM
-from rewrites.errors import Ann2SnnError, CalibrationError
-from rewrites.graph import fingerprint
+from ground.errors import Ann2SnnError, CalibrationError
+from ground.protos import fingerprint
 
 # typer's CliRunner keeps stderr apart from stdout (result.stdout / result.stderr; result.output has both).
 runner = CliRunner(env={"NO_COLOR": "1", "FORCE_COLOR": None, "COLUMNS": "200"})

@@ -9,7 +9,7 @@ import pytest
 
 from builders import ModelBuilder
 from rewrites.convert import inspect_model
-from rewrites.graph import save_model
+from ground.save import save_model
 from rewrites.optable import Conversion
 from sim.engine import NumpyEngine
 from sim.metrics import running_mean

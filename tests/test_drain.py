@@ -21,7 +21,7 @@ from rewrites import drive
 from rewrites.config import Neuron
 from sim.drain import bias_terms, without_biases
 from sim.metrics import running_mean
-from sim.model import SpikingModel, fold_drive
+from sim.model import fold_drive, SpikingModel
 from spiking_helpers import both_engines, convert_with_data, step_by_contract
 from test_cli import invoke as cli
 from test_qcfs import classic, to_spiking

@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import run_ort
 from rewrites.convert import inspect_model
-from rewrites.graph import load_model
+from ground.load import load_model
 from rewrites.shapes import INPUT_SHAPES_KEY, bind_input_shapes, dynamic_inputs, parse_input_shapes
 from sim.engine import NumpyEngine
 from sim.model import load_spiking
@@ -198,7 +198,7 @@ def test_inspect_and_convert_agree(tmp_path):
 def test_unbindable_input_is_said_by_both():
     """An input of unknown rank cannot be bound: dynamic_inputs says so, resolve refuses with the same reason
     (the checker refuses such a file at load, in inspect and convert alike, before either gets here)."""
-    from rewrites.errors import ModelError
+    from ground.errors import ModelError
     from rewrites.shapes import resolve_input_shapes
     model = detector()
     model.graph.input[0].type.tensor_type.ClearField("shape")

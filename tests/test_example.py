@@ -6,7 +6,8 @@ from conftest import EXAMPLE
 from rewrites.calibration.collect import calibrate
 from rewrites.config import DEFAULT_NORM, ConvertOptions, NormSpec
 from rewrites.convert import convert_model
-from rewrites.graph import load_model, save_model
+from ground.load import load_model
+from ground.save import save_model
 from sim.engine import NumpyEngine
 from sim.model import load_spiking
 from sim.ort import OrtEngine

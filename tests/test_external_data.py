@@ -12,8 +12,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from builders import ModelBuilder
 from conftest import run_ort
-from rewrites.errors import InputFileError
-from rewrites.graph import ALIGN, EXTERNAL_DATA_KEY, fingerprint, load_model, save_model
+from ground.errors import InputFileError
+from ground.load import load_model
+from ground.protos import EXTERNAL_DATA_KEY, fingerprint
+from ground.save import ALIGN, save_model
 from test_cli import invoke, ok
 
 
@@ -121,7 +123,7 @@ def test_converted_model_from_external_input_is_saved_external_by_default(tmp_pa
 def test_weights_as_inputs_session_gives_the_same_results(tmp_path, monkeypatch):
     """Large models run unoptimised sessions with their weights fed as inputs (one copy instead of three);
     forced here on a small model, calibration and conversion must come out identical."""
-    import rewrites.runtime as runtime
+    import ground.sessions as runtime
     from rewrites.calibration.collect import calibrate
     from rewrites.config import ConvertOptions, NormSpec
     from rewrites.convert import convert_model
@@ -144,7 +146,7 @@ def test_weights_left_out_are_exactly_those_fed_back(tmp_path, monkeypatch, valu
     """A weightless copy leaves out the tensors of more than WEIGHTLESS_ABOVE bytes of data, the rule the graph
     side (large_constants) uses to feed them back: a bias of 250 float32 (1,000 bytes of data, over 1,024
     once its name and dims are serialised) stays in the copy rather than becoming an input nobody feeds."""
-    import rewrites.runtime as runtime
+    import ground.sessions as runtime
     from rewrites import convert as convert_module
     from rewrites.calibration import collect
     from rewrites.calibration.collect import calibrate

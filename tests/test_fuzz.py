@@ -17,12 +17,12 @@ from onnx import TensorProto, helper, numpy_helper
 import fuzzing
 from builders import ModelBuilder, small_cnn
 from rewrites.calibration.collect import calibrate
-from rewrites.calibration.data import InputSpec, load_dataset
+from ground.data import InputSpec, load_dataset
 from rewrites.calibration.stats import Calibration
 from rewrites.config import ConvertOptions, NormSpec
 from rewrites.convert import convert_model
-from rewrites.errors import Ann2SnnError, CalibrationError, DataError, InputFileError, ModelError
-from rewrites.graph import load_model
+from ground.errors import Ann2SnnError, CalibrationError, DataError, InputFileError, ModelError
+from ground.load import load_model
 from test_cli import assert_bad_input, files, invoke
 
 FUZZ_CASES = 150  # about 5 s on one idle core; tests/fuzz_long.py runs thousands
@@ -402,7 +402,7 @@ def test_raw_data_of_one_byte_and_packed_types_must_match_the_dims(tmp_path, dty
 def test_a_producer_head_on_a_corpus_model_converts_and_is_exact(tmp_path, fuzz_data, kind):
     """append_head on small_cnn (opset 17): every form of head goes through the whole pipeline, and the
     converted file applies it to the decoded value (its corrected output, rewrites/passes/decoded_head.py)."""
-    from rewrites.graph import load_model
+    from ground.load import load_model
     model = onnx.load(str(fuzzing.corpus_models()["small_cnn"]))
     fuzzing.append_head(model, np.random.default_rng(0), kind)
     path = tmp_path / "headed.onnx"

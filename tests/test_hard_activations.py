@@ -7,7 +7,7 @@ import pytest
 
 from builders import ModelBuilder
 from rewrites.convert import normalise, to_model
-from rewrites.runtime import Session
+from ground.sessions import Session
 from sim.metrics import running_mean
 from spiking_helpers import both_engines, convert_with_data
 

@@ -1,4 +1,4 @@
-"""`--data DIR`: a folder of PNG / JPEG images read as the model's input (rewrites/calibration/images.py).
+"""`--data DIR`: a folder of PNG / JPEG images read as the model's input (ground/images.py).
 The same uint8 images saved as PNG (lossless) and as an .npz of uint8 / 255 must give the same calibration
 and the same simulation, bit for bit; bad folders are one-line errors (exit 2)."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from ann2snn_cli.app import app
 from builders import ModelBuilder, small_cnn
 from conftest import EXAMPLE
-from rewrites.calibration.data import InputSpec, load_dataset
-from rewrites.calibration.images import ImageFolder, list_images
+from ground.data import InputSpec, load_dataset
+from ground.images import ImageFolder, list_images
 
 runner = CliRunner(env={"NO_COLOR": "1", "FORCE_COLOR": None, "COLUMNS": "200"})
 

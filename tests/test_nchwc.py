@@ -10,7 +10,7 @@ from builders import ModelBuilder
 from rewrites.calibration.collect import calibrate
 from rewrites.config import ConvertOptions, Neuron, NormSpec
 from rewrites.convert import convert_model
-from rewrites.graph import save_model
+from ground.save import save_model
 from sim.engine import NumpyEngine, OrtNode
 from sim.model import load_spiking
 from sim.nchwc import (blocked_constant, blocked_conv, blocked_pool, blocked_view, block_size, from_blocked,

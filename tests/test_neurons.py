@@ -5,7 +5,8 @@ import onnx
 import pytest
 
 from builders import ModelBuilder
-from rewrites.neurons import MAXPOOL_NEURON
+from rewrites.neurons import function_body
+from snnfile.operators import MAXPOOL_NEURON
 from sim.metrics import running_mean
 from sim.neurons import maxpool_neuron
 from sim.ops import KERNELS
@@ -62,7 +63,7 @@ def test_maxpool_neuron_function_body_steps_like_the_kernel():
                               [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in
                                (("y", shape_out), ("acc_next", shape_in), ("pooled_next", shape_out))])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.ann2snn", 1)],
-                              functions=[MAXPOOL_NEURON.function(17)])
+                              functions=[function_body(MAXPOOL_NEURON, 17)])
     onnx.checker.check_model(model, full_check=True)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(3)

@@ -12,8 +12,8 @@ from builders import ModelBuilder, small_cnn
 from rewrites.calibration.collect import calibrate
 from rewrites.config import ConvertOptions, Nonlinear
 from rewrites.convert import convert_model
-from rewrites.errors import SpikingModelError
-from rewrites.graph import save_model
+from ground.errors import SpikingModelError
+from ground.save import save_model
 from sim.model import load_spiking, spiking_from_proto
 from sim.ort import OrtEngine
 from sim.ort_loop import loop_model

@@ -40,7 +40,7 @@ def test_resize_runs_in_the_numpy_engine_as_in_onnxruntime(tmp_path, kind):
 
 
 def test_resize_without_onnxruntime_is_refused_with_the_way_out(tmp_path):
-    from rewrites.errors import SpikingModelError
+    from ground.errors import SpikingModelError
     model = _net("scales")
     x = np.random.default_rng(0).normal(size=(4, 2, 6, 6)).astype(np.float32)
     snn, _ = convert_with_data(model, x, tmp_path, T=8)

@@ -7,8 +7,8 @@ import onnx
 import pytest
 
 from builders import small_cnn
-from rewrites.errors import InputFileError
-from rewrites.graph import save_model, write_text_atomic
+from ground.errors import InputFileError
+from ground.save import save_model, write_text_atomic
 from test_cli import assert_bad_input, files, invoke
 
 

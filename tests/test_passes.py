@@ -161,7 +161,7 @@ def test_self_check_reads_outputs_near_zero_against_an_absolute_floor_and_still_
     import onnx_graphsurgeon as gs
 
     from rewrites.convert import normalise, self_check
-    from rewrites.errors import PassError
+    from ground.errors import PassError
     b = ModelBuilder(seed=2)
     out = b.node("Sigmoid", [b.node("Add", [b.bn(b.conv("x", 3, 4), 4), b.const(np.array(-15.0))])])
     model = b.build({"x": [3, 8, 8]}, [out])

@@ -24,10 +24,10 @@ from onnx import TensorProto, helper, numpy_helper
 import ann2snn
 from conftest import run_ort
 from producers import image_data, jax_classifier, jax_cnn, keras_classifier, paddle_classifier, token_data
-from rewrites.calibration.data import input_specs
+from ground.data import input_specs
 from rewrites.convert import inspect_model, normalise, self_check, to_model
-from rewrites.errors import ModelError, UnsupportedNodesError
-from rewrites.graph import load_model, non_finite_constants
+from ground.errors import ModelError, UnsupportedNodesError
+from ground.load import load_model, non_finite_constants
 from sim.simulate import simulate
 from test_cli import assert_bad_input, files, invoke, ok
 

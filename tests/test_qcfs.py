@@ -26,10 +26,12 @@ from conftest import REPO, run_ort
 from rewrites.config import ConvertOptions, Neuron
 from rewrites.convert import normalise
 from rewrites.export import export_spiking
-from rewrites.graph import fingerprint, save_model
-from rewrites.neurons import DOMAIN
+from ground.protos import fingerprint
+from ground.save import save_model
+from snnfile import DOMAIN
 from rewrites.passes import PassContext, run_passes
 from rewrites.passes import qcfs_to_if
+from rewrites.patterns.qcfs import qcfs_levels
 from spiking_helpers import both_engines
 
 
@@ -179,7 +181,7 @@ def test_relu_graph_is_left_alone():
     graph, report = convert(model)
     assert [n.op for n in graph.nodes] == before
     assert not report.converted and not report.skipped and not report.layers
-    assert qcfs_to_if.qcfs_levels(graph) is None
+    assert qcfs_levels(graph) is None
 
 
 def _skipped(model):
@@ -268,13 +270,13 @@ def test_back_to_back_chains_and_levels():
     x = dynamo(b, classic(b, b.gemm("input", 6, 8), 2.0, 4, True), 3.0, 8, False)
     model = b.build({"input": [6]}, [b.gemm(x, 8, 5)])
     graph, _ = normalise(model)
-    assert qcfs_to_if.qcfs_levels(graph) is None
+    assert qcfs_levels(graph) is None
     graph, report = convert(model)
     assert [n.op for n in graph.nodes] == ["Gemm", "IFNeuron", "IFNeuron", "Gemm"]
     assert [(l["L"], l["shift"], round(l["threshold"], 5)) for l in report.layers] == [(4, True, 2.0),
                                                                                      (8, False, 3.0)]
     graph, _ = normalise(gemm_model("classic", 2.0, 8, True))
-    assert qcfs_to_if.qcfs_levels(graph) == 8
+    assert qcfs_levels(graph) == 8
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -365,7 +367,7 @@ def test_example_chains_become_if_neurons(folder: Path):
         L = int(meta["qcfs_L"])
         n_floor = sum(n.op_type == "Floor" for n in model.graph.node)
         graph, _ = normalise(model)
-        assert qcfs_to_if.qcfs_levels(graph) == L, path.name
+        assert qcfs_levels(graph) == L, path.name
         graph, report = convert(model)
         ops = [n.op for n in graph.nodes]
         assert "Floor" not in ops and not report.skipped, path.name

@@ -12,7 +12,7 @@ import pytest
 
 import ann2snn
 from conftest import run_ort
-from rewrites.graph import load_model
+from ground.load import load_model
 from sim.simulate import simulate
 
 tf = pytest.importorskip("tensorflow")

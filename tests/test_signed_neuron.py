@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from builders import ModelBuilder, small_cnn
 from rewrites.calibration.collect import calibrate
-from rewrites.graph import save_model
-from rewrites.neurons import SIGNED_IF_NEURON
+from ground.save import save_model
+from rewrites.neurons import function_body
+from snnfile.operators import SIGNED_IF_NEURON
 from sim.neurons import if_neuron, signed_if_neuron
 from spiking_helpers import both_engines, convert_with_data
 
@@ -37,7 +38,7 @@ class BodyStepper:
             [value("y", shape), value("v_next", shape), value("count_next", shape)])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
                                                         helper.make_opsetid("ai.ann2snn", 1)],
-                                  functions=[SIGNED_IF_NEURON.function(opset)])
+                                  functions=[function_body(SIGNED_IF_NEURON, opset)])
         model.ir_version = 8
         onnx.checker.check_model(model, full_check=True)
         self.session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rewrites.errors import SpikingModelError
+from ground.errors import SpikingModelError
 from sim import ops
 from sim.engine import NumpyEngine
 from sim.model import load_spiking

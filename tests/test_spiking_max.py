@@ -14,12 +14,12 @@ from builders import ModelBuilder
 from conftest import run_ort
 from rewrites.config import ConvertOptions
 from rewrites.convert import convert_model, normalise, summarize
-from rewrites.optable import MAX_OPS, Conversion
-from rewrites.graph import save_model
+from rewrites.optable import Conversion, MAX_OPS
+from ground.save import save_model
 from sim.metrics import running_mean
 from spiking_helpers import both_engines, convert_with_data, step_by_contract
 from rewrites.calibration.stats import Calibration
-from rewrites.graph import fingerprint
+from ground.protos import fingerprint
 
 def _reduce(b, op, x, axes, keepdims):
     """axes as the attribute before opset 18, as a constant input from it."""

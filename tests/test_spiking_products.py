@@ -7,7 +7,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from rewrites.neurons import OPERATORS, state_outputs
+from rewrites.neurons import function_body
+from snnfile.operators import OPERATORS
 from sim.neurons import NEURON_KERNELS
 
 T = 24
@@ -62,11 +63,11 @@ def _single_op_model(op: str, shapes: list[list[int]], out_shape: list[int]) -> 
     ins += [helper.make_tensor_value_info(n, TensorProto.FLOAT, state_shapes[n]) for n in spec.state]
     outs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, out_shape)]
     outs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, state_shapes[n.removesuffix("_next")])
-             for n in state_outputs(spec)]
-    node = helper.make_node(op, names, ["Y"] + list(state_outputs(spec)), domain="ai.ann2snn")
+             for n in spec.state_outputs]
+    node = helper.make_node(op, names, ["Y"] + list(spec.state_outputs), domain="ai.ann2snn")
     graph = helper.make_graph([node], "g", ins, outs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.ann2snn", 1)],
-                              functions=[spec.function(17)])
+                              functions=[function_body(spec, 17)])
     onnx.checker.check_model(model, full_check=True)
     return model
 

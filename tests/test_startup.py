@@ -8,7 +8,7 @@ from rich.console import Console
 
 from ann2snn_cli._output import Output
 
-HEAVY = ("numpy", "onnx", "onnxruntime", "onnx_graphsurgeon", "rewrites.graph", "sim", "ann2snn")
+HEAVY = ("numpy", "onnx", "onnxruntime", "onnx_graphsurgeon", "ground.load", "sim", "ann2snn")
 
 
 def test_app_module_imports_no_numerical_library():

@@ -11,7 +11,7 @@ from rewrites.calibration.collect import calibrate
 from rewrites.calibration.stats import TensorStats
 from rewrites.config import ConvertOptions, NormSpec
 from rewrites.convert import convert_model
-from rewrites.graph import save_model
+from ground.save import save_model
 from rewrites.thresholds import MMSE_GRID, mmse_threshold, quantised
 from sim.bias_correction import _mean_gap, correct_biases
 from sim.model import load_spiking, spiking_from_proto
@@ -81,7 +81,7 @@ def test_bias_correction_reduces_each_layers_mean_gap(tmp_path):
     calibration = calibrate(tmp_path / "m.onnx", tmp_path / "d.npz", 20)
     T = 6
     snn = convert_model(model, calibration, ConvertOptions(default_T=T)).model
-    from rewrites.calibration.data import load_dataset
+    from ground.data import load_dataset
     path = tmp_path / "m.snn.onnx"
     data = load_dataset(tmp_path / "d.npz", spiking_from_proto(snn, path).inputs)
     fixed, corrections = correct_biases(snn, path, tmp_path / "m.onnx", data, T, engine="numpy")

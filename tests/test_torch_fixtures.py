@@ -32,10 +32,11 @@ import pytest
 
 from conftest import run_ort
 from rewrites.calibration.collect import calibrate
-from rewrites.calibration.data import input_specs, load_dataset
+from ground.data import input_specs, load_dataset
 from rewrites.config import ConvertOptions
 from rewrites.convert import convert_model
-from rewrites.graph import load_model, save_model
+from ground.load import load_model
+from ground.save import save_model
 from sim.engine import NumpyEngine
 from sim.model import load_spiking
 from sim.ort import OrtEngine

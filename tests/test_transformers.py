@@ -11,10 +11,10 @@ from builders import ModelBuilder
 from rewrites.calibration.collect import calibrate
 from rewrites.config import ConvertOptions, Nonlinear
 from rewrites.convert import convert_model, normalise, to_model
-from rewrites.errors import UnsupportedNodesError
-from rewrites.graph import save_model
-from rewrites.regions import find_regions
-from rewrites.runtime import Session
+from ground.errors import UnsupportedNodesError
+from ground.save import save_model
+from rewrites.patterns.regions import find_regions
+from ground.sessions import Session
 from sim.engine import NumpyEngine
 from sim.metrics import running_mean
 from sim.model import load_spiking
@@ -169,7 +169,7 @@ def test_bundled_vit_exports_convert_and_match_the_ann_in_exact_mode(tmp_path, n
     """The ViT has no ReLU: with --nonlinear exact every estimate is the ANN value from t = 1 on, whichever
     exporter wrote it (Constant nodes, opset-13 LayerNorm spelling, dynamo's opset 18)."""
     from pathlib import Path
-    from rewrites.graph import load_model
+    from ground.load import load_model
     folder = Path(__file__).resolve().parents[1] / "examples"
     model = load_model(folder / "fmnist_vit" / name)
     x = np.load(folder / "fmnist_cnn" / "calib.npz", allow_pickle=False)["x"][:16]
@@ -183,7 +183,8 @@ def test_converting_the_same_model_twice_accepts_its_calibration(tmp_path):
     """Normalising must not change the model's fingerprint (the ViT holds Constant nodes, whose value names
     onnx-graphsurgeon writes in place)."""
     from pathlib import Path
-    from rewrites.graph import fingerprint, load_model
+    from ground.load import load_model
+    from ground.protos import fingerprint
     folder = Path(__file__).resolve().parents[1] / "examples"
     model = load_model(folder / "fmnist_vit" / "model.onnx")
     before = fingerprint(model)
@@ -227,8 +228,8 @@ def test_softmax_and_layernorm_alone_converge_to_the_float_op(tmp_path, name, ch
 
 def test_softmax_axes_of_an_input_of_unknown_rank():
     """A last-axis Softmax needs no rank; any other axis of an unknown-rank input is a clear ModelError."""
-    from rewrites.errors import ModelError
-    from rewrites.passes.softmax_to_spiking import softmax_axes
+    from ground.errors import ModelError
+    from rewrites.patterns.softmax import softmax_axes
     x = gs.Variable("x", dtype=np.float32, shape=None)
     last = gs.Node("Softmax", "sm_last", attrs={"axis": -1}, inputs=[x], outputs=[gs.Variable("y1")])
     assert softmax_axes(last, None, 11) == [-1] and softmax_axes(last, None, 13) == [-1]

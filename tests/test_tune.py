@@ -56,12 +56,12 @@ def test_a_network_with_an_op_the_numpy_engine_lacks_is_searched_under_onnxrunti
     relative mean square of ~1e-2 at T = 8: at T = 32 the decoded output's relative RMS error is below 0.1."""
     import ann2snn
     import ann2snn.tune as tune_module
-    from rewrites.errors import SpikingModelError
+    from ground.errors import SpikingModelError
     if engine == "onnxruntime":
         def refuse(*args, **kwargs):
             raise SpikingModelError("no NumPy kernel (forced)", "")
         monkeypatch.setattr(tune_module, "NumpyEngine", refuse)
-    from rewrites.graph import save_model
+    from ground.save import save_model
     from spiking_helpers import step_by_contract
     b = ModelBuilder(seed=5)
     h = b.node("Relu", [b.conv("x", 2, 4)])
@@ -106,7 +106,7 @@ def test_a_charge_correction_does_not_fall_apart_read_longer(example_tuned):
     the charge at 8T and end further from the ANN than the file does; the comparison fails if the file's
     correction scaled with the steps."""
     from ann2snn.tune import _charge_neuron
-    from rewrites.graph import save_model
+    from ground.save import save_model
     from sim.bias_correction import driving_bias, shift_bias
     root, converted, x = example_tuned
     charged = [c for c in converted.choices if c.charge is not None]
@@ -157,7 +157,7 @@ def test_the_one_pass_search_chooses_as_a_run_per_layer_does(tmp_path, monkeypat
     import ann2snn.tune as tune_module
     import sim.engine
     from builders import small_cnn
-    from rewrites.graph import save_model
+    from ground.save import save_model
     path, data = tmp_path / "m.onnx", tmp_path / "d.npz"
     save_model(small_cnn(), path)
     np.savez(data, x=np.random.default_rng(0).random((96, 1, 12, 12)).astype(np.float32))

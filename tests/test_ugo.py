@@ -80,7 +80,7 @@ def _decoded_error(result, out: str, ann: np.ndarray) -> np.ndarray:
 def test_spiking_ugo_converges_to_the_function(tmp_path, op, attrs):
     """The signed hidden neurons' rates approach clip(x - k, 0, theta) at about theta/(2t): the decoded error
     must fall as T grows, to within the fit error plus a quantisation term at T = 256."""
-    from rewrites.runtime import Session
+    from ground.sessions import Session
     model = _unary_model(op, **attrs)
     x = np.random.default_rng(1).normal(size=(64, 16)).astype(np.float32)
     snn, result = convert_with_data(model, x, tmp_path)

@@ -20,7 +20,7 @@ from builders import ModelBuilder, small_cnn
 from rewrites.calibration.collect import calibrate
 from rewrites.config import ConvertOptions, Neuron, NormSpec
 from rewrites.convert import convert_model
-from rewrites.graph import save_model
+from ground.save import save_model
 from spiking_helpers import both_engines
 
 

@@ -35,10 +35,10 @@ def command(
 ) -> None:
     with errors_to_exit_codes():
         from rewrites.calibration.collect import calibrate
-        from rewrites.calibration.data import data_source
+        from ground.data import data_source
         from rewrites.config import DEFAULT_NORM
-        from rewrites.errors import Ann2SnnError
-        from rewrites.graph import write_text_atomic
+        from ground.errors import Ann2SnnError
+        from ground.save import write_text_atomic
         from rewrites.shapes import parse_input_shapes
         if use_max and percentile is not None:
             raise Ann2SnnError("--max and --percentile exclude each other", "give one of them")

@@ -89,9 +89,9 @@ def command(
 ) -> None:
     with errors_to_exit_codes():
         from ann2snn.convert import ConvertRequest, convert
-        from rewrites.calibration.data import data_source
-        from rewrites.errors import Ann2SnnError, UnsupportedNodesError
-        from rewrites.graph import save_model
+        from ground.data import data_source
+        from ground.errors import Ann2SnnError, UnsupportedNodesError
+        from ground.save import save_model
         from rewrites.passes import NORMALISE, PASSES
         from rewrites.shapes import parse_input_shapes
         skips = tuple(skip_pass or ())
@@ -123,7 +123,7 @@ def command(
 
 def parse_ops(text: str | None) -> tuple[str, ...]:
     import onnx.defs
-    from rewrites.errors import Ann2SnnError
+    from ground.errors import Ann2SnnError
     ops = tuple(op.strip() for op in (text or "").split(",") if op.strip())
     known = {s.name for s in onnx.defs.get_all_schemas()} | {"all"}  # all: every op type nothing else maps
     for op in ops:

@@ -32,8 +32,8 @@ def command(
         from ann2snn.convert import convert as run_conversion
         from ann2snn_cli.commands import convert, simulate
         from rewrites.calibration.collect import calibrate as run_calibration
-        from rewrites.errors import InputFileError
-        from rewrites.graph import save_model, write_text_atomic
+        from ground.errors import InputFileError
+        from ground.save import save_model, write_text_atomic
         from sim.simulate import simulate as run_simulation
         model, calib_data, test_data = (EXAMPLE / n for n in ("model.onnx", "calib.npz", "test.npz"))
         if not model.exists():

@@ -27,7 +27,7 @@ def command(
     json_out: JsonOpt = None,
 ) -> None:
     with errors_to_exit_codes():
-        from rewrites.errors import UnsupportedNodesError
+        from ground.errors import UnsupportedNodesError
         from sim.to_nir import export_nir, require_nir
         require_nir()  # before any work
         out = Output(json_out)

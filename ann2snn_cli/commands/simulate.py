@@ -61,8 +61,8 @@ def command(
     json_out: JsonOpt = None,
 ) -> None:
     with errors_to_exit_codes():
-        from rewrites.calibration.data import data_source
-        from rewrites.errors import Ann2SnnError, InputFileError
+        from ground.data import data_source
+        from ground.errors import Ann2SnnError, InputFileError
         from sim.metrics import report_steps
         from sim.model import load_spiking
         from sim.simulate import Analyses, simulate, window_for
@@ -109,7 +109,7 @@ def command(
 
 
 def gate_failures(report, min_accuracy: float | None, max_drop: float | None) -> list[str]:
-    from rewrites.errors import DataError
+    from ground.errors import DataError
     if (min_accuracy is not None or max_drop is not None) and report.final_accuracy is None:
         raise DataError("accuracy gates need labels: the data has no array y (or class subfolders of images)")
     failures = []

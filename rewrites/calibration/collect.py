@@ -12,20 +12,21 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from rewrites import __version__
-from rewrites.calibration.data import Dataset, array_shapes, input_specs, load_dataset
+from ground.data import array_shapes, Dataset, input_specs, load_dataset
 from rewrites.calibration.observe import Observed, observe
 from rewrites.calibration.stats import (DEFAULT_BINS, EXACT_FROM, TOP_LIMIT, Calibration, ChannelFold, TensorStats,
                                         TopFold, top_capacity)
 from rewrites.config import DEFAULT_NORM, Norm, NormSpec
 from rewrites.convert import normalise, to_model
-from rewrites.errors import DataError
+from ground.errors import DataError
 from rewrites.export import graph_weights, large_constants, weights_to_inputs
-from rewrites.graph import fingerprint, load_model
-from rewrites.optable import Conversion, classify_graph
-from rewrites.passes._emit import Emitter, reduce
-from rewrites.passes.softmax_to_spiking import CENTRED_SUFFIX, LSE_SUFFIX, centred, rank_of, softmax_axes
-from rewrites.regions import find_regions
-from rewrites.runtime import WEIGHTS_AS_INPUTS_ABOVE, Session
+from ground.load import load_model
+from ground.protos import add_outputs, fingerprint
+from rewrites.optable import classify_graph, Conversion
+from rewrites.emit import Emitter, reduce
+from rewrites.patterns.softmax import centred, CENTRED_SUFFIX, LSE_SUFFIX, rank_of, softmax_axes
+from rewrites.patterns.regions import find_regions
+from ground.sessions import Session, WEIGHTS_AS_INPUTS_ABOVE
 from rewrites.shapes import bind_input_shapes, recorded_shapes, resolve_input_shapes
 
 Progress = Callable[[int, int], None]  # (samples done, samples total)
@@ -61,19 +62,6 @@ def add_logsumexp(graph) -> None:
         u = centred(emit, x, axes, graph.opset, gs.Variable(node.name + CENTRED_SUFFIX, dtype=np.float32))
         reduce(emit, "ReduceLogSumExp", u, axes, "lse", graph.opset,
                out=gs.Variable(node.name + LSE_SUFFIX, dtype=np.float32))
-
-
-def augment(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    existing = {o.name for o in model.graph.output}
-    types = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.input)}
-    for name in tensors:
-        if name in existing:
-            continue
-        if name in types:
-            model.graph.output.append(types[name])
-        else:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    return model
 
 
 def calibrate(model_path: str | Path, data_path: str | Path, batch_size: int = 64, limit: int | None = None,
@@ -119,8 +107,8 @@ def calibration_session(graph: gs.Graph, like: onnx.ModelProto, tensors: list[st
     would hold three more, next to the model and the graph."""
     large = large_constants(graph)
     if sum(t._values.nbytes for t in large.values()) <= WEIGHTS_AS_INPUTS_ABOVE:
-        return Session(augment(to_model(graph, like), tensors), name, spin=False)
-    skeleton = augment(weights_to_inputs(to_model(graph, like, weights=False)), tensors)
+        return Session(add_outputs(to_model(graph, like), tensors), name, spin=False)
+    skeleton = add_outputs(weights_to_inputs(to_model(graph, like, weights=False)), tensors)
     return _WithWeights(Session(skeleton, name, spin=False), graph_weights(graph, large))
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from rewrites.calibration.stats import CHANNEL_BINS, FINE_STATE_LIMIT, Reductions
-from rewrites.passes._emit import Emitter, reduce
+from rewrites.emit import Emitter, reduce
 
 # Values per channel of one batch above which a tensor's histogram is subsampled, to about this many. Binning
 # costs about 4 ns per value in NumPy against about 1 ns of inference, but on examples/fmnist_cnn 2**12 moved

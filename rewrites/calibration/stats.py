@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from rewrites.config import DEFAULT_NORM, NormSpec
-from rewrites.errors import Ann2SnnError, CalibrationError, InputFileError
+from ground.errors import Ann2SnnError, CalibrationError, InputFileError
 
 SCHEMA = "ann2snn.calibration"
 SCHEMA_VERSION = 2  # 2: sum of squares and exact top values; 1 (histograms only) still reads

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from rewrites.optable import classify_graph, dynamic_tensors
+from rewrites.optable import classify_graph
+from rewrites.patterns.tensors import dynamic_tensors
 from rewrites.passes.base import Pass, PassContext, PassReport
 from rewrites.passes.spiking import wrap_exact
 

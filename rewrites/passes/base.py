@@ -8,7 +8,7 @@ import onnx_graphsurgeon as gs
 
 from rewrites.calibration.stats import Calibration
 from rewrites.config import ConvertOptions
-from rewrites.errors import Ann2SnnError, PassError
+from ground.errors import Ann2SnnError, PassError
 
 
 @dataclass
@@ -59,10 +59,6 @@ def run_passes(graph: gs.Graph, passes: tuple[Pass, ...], ctx: PassContext) -> l
                             "rerun with --debug and report it, or skip the pass with --skip-pass") from exc
         reports.append(report)
     return reports
-
-
-def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
-    return any(t is tensor for t in graph.outputs)
 
 
 def replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:

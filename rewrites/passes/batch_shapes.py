@@ -20,9 +20,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from rewrites.export import graph_to_model, graph_weights, large_constants, weights_to_inputs
-from rewrites.optable import dynamic_tensors
+from rewrites.patterns.tensors import dynamic_tensors
 from rewrites.passes.base import Pass, PassContext, PassReport
-from rewrites.runtime import WEIGHTS_AS_INPUTS_ABOVE, Session
+from ground.sessions import Session, WEIGHTS_AS_INPUTS_ABOVE
 
 PROBE_BATCHES = (2, 3)
 

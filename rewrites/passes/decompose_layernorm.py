@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from rewrites.passes._emit import Emitter, reduce
+from rewrites.emit import Emitter, reduce
 from rewrites.passes.base import Pass, PassContext, PassReport
 
 

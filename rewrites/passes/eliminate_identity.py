@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from rewrites.passes.base import Pass, PassContext, PassReport, is_graph_output, redirect_readers
+from rewrites.passes.base import Pass, PassContext, PassReport, redirect_readers
+from rewrites.patterns.tensors import is_graph_output
 
 
 def run(graph: gs.Graph, ctx: PassContext) -> PassReport:

@@ -13,7 +13,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from rewrites.passes.base import Pass, PassContext, PassReport, is_graph_output, redirect_readers
+from rewrites.passes.base import Pass, PassContext, PassReport, redirect_readers
+from rewrites.patterns.tensors import is_graph_output
 
 G_LOGGER.severity = G_LOGGER.ERROR
 logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from rewrites.passes._emit import reduce_axes
+from rewrites.emit import reduce_axes
 from rewrites.passes.base import Pass, PassContext, PassReport
 
 
@@ -57,7 +57,7 @@ def _reduction(t: gs.Tensor, op: str, x: gs.Tensor, rank: int, opset: int) -> tu
 def _fill_shapes(graph: gs.Graph) -> None:
     """Shapes by onnx shape inference on a weightless copy, for the tensors that earlier passes left without."""
     from rewrites.export import graph_to_model  # export imports the passes
-    from rewrites.graph import infer_shapes
+    from ground.protos import infer_shapes
     tensors = graph.tensors()
     for vi in infer_shapes(graph_to_model(graph, weights=False)).graph.value_info:
         t = tensors.get(vi.name)

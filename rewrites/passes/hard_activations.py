@@ -3,7 +3,7 @@
 HardSigmoid(x) = Clip(alpha * x + beta, 0, 1) and HardSwish(x) = x * Clip(x + 3, 0, 6) / 6 (the form
 paddle2onnx already writes). Same function; the Clip then becomes a clipped IF neuron (relu_to_if) and the
 product of x and that gate a spiking product (products_to_spiking), both exact as T grows, with one state
-tensor per element where a UGO subnet holds one per hidden neuron (rewrites/regions.py: a product gated by a
+tensor per element where a UGO subnet holds one per hidden neuron (rewrites/patterns/regions.py: a product gated by a
 ReLU-like node is not a nonlinearity of its own). A HardSigmoid head before a graph output is left to
 decoded_head."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from rewrites.passes._emit import Emitter
+from rewrites.emit import Emitter
 from rewrites.passes.base import Pass, PassContext, PassReport
 from rewrites.passes.decoded_head import head_nodes
 

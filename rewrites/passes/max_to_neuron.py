@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from rewrites.neurons import SPIKE_MAX, SPIKE_MIN, SPIKE_REDUCE_MAX, SPIKE_REDUCE_MIN
-from rewrites.optable import dynamic_tensors
+from snnfile.operators import SPIKE_MAX, SPIKE_MIN, SPIKE_REDUCE_MAX, SPIKE_REDUCE_MIN
+from rewrites.patterns.tensors import dynamic_tensors
 from rewrites.passes.base import Pass, PassContext, PassReport
 from rewrites.passes.spiking import replace_node, shaped_like, spiking_node
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from rewrites.neurons import MAXPOOL_NEURON
+from snnfile.operators import MAXPOOL_NEURON
 from rewrites.passes.base import Pass, PassContext, PassReport
 from rewrites.passes.spiking import replace_node, spiking_node
 

@@ -1,4 +1,4 @@
-"""nonlinear_to_spiking: every elementwise function of one signal (rewrites/regions.py) -> a UGO subnet of
+"""nonlinear_to_spiking: every elementwise function of one signal (rewrites/patterns/regions.py) -> a UGO subnet of
 signed IF neurons (--nonlinear ugo), or one exact float operator with estimate-and-correct (--nonlinear exact).
 
 UGO for y = f(x), fitted by rewrites/ugo.py on the calibrated distribution of x: z = x - k (the N left knots,
@@ -12,13 +12,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from rewrites.config import Nonlinear
-from rewrites.errors import CalibrationError, PassError
-from rewrites.neurons import SIGNED_IF_NEURON
-from rewrites.passes._emit import Emitter
+from ground.errors import CalibrationError, PassError
+from snnfile.operators import SIGNED_IF_NEURON
+from rewrites.emit import Emitter
 from rewrites.passes.base import Pass, PassContext, PassReport
 from rewrites.passes.spiking import shaped_like, spiking_node, wrap_exact
-from rewrites.regions import Region, find_regions
-from rewrites.runtime import Session
+from rewrites.patterns.regions import find_regions, Region
+from ground.sessions import Session
 from rewrites.ugo import default_size, fit, samples_from_stats
 
 SAMPLES = 20000

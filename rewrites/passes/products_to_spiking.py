@@ -1,15 +1,15 @@
 """products_to_spiking: MatMul / Mul of two signals -> SpikeMatMul / SpikeMul (TCSA, seed 002).
 
 The spiking product keeps the running sums of both operands and emits at each step what makes the running
-mean of its output equal the product of the operands' running means (rewrites/neurons.py), computed from the
+mean of its output equal the product of the operands' running means (snnfile/operators.py), computed from the
 increments. Needs no calibration. Products with a constant operand stay linear."""
 from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from rewrites.errors import PassError
-from rewrites.neurons import SPIKE_MATMUL, SPIKE_MUL
-from rewrites.optable import dynamic_tensors
+from ground.errors import PassError
+from snnfile.operators import SPIKE_MATMUL, SPIKE_MUL
+from rewrites.patterns.tensors import dynamic_tensors
 from rewrites.passes.base import Pass, PassContext, PassReport
 from rewrites.passes.spiking import replace_node, spiking_node, step_like
 

@@ -14,9 +14,9 @@ import onnx_graphsurgeon as gs
 
 from rewrites.calibration.stats import TensorStats
 from rewrites.config import LayerSetting, Neuron
-from rewrites.errors import CalibrationError
-from rewrites.neurons import IF_NEURON, SIGNED_IF_NEURON
-from rewrites.optable import clip_bounds, is_relu_like
+from ground.errors import CalibrationError
+from snnfile.operators import IF_NEURON, SIGNED_IF_NEURON
+from rewrites.patterns.tensors import clip_bounds, is_relu_like
 from rewrites.passes.base import Pass, PassContext, PassReport
 from rewrites.passes.spiking import replace_node, spiking_node
 from rewrites.thresholds import threshold

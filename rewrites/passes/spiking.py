@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from rewrites.errors import ModelError
-from rewrites.neurons import DOMAIN, OperatorSpec
+from ground.errors import ModelError
+from snnfile import DOMAIN, next_name, state_name
+from snnfile.operators import OperatorSpec
 from rewrites.passes.base import replace_input
 
 
@@ -15,11 +16,11 @@ def state_pair(node_name: str, var: str, like: gs.Variable) -> tuple[gs.Variable
     if shape is None or any(not isinstance(d, int) or d <= 0 for d in list(shape)[1:]):
         raise ModelError(f"node '{node_name}': the shape of tensor '{like.name}' is not static ({shape})",
                          "export the model with static non-batch dimensions")
-    name = f"state.{node_name}.{var}"
+    name = state_name(node_name, var)
     dims = list(shape)
     if not isinstance(dims[0], int) or dims[0] <= 0:
         dims[0] = "N"
-    return (gs.Variable(name, np.float32, dims), gs.Variable(name + ".next", np.float32, dims))
+    return (gs.Variable(name, np.float32, dims), gs.Variable(next_name(name), np.float32, dims))
 
 
 def spiking_node(spec: OperatorSpec, name: str, inputs: list[gs.Tensor], output: gs.Variable,
@@ -48,7 +49,7 @@ def wrap_exact(graph: gs.Graph, name: str, nodes: list[gs.Node], inputs: list[gs
                outputs: list[gs.Variable]) -> None:
     """Estimate-and-correct around float nodes: they read the running means of `inputs` and their `outputs`
     are replaced, for every reader, by the corrected stream whose running mean is the float value."""
-    from rewrites.neurons import RATE_CORRECT, RUNNING_MEAN
+    from snnfile.operators import RATE_CORRECT, RUNNING_MEAN
     members = {id(n) for n in nodes}
     for k, x in enumerate(inputs):
         mean = shaped_like(f"{name}.mean{k}", x)

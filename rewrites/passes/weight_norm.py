@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from rewrites.neurons import DOMAIN, IF_NEURON, OPERATORS, SIGNED_IF_NEURON
+from snnfile import DOMAIN, is_state
+from snnfile.operators import IF_NEURON, OPERATORS, SIGNED_IF_NEURON
 from rewrites.passes.base import Pass, PassContext, PassReport
 
 FIRING = frozenset({IF_NEURON.op_type, SIGNED_IF_NEURON.op_type})
@@ -153,7 +154,7 @@ class _Plan:
             self.joins.setdefault(node.outputs[0].name, []).append(what)
             return
         for t in _named(node.inputs) + _named(node.outputs):  # any other op sees original values
-            if isinstance(t, gs.Variable) and not t.name.startswith("state."):
+            if isinstance(t, gs.Variable) and not is_state(t.name):
                 self.fixed.append((t.name, Pin(1.0, what)))
 
     def _join(self, tensors: list[gs.Tensor]) -> None:

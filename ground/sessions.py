@@ -6,8 +6,8 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from rewrites.errors import DataError, ModelError
-from rewrites.graph import without_weights
+from ground.errors import DataError, ModelError, first_line
+from ground.protos import without_weights
 
 
 # onnxruntime also logs every failure it raises, straight to stderr; the raised error is reported instead.
@@ -20,28 +20,40 @@ ort.set_default_logger_severity(4)
 WEIGHTS_AS_INPUTS_ABOVE = 64 * 2**20
 
 
+def make_session(model: onnx.ModelProto, threads: int = 0, optimize: bool = True, spin: bool = True,
+                 optimized_path: str | None = None) -> ort.InferenceSession:
+    """Every onnxruntime session of the tool is built here: on the CPU, with onnxruntime's own logging off (a
+    failure is raised, and reported by the caller with what to do). `threads`: intra-op threads (0: onnxruntime's
+    choice); `optimize=False` keeps every node as written (an observed tensor cannot be fused away); `spin=False`
+    lets the worker threads sleep between runs; `optimized_path` keeps the optimised graph there."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    if threads:
+        options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
 class Session:
     """A CPU session; `optimize=False` keeps every tensor (fusions cannot remove an observed output)."""
 
     def __init__(self, model: onnx.ModelProto, name: str, optimize: bool = True, spin: bool = True):
         """`spin=False`: onnxruntime's worker threads sleep between runs instead of spinning, leaving the CPU to
         other work on the caller's side (calibration folds statistics on a thread while the session runs)."""
-        options = ort.SessionOptions()
-        options.log_severity_level = 4
-        if not spin:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        if not optimize:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         self.name = name
         self.weights: dict[str, np.ndarray] = {}
         if not optimize and sum(t.ByteSize() for t in model.graph.initializer) > WEIGHTS_AS_INPUTS_ABOVE:
             model, self.weights = weights_as_inputs(model)
         try:
-            self.session = ort.InferenceSession(model.SerializeToString(), options,
-                                                providers=["CPUExecutionProvider"])
+            self.session = make_session(model, optimize=optimize, spin=spin)
         except Exception as exc:  # onnxruntime raises untyped errors
-            raise ModelError(f"{name}: onnxruntime cannot load it: {_first_line(exc)}") from exc
+            raise ModelError(f"{name}: onnxruntime cannot load it: {first_line(exc)}") from exc
         self.input_names = [i.name for i in self.session.get_inputs() if i.name not in self.weights]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -49,7 +61,7 @@ class Session:
         try:
             return self.session.run(outputs, {**feeds, **self.weights} if self.weights else feeds)
         except Exception as exc:  # onnxruntime raises untyped errors
-            raise DataError(f"{self.name}: onnxruntime failed on the data: {_first_line(exc)}",
+            raise DataError(f"{self.name}: onnxruntime failed on the data: {first_line(exc)}",
                             "check the data's shape against `ann2snn inspect`") from exc
 
 
@@ -66,8 +78,3 @@ def weights_as_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str
     skeleton.graph.initializer.extend(kept)
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in names}
     return skeleton, weights
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

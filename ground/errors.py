@@ -62,3 +62,9 @@ class PassError(Ann2SnnError):
 
 class SpikingModelError(Ann2SnnError):
     """A file given as a spiking model does not follow the exported-model contract."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (onnx, protobuf and onnxruntime write pages), for a one-line error."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

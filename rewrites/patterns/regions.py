@@ -16,7 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
-from rewrites.optable import dynamic_tensors, is_relu_like
+from rewrites.patterns.tensors import dynamic_tensors, is_relu_like
 
 NONLINEAR = frozenset({
     "Gelu", "Erf", "Exp", "Sigmoid", "Tanh", "Softplus", "Softsign", "Elu", "Selu", "Celu", "LeakyRelu",

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from rewrites.errors import DataError
+from ground.errors import DataError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 _MODES = {1: "L", 3: "RGB"}

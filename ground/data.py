@@ -5,12 +5,12 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterator
 
 import numpy as np
 import onnx
 
-from rewrites.errors import DataError, InputFileError
+from ground.errors import DataError, InputFileError
 
 _ONNX_TO_NUMPY = {
     onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
@@ -31,12 +31,13 @@ class InputSpec:
         return f"{self.name} [{dims}] {np.dtype(self.dtype).name}"
 
 
-def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    """The graph inputs that are fed at run time (initializers excluded, state inputs excluded)."""
+def input_specs(model: onnx.ModelProto, excluded: Collection[str] = ()) -> list[InputSpec]:
+    """The graph inputs that are fed at run time: initializers excluded, and the `excluded` names (a spiking
+    file's state)."""
     initializers = {t.name for t in model.graph.initializer}
     specs = []
     for vi in model.graph.input:
-        if vi.name in initializers or vi.name.startswith("state."):
+        if vi.name in initializers or vi.name in excluded:
             continue
         tt = vi.type.tensor_type
         dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
@@ -79,7 +80,7 @@ def data_source(path: str | Path, mean: str | None = None, std: str | None = Non
                         "normalise the arrays of a .npy / .npz before saving them")
     if not folder:
         return path
-    from rewrites.calibration.images import ImageFolder
+    from ground.images import ImageFolder
     return ImageFolder(path, parse_channel_values(mean, "--mean"), parse_channel_values(std, "--std"))
 
 
@@ -89,7 +90,7 @@ def _folder(path):
         return path  # an ImageFolder
     if not Path(path).is_dir():
         return None
-    from rewrites.calibration.images import ImageFolder
+    from ground.images import ImageFolder
     return ImageFolder(Path(path))
 
 
@@ -120,7 +121,7 @@ def load_dataset(path, specs: list[InputSpec], limit: int | None = None):
     `path`: a .npy / .npz file, a folder of images, or an ImageFolder (data_source)."""
     folder = _folder(path)
     if folder is not None:
-        from rewrites.calibration.images import ImageDataset
+        from ground.images import ImageDataset
         return ImageDataset(folder, specs, limit)
     path = Path(path)
     arrays = _load_arrays(path)
@@ -185,7 +186,7 @@ def array_shapes(path, specs: list[InputSpec], known: dict | None = None) -> dic
     (--input-shape, or what a calibration recorded); without it, DataError."""
     folder = _folder(path)
     if folder is not None:
-        from rewrites.calibration.images import folder_shapes
+        from ground.images import folder_shapes
         return folder_shapes(folder, specs, known)
     path = Path(path)
     shapes: dict[str, tuple[int, ...]] = {}

@@ -1,0 +1,176 @@
+"""The spiking operators of the contract's domain: ONE table of what each computes and its traits.
+
+Each operator computes ONE time step. Its state is passed explicitly: the node's trailing inputs are the
+state at the start of the step, its trailing outputs the state after it, in the order of `state`. Every
+state variable starts at zero, so a runtime needs no initial values. The compiler ships each as a model-local
+ONNX function (rewrites/neurons.py: its body) and the simulator runs each natively (sim/neurons.py: its
+kernel); tests/test_contract.py fails when an operator lacks either.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Energy(enum.Enum):
+    SPIKES = "spikes"  # its output is events: a layer reading it costs an accumulate per spike
+    TRANSPARENT = "transparent"  # passes on the events of its input (max pooling of spikes)
+    ANALOG = "analog"  # emits values, not events: a layer reading it costs dense multiply-accumulates
+    CONTROL = "control"  # a counter read by neurons, no layer's input
+
+
+@dataclass(frozen=True)
+class OperatorSpec:
+    op_type: str
+    inputs: tuple[str, ...]  # non-state inputs, in order
+    state: tuple[str, ...]  # state variable names
+    attributes: tuple[str, ...]
+    doc: str
+    fires: bool  # emits spikes (of +-threshold): counted as spikes, and what a weighted layer reads as events
+    time_normalised: bool  # divides by the step count: steps without charge (drain) would dilute it
+    energy: Energy  # how the energy estimate reads its output
+    nir: str | None  # why it has no NIR form (None: it exports)
+
+    @property
+    def state_outputs(self) -> tuple[str, ...]:
+        return tuple(f"{s}_next" for s in self.state)
+
+    @property
+    def drainable(self) -> bool:
+        return not self.time_normalised
+
+
+IF_NEURON = OperatorSpec(
+    "IFNeuron",
+    inputs=("X", "threshold", "fire_level"),
+    state=("v",),
+    attributes=(),
+    doc=(
+        "Integrate-and-fire neuron with soft reset, scaled output. State v = membrane - v_init "
+        "(v_init = phi*threshold). m = v + X; spike = m >= fire_level (= threshold - v_init); "
+        "Y = spike * threshold; v_next = m - Y."
+    ),
+    fires=True, time_normalised=False, energy=Energy.SPIKES,
+    nir=None,
+)
+
+SIGNED_IF_NEURON = OperatorSpec(
+    "SignedIFNeuron",
+    inputs=("X", "threshold", "fire_level", "unfire_level", "tmax"),
+    state=("v", "count"),
+    attributes=(),
+    doc=(
+        "Two-type (signed) integrate-and-fire neuron with soft reset, scaled output (seed 000's "
+        "TwotypeSpikeIFNode, ST-BIF). State v = membrane - v_init (v_init = phi*threshold), count = net "
+        "spikes so far. m = v + X; s = +1 if m >= fire_level (= threshold - v_init) and count < tmax, -1 if "
+        "m < unfire_level (= -v_init, the membrane is negative) and count > 0, else 0; Y = s * threshold; "
+        "v_next = m - Y; count_next = count + s."
+    ),
+    fires=True, time_normalised=False, energy=Energy.SPIKES,
+    nir="signed IF neuron (negative spikes, a spike budget): NIR's IF fires positive spikes only",
+)
+
+MAXPOOL_NEURON = OperatorSpec(
+    "MaxPoolNeuron",
+    inputs=("X",),
+    state=("acc", "pooled"),
+    attributes=("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad"),
+    doc=(
+        "Max pooling of accumulated input: acc_next = acc + X; M = MaxPool(acc_next); Y = M - pooled; "
+        "pooled_next = M. The outputs sum to MaxPool of the summed input, so their running mean is "
+        "MaxPool of the input's running mean."
+    ),
+    fires=False, time_normalised=False, energy=Energy.TRANSPARENT,
+    nir='max pooling of the accumulated input: NIR has no such node (average pooling exports)',
+)
+
+RUNNING_MEAN = OperatorSpec(
+    "RunningMean",
+    inputs=("X",),
+    state=("sum", "step"),
+    attributes=(),
+    doc=(
+        "The running mean of the input: the estimate of the ANN value that a float operator reads under "
+        "--nonlinear exact. sum_next = sum + X; step_next = step + 1 (shape [1]); Y = sum_next / step_next."
+    ),
+    fires=False, time_normalised=True, energy=Energy.ANALOG,
+    nir="float operator on running means (estimate-and-correct): NIR has no such node",
+)
+
+RATE_CORRECT = OperatorSpec(
+    "RateCorrect",
+    inputs=("X",),
+    state=("emitted", "step"),
+    attributes=(),
+    doc=(
+        "Estimate-and-correct: X is f(running mean) at this step; emit what makes the running mean of the "
+        "output equal X. step_next = step + 1; total = X * step_next; Y = total - emitted; emitted_next = total."
+    ),
+    fires=False, time_normalised=True, energy=Energy.ANALOG,
+    nir="float operator on running means (estimate-and-correct): NIR has no such node",
+)
+
+
+def _max_spec(op: str, reduce: bool) -> OperatorSpec:
+    verb = "largest" if op == "Max" else "smallest"
+    if reduce:
+        return OperatorSpec(
+            f"SpikeReduce{op}", inputs=("X",), state=("sum", "prev"), attributes=("axes", "keepdims"),
+            doc=(f"Spiking Reduce{op}: sum_next = sum + X; M = Reduce{op}(sum_next, axes, keepdims); Y = M - prev; "
+                 f"prev_next = M. The outputs sum to the {verb} of the summed input, so their running mean is "
+                 f"Reduce{op} of the input's running mean (a {op.lower()} of sums is t times the {op.lower()} of "
+                 "means)."),
+            fires=False, time_normalised=False, energy=Energy.ANALOG, nir=f"{op.lower()} of accumulated inputs: NIR has no such node")
+    return OperatorSpec(
+        f"Spike{op}", inputs=("A", "B"), state=("sum_a", "sum_b", "prev"), attributes=(),
+        doc=(f"Spiking elementwise {op} (broadcasting): sum_a_next = sum_a + A; sum_b_next = sum_b + B; "
+             f"M = {op}(sum_a_next, sum_b_next); Y = M - prev; prev_next = M. The outputs sum to the {op.lower()} "
+             f"of the summed inputs, so their running mean is the {op.lower()} of the inputs' running means."),
+        fires=False, time_normalised=False, energy=Energy.ANALOG, nir=f"{op.lower()} of accumulated inputs: NIR has no such node")
+
+
+SPIKE_MAX, SPIKE_MIN = _max_spec("Max", False), _max_spec("Min", False)
+SPIKE_REDUCE_MAX, SPIKE_REDUCE_MIN = _max_spec("Max", True), _max_spec("Min", True)
+
+STEP_COUNT = OperatorSpec(
+    "StepCount",
+    inputs=("drive",),
+    state=("count",),
+    attributes=(),
+    doc=(
+        "The number of steps with drive so far (shape [1]): Y = count + drive; count_next = Y. Fed the file's "
+        "snn.drive, it counts the input steps and stays put in drain steps: the spike budget of the signed "
+        "neurons, so that a file run longer than its T keeps its meaning."
+    ),
+    fires=False, time_normalised=False, energy=Energy.CONTROL,
+    nir="step counter (a signed neuron's spike budget): NIR has no such node",
+)
+
+
+def _product_spec(op: str, how: str) -> OperatorSpec:
+    return OperatorSpec(
+        f"Spike{op}",
+        inputs=("A", "B"),
+        state=("sum_a", "sum_b", "emitted", "step"),
+        attributes=(),
+        doc=(
+            f"Spiking product (TCSA) of two signals, {how}: with running sums sum_a, sum_b, the increment "
+            f"delta = {op}(A, sum_b + B) + {op}(sum_a, B) = {op}(sum_a', sum_b') - {op}(sum_a, sum_b); "
+            "step_next = step + 1; Y = (delta - emitted) / step_next; emitted_next = emitted + Y. The outputs "
+            "up to step t sum to {op}(sum_a', sum_b') / t, so their running mean is the product of the inputs' "
+            "running means."
+        ).replace("{op}", op),
+        fires=False, time_normalised=True, energy=Energy.ANALOG,
+        nir="spiking product of two signals (TCSA): NIR has no product node",
+    )
+
+
+SPIKE_MATMUL = _product_spec("MatMul", "a matrix product")
+SPIKE_MUL = _product_spec("Mul", "elementwise")
+
+OPERATORS: dict[str, OperatorSpec] = {spec.op_type: spec for spec in (
+    IF_NEURON, SIGNED_IF_NEURON, MAXPOOL_NEURON, RUNNING_MEAN, RATE_CORRECT, SPIKE_MATMUL, SPIKE_MUL, STEP_COUNT, SPIKE_MAX,
+    SPIKE_MIN, SPIKE_REDUCE_MAX, SPIKE_REDUCE_MIN)}
+TIME_NORMALISED = frozenset(op for op, spec in OPERATORS.items() if spec.time_normalised)
+FIRING = frozenset(op for op, spec in OPERATORS.items() if spec.fires)
+NON_FIRING = frozenset(OPERATORS) - FIRING
