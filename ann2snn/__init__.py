@@ -1,16 +1,21 @@
-"""The Python API of ann2snn: one call per command.
+"""ann2snn as a library: one call per command (ann2snn/api.py; docs/api.md has the examples).
 
-    from ann2snn import convert, ConvertRequest
-    converted = convert("model.onnx", data="calib.npz")   # thresholds calibrated, options chosen on the data
-    save_model(converted.result.model, "model.snn.onnx")
+    import ann2snn
+    converted = ann2snn.convert("model.onnx", data="calib.npz")   # calibrated, options chosen on the data
+    converted.save("model.snn.onnx")
+    report = ann2snn.simulate("model.snn.onnx", "test.npz", T=8, ann="model.onnx")
+    print(report.to_dict()["accuracy"])
 """
-from ann2snn.convert import DEFAULT_T, ConvertRequest, Converted, convert
-from rewrites.calibration.collect import calibrate
-from rewrites.convert import inspect_model as inspect
+from ann2snn.api import calibrate, convert, inspect, simulate
+from ann2snn.conversion import DEFAULT_T, ConvertRequest, Converted
+from ground.errors import Ann2SnnError
 from ground.load import load_model
 from ground.save import save_model
-from sim.simulate import simulate
+from rewrites import __version__
+from rewrites.calibration.stats import Calibration
+from sim.metrics import SimulationReport
 from sim.to_nir import export_nir, to_nir
 
-__all__ = ["DEFAULT_T", "ConvertRequest", "Converted", "calibrate", "convert", "export_nir", "inspect", "load_model",
-           "save_model", "simulate", "to_nir"]
+__all__ = ["DEFAULT_T", "Ann2SnnError", "Calibration", "ConvertRequest", "Converted", "SimulationReport",
+           "__version__", "calibrate", "convert", "export_nir", "inspect", "load_model", "save_model", "simulate",
+           "to_nir"]

@@ -66,7 +66,7 @@ def main() -> None:
               f"simulated in {seconds:.1f} s ({report.engine} engine)")
     if args.plot:
         from sim.plot import plot_reports
-        plot_reports([(n, results[n][0].to_json()) for n in norms], args.plot)
+        plot_reports([(n, results[n][0].to_dict()) for n in norms], args.plot)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,16 @@ def input_specs(model: onnx.ModelProto, excluded: Collection[str] = ()) -> list[
     return specs
 
 
+@dataclass(frozen=True)
+class Arrays:
+    """Data given as arrays (the Python API): {input name, or 'x' for a single input: samples, optional 'y':
+    integer labels}. Read and checked as the arrays of a .npz are; errors name them 'the arrays given'."""
+    arrays: dict[str, np.ndarray]
+
+    def __str__(self) -> str:
+        return "the arrays given"
+
+
 @dataclass
 class Dataset:
     path: Path
@@ -86,6 +96,8 @@ def data_source(path: str | Path, mean: str | None = None, std: str | None = Non
 
 def _folder(path):
     """The ImageFolder `path` names, or None when it names a file (Pillow imported only for folders)."""
+    if isinstance(path, Arrays):
+        return None
     if not isinstance(path, (str, Path)):
         return path  # an ImageFolder
     if not Path(path).is_dir():
@@ -118,13 +130,16 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
 
 def load_dataset(path, specs: list[InputSpec], limit: int | None = None):
     """Read data for `specs` and check its layout, dtype and values; every error names the file and array.
-    `path`: a .npy / .npz file, a folder of images, or an ImageFolder (data_source)."""
+    `path`: a .npy / .npz file, a folder of images, an ImageFolder (data_source), or Arrays."""
     folder = _folder(path)
     if folder is not None:
         from ground.images import ImageDataset
         return ImageDataset(folder, specs, limit)
-    path = Path(path)
-    arrays = _load_arrays(path)
+    if isinstance(path, Arrays):
+        arrays = {k: np.asarray(v) for k, v in path.arrays.items()}
+    else:
+        path = Path(path)
+        arrays = _load_arrays(path)
     if len(specs) == 1 and specs[0].name not in arrays and "x" in arrays:
         arrays[specs[0].name] = arrays.pop("x")
     missing = [s.name for s in specs if s.name not in arrays]
@@ -188,6 +203,11 @@ def array_shapes(path, specs: list[InputSpec], known: dict | None = None) -> dic
     if folder is not None:
         from ground.images import folder_shapes
         return folder_shapes(folder, specs, known)
+    if isinstance(path, Arrays):
+        shapes = {k: np.shape(v) for k, v in path.arrays.items()}
+        if len(specs) == 1 and specs[0].name not in shapes and "x" in shapes:
+            shapes[specs[0].name] = shapes.pop("x")
+        return {s.name: shapes[s.name] for s in specs if s.name in shapes}
     path = Path(path)
     shapes: dict[str, tuple[int, ...]] = {}
     try:

@@ -143,6 +143,17 @@ class ModelSummary:
     non_finite: list[NonFinite] = field(default_factory=list)  # +-inf constants, where each is used
     dynamic: list[DynamicInput] = field(default_factory=list)  # inputs with dynamic dims past the batch
 
+    @property
+    def converts(self) -> bool:
+        """Every node converts and every dynamic input can be bound to a static shape."""
+        return all(n.conversion.converts for n in self.nodes) and all(d.bindable for d in self.dynamic)
+
+    def to_dict(self) -> dict:
+        """As `inspect --json` prints it (less the model's path)."""
+        return {"opset": self.opset, "parameters": self.parameters, "inputs": self.inputs, "outputs": self.outputs,
+                "ops": self.op_table(), "non_finite": [vars(c) | {"uses": list(c.uses)} for c in self.non_finite],
+                "dynamic_inputs": [d.to_json() for d in self.dynamic]}
+
     def op_table(self) -> list[dict]:
         """Per op type and conversion: count and node names."""
         groups: dict[tuple[str, Conversion, bool], list[NodeConversion]] = {}

@@ -108,7 +108,7 @@ class SimulationReport:
     def final_accuracy(self) -> float | None:
         return self.accuracy[-1] if self.accuracy else None
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return {
             "engine": self.engine, "engine_note": self.engine_note or None, "T": self.T, "extra_t": self.extra_t,
             "drain": self.drain, "notes": self.notes,

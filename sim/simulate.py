@@ -89,13 +89,13 @@ def window_for(model: SpikingModel, T: int | None, extra_t: int | None, drain: b
     return Window(steps, extra_t, drain, tuple(notes))
 
 
-def simulate(snn_path: str | Path, data_path: str | Path, T: int | None = None, extra_t: int | None = None,
+def simulate(snn: str | Path | SpikingModel, data_path, T: int | None = None, extra_t: int | None = None,
              engine: str = "numpy", ann_path: str | Path | None = None, batch_size: int = 128,
              limit: int | None = None, progress: Progress | None = None, memory_budget: int | None = None,
              analyses: Analyses = Analyses(), drain: bool | None = None) -> SimulationReport:
     """`drain`: the silent steps (extra_t, until-silent) are drain steps (sim/drain.py). T, extra_t and drain
-    left None follow the file (window_for)."""
-    model = load_spiking(snn_path)
+    left None follow the file (window_for). `snn`: the file's path, or the file already read."""
+    model = snn if isinstance(snn, SpikingModel) else load_spiking(snn)
     window = window_for(model, T, extra_t, drain)
     check_window(window.T, window.extra_t, batch_size)
     dataset = load_dataset(data_path, model.inputs, limit)

@@ -104,7 +104,7 @@ def test_a_file_converted_for_drain_steps_keeps_an_elementwise_head_spiking(tmp_
     for head, exact in (("sigmoid", False), ("softmax", True)):
         path = tmp_path / f"{head}.onnx"
         save_model(_mlp(head), path)
-        converted = ann2snn.convert(path, ann2snn.ConvertRequest(drain_steps=2, norm="max"), data=data)
+        converted = ann2snn.convert(path, data=data, drain_steps=2, norm="max")
         ops = {n.op_type for n in converted.result.model.graph.node}
         assert ("RateCorrect" in ops) == exact
         gated = "snn.drive" in {i.name for i in converted.result.model.graph.input}

@@ -1,4 +1,4 @@
-"""`ann2snn convert MODEL` as users run it: no calibration file, no tuning flags (ann2snn/convert.py,
+"""`ann2snn convert MODEL` as users run it: no calibration file, no tuning flags (ann2snn/conversion.py,
 ann2snn/tune.py).
 
 - A QCFS network converts from its graph alone: signed neurons, T = L, L drain steps recorded in the file;

@@ -77,7 +77,7 @@ def test_a_batch_of_minus_one_or_zero_converts_like_a_symbolic_batch(tmp_path, b
         elif batch:
             dim.dim_param = batch
     onnx.save(model, path)
-    snn = ann2snn.convert(path, ann2snn.ConvertRequest(T=8, norm="max", neuron="if", phi=0.5), data=calib).result.model
+    snn = ann2snn.convert(path, data=calib, T=8, norm="max", neuron="if", phi=0.5).result.model
     reference = _reference_snn(tmp_path, calib)
     assert [n.op_type for n in snn.graph.node] == [n.op_type for n in reference.graph.node]
 
@@ -97,8 +97,7 @@ def _reference_snn(tmp_path: Path, calib: Path) -> onnx.ModelProto:
         vi.type.tensor_type.shape.dim[0].Clear()
         vi.type.tensor_type.shape.dim[0].dim_param = "N"
     onnx.save(model, path)
-    return ann2snn.convert(path, ann2snn.ConvertRequest(T=8, norm="max", neuron="if", phi=0.5),
-                           data=calib).result.model
+    return ann2snn.convert(path, data=calib, T=8, norm="max", neuron="if", phi=0.5).result.model
 
 
 @pytest.mark.parametrize("name", sorted(BUILD))

@@ -34,7 +34,7 @@ def command(
     json_out: JsonOpt = None,
 ) -> None:
     with errors_to_exit_codes():
-        from rewrites.calibration.collect import calibrate
+        import ann2snn
         from ground.data import data_source
         from rewrites.config import DEFAULT_NORM
         from ground.errors import Ann2SnnError
@@ -49,8 +49,9 @@ def command(
         out = Output(json_out)
         target = output or default_output(model)
         with out.progress("calibrating", 0) as progress:
-            result = calibrate(model, data_source(data, mean, std), batch_size, limit, method=method,
-                               progress=progress, input_shapes=parse_input_shapes(input_shape or ()))
+            result = ann2snn.calibrate(model, data_source(data, mean, std), batch_size=batch_size, limit=limit,
+                                       norm=method, progress=progress,
+                                       input_shapes=parse_input_shapes(input_shape or ()))
         write_text_atomic(target, result.to_json())
         render(out, result, target)
         out.emit_json(summary(result, target))

@@ -88,35 +88,27 @@ def command(
     json_out: JsonOpt = None,
 ) -> None:
     with errors_to_exit_codes():
-        from ann2snn.convert import ConvertRequest, convert
+        import ann2snn
         from ground.data import data_source
         from ground.errors import Ann2SnnError, UnsupportedNodesError
-        from ground.save import save_model
-        from rewrites.passes import NORMALISE, PASSES
         from rewrites.shapes import parse_input_shapes
-        skips = tuple(skip_pass or ())
-        for name in skips:
-            if name not in PASSES:
-                raise Ann2SnnError(f"unknown pass {name!r}", f"passes: {', '.join(PASSES)}")
-            if name not in {p.name for p in NORMALISE}:
-                raise Ann2SnnError(f"pass {name!r} cannot be skipped", "only normalising passes can be skipped")
-        if calib is not None and save_calib is not None:
-            raise Ann2SnnError("--save-calib keeps a calibration made from --data; --calib already names one")
         if data is None and (mean is not None or std is not None):
             raise Ann2SnnError("--mean / --std need --data DIR", "give the folder of images they apply to")
         source = data_source(data, mean, std) if data is not None else None
-        request = ConvertRequest(default_t, norm, per_channel, neuron, phi, tmax, bias_correction, drain_steps,
-                                 weight_norm, nonlinear, ugo_size, parse_ops(allow_float), skips, limit, not no_check,
-                                 parse_input_shapes(input_shape or ()))
         out = Output(json_out)
         target = output or model.with_name(model.stem + ".snn.onnx")
         try:
             with out.progress("converting", 0):
-                converted = convert(model, request, calib, source, save_calib)
+                converted = ann2snn.convert(
+                    model, calib, source, save_calibration=save_calib, T=default_t, norm=norm,
+                    per_channel=per_channel, neuron=neuron, phi=phi, tmax=tmax, bias_correction=bias_correction,
+                    drain_steps=drain_steps, weight_norm=weight_norm, nonlinear=nonlinear, ugo_size=ugo_size,
+                    allow_float=parse_ops(allow_float), skip_passes=skip_pass or (), limit=limit, check=not no_check,
+                    input_shapes=parse_input_shapes(input_shape or ()))
         except UnsupportedNodesError as exc:  # the message lists 20 nodes; --json gets every one
             out.emit_json(exc.to_json())
             raise
-        save_model(converted.result.model, target)
+        converted.save(target)
         render(out, converted, target)
         out.emit_json(summary(converted, target))
 
@@ -156,28 +148,7 @@ def _memory_text(snn, ann) -> str:
 
 
 def summary(converted, target: Path) -> dict:
-    result, options = converted.result, converted.options
-    return {
-        "output": str(target), "calibration": converted.calibration, "norm": str(options.norm), "phi": options.phi,
-        "default_T": options.default_T, "drain_steps": options.drain_steps,
-        "neuron": options.neuron.value, "tmax": options.tmax,
-        "weight_norm": options.weight_norm, "per_channel": options.per_channel,
-        "chosen": {c.node: c.to_json() for c in converted.choices},
-        "bias_correction": [vars(c) for c in result.corrections],
-        "normalise_max_error": result.normalise_error,
-        "ops_before": dict(sorted(result.ops_before.items())), "ops_after": dict(sorted(result.ops_after.items())),
-        "passes": [{"name": r.name, "converted": r.converted, "skipped": [{"node": n, "reason": why}
-                                                                        for n, why in r.skipped]}
-                   for r in result.reports],
-        "nonlinear": options.nonlinear.value,
-        "ugo": result.ugo_fits,
-        "kept_float": [n.node for n in result.kept_float],
-        "notes": converted.notes,
-        "input_shapes": converted.input_shapes,
-        "layers": result.layers,
-        "step_memory_per_sample": converted.step_memory.to_json() if converted.step_memory else None,
-        "ann_memory_per_sample": converted.ann_memory.to_json() if converted.ann_memory else None,
-    }
+    return {"output": str(target), **converted.to_dict()}
 
 
 def render(out: Output, converted, target: Path) -> None:

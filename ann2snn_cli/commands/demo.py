@@ -28,13 +28,10 @@ def command(
     limit: LimitOpt = None,
 ) -> None:
     with errors_to_exit_codes():
-        from ann2snn.convert import ConvertRequest
-        from ann2snn.convert import convert as run_conversion
+        import ann2snn
         from ann2snn_cli.commands import convert, simulate
-        from rewrites.calibration.collect import calibrate as run_calibration
         from ground.errors import InputFileError
-        from ground.save import save_model, write_text_atomic
-        from sim.simulate import simulate as run_simulation
+        from ground.save import write_text_atomic
         model, calib_data, test_data = (EXAMPLE / n for n in ("model.onnx", "calib.npz", "test.npz"))
         if not model.exists():
             raise InputFileError(f"{model}: bundled example not found",
@@ -46,17 +43,18 @@ def command(
             calib_path, snn_path = work / "model.calib.json", work / "model.snn.onnx"
             out.heading("1/3 calibrate", f" {model.name} on {calib_data.name}")
             with out.progress("calibrating", 0) as progress:
-                calibration = run_calibration(model, calib_data, 100, progress=progress)
+                calibration = ann2snn.calibrate(model, calib_data, batch_size=100, progress=progress)
             write_text_atomic(calib_path, calibration.to_json())
             out.heading("2/3 convert", f" (each layer's options chosen on {calib_data.name})")
             with out.progress("converting", 0):
-                converted = run_conversion(model, ConvertRequest(steps), calib_path, calib_data)
-            save_model(converted.result.model, snn_path)
+                converted = ann2snn.convert(model, calib_path, calib_data, T=steps)
+            converted.save(snn_path)
             convert.render(out, converted, snn_path)
             steps = converted.options.default_T
             out.heading("3/3 simulate", f" T = {steps} on {test_data.name}")
             with out.progress("simulating", 0) as progress:
-                report = run_simulation(snn_path, test_data, steps, 0, engine, model, 200, limit, progress)
+                report = ann2snn.simulate(snn_path, test_data, steps, extra_t=0, engine=engine, ann=model,
+                                          batch_size=200, limit=limit, progress=progress)
             simulate.render(out, report)
             if out_dir is None:
                 out.print(f"The calibration and the spiking model were written to a temporary folder, now "

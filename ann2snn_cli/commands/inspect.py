@@ -20,15 +20,12 @@ def command(
     json_out: JsonOpt = None,
 ) -> None:
     with errors_to_exit_codes():
-        from rewrites.convert import inspect_model
+        import ann2snn
         from rewrites.shapes import parse_input_shapes
-        summary = inspect_model(model, parse_input_shapes(input_shape or ()))
+        summary = ann2snn.inspect(model, parse_input_shapes(input_shape or ()))
         out = Output(json_out)
         render(out, model, summary)
-        out.emit_json({"model": str(model), "opset": summary.opset, "parameters": summary.parameters,
-                       "inputs": summary.inputs, "outputs": summary.outputs, "ops": summary.op_table(),
-                       "non_finite": [vars(c) | {"uses": list(c.uses)} for c in summary.non_finite],
-                       "dynamic_inputs": [d.to_json() for d in summary.dynamic]})
+        out.emit_json({"model": str(model), **summary.to_dict()})
 
 
 def render(out: Output, path: Path, summary) -> None:

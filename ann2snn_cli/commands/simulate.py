@@ -65,7 +65,8 @@ def command(
         from ground.errors import Ann2SnnError, InputFileError
         from sim.metrics import report_steps
         from sim.model import load_spiking
-        from sim.simulate import Analyses, simulate, window_for
+        import ann2snn
+        from sim.simulate import window_for
         from sim.simulate import sweep_extra_t as sweep_extra_t_table
         if max_drop is not None and ann is None:
             raise Ann2SnnError("--max-drop needs --ann", "give the ANN the model was converted from")
@@ -83,12 +84,14 @@ def command(
             out.emit_json({"sweep_extra_t": grid})
             return
         with out.progress("simulating", 0) as progress:
-            report = simulate(model, data, steps, extra_t, engine, ann, batch_size, limit, progress,
-                              max_memory * 2**20, Analyses(layer_error, until_silent), drain)
+            report = ann2snn.simulate(model, data, steps, ann=ann, extra_t=extra_t, drain=drain, engine=engine,
+                                      batch_size=batch_size, limit=limit, layer_error=layer_error,
+                                      until_silent=until_silent, memory_budget=max_memory * 2**20,
+                                      progress=progress)
         for note in report.notes:
             out.note(f"note: {note}")
         render(out, report)
-        result = report.to_json()
+        result = report.to_dict()
         failures = gate_failures(report, min_accuracy, max_drop)
         result["gates"] = {"min_accuracy": min_accuracy, "max_drop": max_drop, "failed": failures}
         out.emit_json(result)

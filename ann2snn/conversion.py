@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import onnx
+
 from ann2snn.tune import LayerChoice, apply_charges, settings_of, tunable_layers, tune, tuned
 from rewrites.calibration.collect import calibrate
 from ground.data import array_shapes, input_specs, load_dataset
@@ -15,7 +17,8 @@ from ground.errors import Ann2SnnError, CalibrationError
 from rewrites.footprint import Footprint, footprint
 from ground.load import load_model, non_finite_constants
 from ground.protos import fingerprint
-from ground.save import write_text_atomic
+from ground.save import save_model, write_text_atomic
+from rewrites.passes import NORMALISE, PASSES
 from rewrites.patterns.qcfs import qcfs_levels
 from rewrites.shapes import bind_input_shapes, recorded_shapes, resolve_input_shapes
 
@@ -63,19 +66,69 @@ class Converted:
     step_memory: Footprint | None = None  # per sample, one call of the exported file
     ann_memory: Footprint | None = None  # per sample, one inference of the ANN at the same shapes
 
+    @property
+    def proto(self) -> onnx.ModelProto:
+        """The exported spiking model."""
+        return self.result.model
 
-def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(), calib: str | Path | None = None,
-            data: str | Path | None = None, save_calib: str | Path | None = None) -> Converted:
+    def save(self, path: str | Path) -> Path:
+        """Write the spiking model (atomically; weights over 2 GB to an external data file beside it)."""
+        save_model(self.result.model, path)
+        return Path(path)
+
+    def to_dict(self) -> dict:
+        """What was converted and how, as `convert --json` prints it (less the output path)."""
+        result, options = self.result, self.options
+        return {
+            "calibration": self.calibration, "norm": str(options.norm), "phi": options.phi,
+            "default_T": options.default_T, "drain_steps": options.drain_steps,
+            "neuron": options.neuron.value, "tmax": options.tmax,
+            "weight_norm": options.weight_norm, "per_channel": options.per_channel,
+            "chosen": {c.node: c.to_json() for c in self.choices},
+            "bias_correction": [vars(c) for c in result.corrections],
+            "normalise_max_error": result.normalise_error,
+            "ops_before": dict(sorted(result.ops_before.items())),
+            "ops_after": dict(sorted(result.ops_after.items())),
+            "passes": [{"name": r.name, "converted": r.converted,
+                        "skipped": [{"node": n, "reason": why} for n, why in r.skipped]} for r in result.reports],
+            "nonlinear": options.nonlinear.value,
+            "ugo": result.ugo_fits,
+            "kept_float": [n.node for n in result.kept_float],
+            "notes": self.notes,
+            "input_shapes": self.input_shapes,
+            "layers": result.layers,
+            "step_memory_per_sample": self.step_memory.to_json() if self.step_memory else None,
+            "ann_memory_per_sample": self.ann_memory.to_json() if self.ann_memory else None,
+        }
+
+
+def check_request(request: ConvertRequest, calib, save_calib) -> None:
+    """Refuse what cannot be asked together, before any work."""
+    for name in request.skip_passes:
+        if name not in PASSES:
+            raise Ann2SnnError(f"unknown pass {name!r}", f"passes: {', '.join(PASSES)}")
+        if name not in {p.name for p in NORMALISE}:
+            raise Ann2SnnError(f"pass {name!r} cannot be skipped", "only normalising passes can be skipped")
+    if calib is not None and save_calib is not None:
+        raise Ann2SnnError("--save-calib keeps a calibration made from --data; --calib already names one")
+
+
+def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(),
+            calib: Calibration | str | Path | None = None, data=None,
+            save_calib: str | Path | None = None) -> Converted:
+    """`calib`: a Calibration or the path of its JSON; `data`: what ground.data.load_dataset reads."""
+    check_request(request, calib, save_calib)
     model_path = Path(model_path)
     ann = load_model(model_path)
     source_fp = fingerprint(ann)  # of the file as given: a calibration of it fits the bound model too
-    calibration = Calibration.read(calib) if calib is not None else None
+    calibration = calib if isinstance(calib, Calibration) else Calibration.read(calib) if calib is not None else None
+    calib_name = "the calibration given" if isinstance(calib, Calibration) else str(calib)
     recorded = calibration.input_shapes if calibration is not None else {}
     known = {**recorded, **(request.input_shapes or {})}  # the size an image folder is read at
     bound = resolve_input_shapes(ann, request.input_shapes,
                                  array_shapes(data, input_specs(ann), known) if data is not None else None,
                                  calibration.input_shapes if calibration is not None else None,
-                                 str(data), str(calib), str(model_path))
+                                 str(data), calib_name, str(model_path))
     bind_input_shapes(ann, bound)
     infinite = non_finite_constants(ann)
     refuse_masks(ann, model_path, infinite)
@@ -83,10 +136,10 @@ def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(), 
     T = request.T or levels or DEFAULT_T
     notes = [f"constant {c.describe()} holds infinite values where they are meant" for c in infinite]
     given = request.input_shapes or {}
-    notes += [f"input '{name}' bound to [{', '.join(map(str, dims))}] (from {'--input-shape' if name in given else data or calib}); the "
+    notes += [f"input '{name}' bound to [{', '.join(map(str, dims))}] (from {'--input-shape' if name in given else data or calib_name}); the "
               "file is built for that shape" for name, dims in recorded_shapes(bound).items()]
     if calibration is not None:
-        source = str(calib)
+        source = calib_name
     elif data is not None:
         calibration, source = calibrate(model_path, data, limit=request.limit, input_shapes=request.input_shapes), \
             str(data)
