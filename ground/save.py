@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import onnx
 try:
@@ -33,8 +35,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
     if external_data is None:
         external_data = get_meta(model, EXTERNAL_DATA_KEY) == "true" or \
             sum(_tensor_size(t) for t in model.graph.initializer) >= EXTERNAL_ABOVE
-    temps: list[Path] = []
-    try:
+    with _replacing(path) as temps:
         if external_data:
             data_name = path.name + ".data"
             data_tmp = _temp_beside(path.parent / data_name, temps)
@@ -54,6 +55,14 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
             else:
                 onnx.save(model, str(model_tmp))
             os.replace(model_tmp, path)
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[list[Path]]:
+    """The temporary files the block lists are removed if it fails; an OSError is reported naming `path`."""
+    temps: list[Path] = []
+    try:
+        yield temps
     except BaseException as exc:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
@@ -198,14 +207,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file beside the target, then rename (see save_model)."""
     path = writable_target(path)
-    temps: list[Path] = []
-    try:
+    with _replacing(path) as temps:
         tmp = _temp_beside(path, temps)
         tmp.write_bytes(data)
         os.replace(tmp, path)
-    except BaseException as exc:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise _write_error(path, exc) from exc
-        raise

@@ -126,7 +126,7 @@ def blocked_conv(node: onnx.NodeProto, constants: dict[str, np.ndarray], opsets,
 
 
 # Max pooling only: a maximum is the same float in any order, while onnxruntime's blocked AveragePool and
-# GlobalAveragePool add in another order than its plain ones (a few ulps; tests/test_nchwc.py).
+# GlobalAveragePool add in another order than its plain ones (a few ulps; tests/sim/test_nchwc.py).
 POOL_ATTRIBUTES = {"MaxPool": ("auto_pad", "kernel_shape", "dilations", "strides", "pads", "ceil_mode"),
                    "GlobalMaxPool": ()}
 

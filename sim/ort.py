@@ -1,7 +1,7 @@
 """The onnxruntime engine: runs the exported file as the contract says (state fed zeros at t = 0, the .next
 outputs fed back) and counts the spikes of every firing node.
 
-Two ways, same results (tests/test_ort_engine.py):
+Two ways, same results (tests/sim/test_ort_engine.py):
 
 - `loop=True` (the default): the step graph wrapped into ONNX `Loop`s in memory (sim/ort_loop.py), so one
   session call runs the whole window; the input-only prefix runs once and the spikes are counted inside

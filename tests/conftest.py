@@ -6,6 +6,9 @@ import onnxruntime as ort
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# tests are laid out like the code; some reuse a sibling room's builders and CLI helpers (test_cli.invoke)
+for room in ("cli", "rewrites", "rewrites/passes", "sim"):
+    sys.path.append(str(Path(__file__).parent / room))
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "fmnist_cnn"

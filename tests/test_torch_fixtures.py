@@ -132,7 +132,7 @@ def test_qcfs_export_at_T_equal_L_plus_drain_is_the_ann(tmp_path, model):
     """Every QCFS activation of the torch export (classic opsets 11 and 17, dynamo 18: different spellings)
     becomes one signed IF neuron with threshold lambda, and `convert` records T = L. With L drain steps after
     the L input steps each neuron settles at its rounded, clamped count, so the decoded output is the QCFS
-    ANN's (closed form in tests/test_drain.py) up to float32 summation order: a flip would need an activation
+    ANN's (closed form in tests/sim/test_drain.py) up to float32 summation order: a flip would need an activation
     within rounding (1e-6 relative) of a quantisation boundary; measured 3.5e-8 relative error, required
     below 1e-4. Seed 000's silent steps (no --drain) keep adding the biases: measured 0.24, required > 0.05."""
     ann, calib, snn = FIXTURES / model, tmp_path / "m.calib.json", tmp_path / "m.snn.onnx"

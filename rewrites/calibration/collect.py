@@ -98,7 +98,7 @@ def calibration_session(graph: gs.Graph, like: onnx.ModelProto, tensors: list[st
     """A session of the graph with `tensors` (observe()'s outputs) as outputs, workers not spinning (collect() folds
     statistics on a thread meanwhile). Full graph optimisation: onnxruntime keeps every graph output, so each
     observed tensor is still computed (by fused kernels: values within float rounding,
-    tests/test_calibration.py); measured 1.7x faster than none.
+    tests/rewrites/test_calibration.py); measured 1.7x faster than none.
 
     Above WEIGHTS_AS_INPUTS_ABOVE bytes of weights, the model is exported without them and takes them as
     inputs, fed with every run from arrays read out of the graph: the session then holds the one copy of the

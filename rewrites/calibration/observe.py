@@ -35,7 +35,7 @@ from rewrites.emit import Emitter, reduce
 # Values per channel of one batch above which a tensor's histogram is subsampled, to about this many. Binning
 # costs about 4 ns per value in NumPy against about 1 ns of inference, but on examples/fmnist_cnn 2**12 moved
 # the 99th percentiles by up to 0.3% and the SNN's accuracy at T = 32 from 91.35% to 91.20% (ANN 92.2%;
-# tests/test_example.py allows 1 point): the default keeps the example exact at batch 64.
+# tests/cli/test_example.py allows 1 point): the default keeps the example exact at batch 64.
 SAMPLE_ABOVE = 2**16
 
 

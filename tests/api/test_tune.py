@@ -11,7 +11,7 @@ import pytest
 
 from ann2snn.tune import _layers, _observer, _with_outputs, tunable_layers
 from builders import ModelBuilder
-from conftest import run_ort
+from conftest import REPO, run_ort
 from spiking_helpers import convert_with_data, step_by_contract
 
 
@@ -80,7 +80,7 @@ def test_a_network_with_an_op_the_numpy_engine_lacks_is_searched_under_onnxrunti
     assert np.sqrt(np.mean((decoded - ann) ** 2) / np.mean(ann.astype(np.float64) ** 2)) <= 0.1
 
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fmnist_cnn"
+EXAMPLE = REPO / "examples" / "fmnist_cnn"
 
 
 def _relative_error(decoded: np.ndarray, ann: np.ndarray) -> float:

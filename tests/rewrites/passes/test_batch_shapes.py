@@ -2,14 +2,13 @@
 `B, N, C = x.shape`) becomes a constant, so shape inference gives later tensors a rank at opsets 11 and 13;
 the function is unchanged at any batch size. Also: Shape on an input-dependent tensor reads only its shape
 (kept, not unsupported)."""
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import run_ort
+from conftest import REPO, run_ort
 from rewrites.config import ConvertOptions
 from rewrites.convert import import_graph, summarize, to_model
 from ground.load import load_model
@@ -100,7 +99,7 @@ def test_large_models_are_probed_with_their_weights_as_inputs(monkeypatch, rng):
     """Above WEIGHTS_AS_INPUTS_ABOVE bytes of weights the probe feeds them from the graph. The torch ViT at
     opset 11 has five computed targets: the patch flatten and two per attention block (`B, N, C = x.shape`)."""
     monkeypatch.setattr(batch_shapes, "WEIGHTS_AS_INPUTS_ABOVE", 0)
-    model = load_model(Path(__file__).parent / "fixtures" / "torch" / "vit_classic_op11.onnx")
+    model = load_model(REPO / "tests" / "fixtures" / "torch" / "vit_classic_op11.onnx")
     graph, report = run_pass(model)
     assert len(report.converted) == 5 and report.skipped == []
     x = rng.random((3, 3, 16, 16)).astype(np.float32)

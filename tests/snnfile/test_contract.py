@@ -19,8 +19,9 @@ from sim.neurons import NEURON_KERNELS
 from ground.errors import SpikingModelError
 from snnfile import DOMAIN, DOMAIN_VERSION, Meta, is_state, next_name, state_name
 from snnfile.operators import OPERATORS, Energy
+from conftest import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 PACKAGES = ("ground", "snnfile", "rewrites", "sim", "ann2snn", "ann2snn_cli")
 LAYER = {"ground": 0, "snnfile": 1, "rewrites": 2, "sim": 2, "ann2snn": 3, "ann2snn_cli": 4}
 

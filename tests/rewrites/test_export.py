@@ -10,7 +10,7 @@ import pytest
 
 from builders import ModelBuilder, small_cnn
 from conftest import REPO
-from test_passes import concat_net
+from test_normalise import concat_net
 from spiking_helpers import both_engines, convert_with_data
 
 STEP_TOOL = REPO.parent / "shared" / "tools" / "step_onnx.py"

@@ -2,7 +2,7 @@
 ann2snn/tune.py).
 
 - A QCFS network converts from its graph alone: signed neurons, T = L, L drain steps recorded in the file;
-  stepped by the contract with snn.drive = 0 for those steps, it is the ANN (closed form, tests/test_drain.py).
+  stepped by the contract with snn.drive = 0 for those steps, it is the ANN (closed form, tests/sim/test_drain.py).
 - A plain network without data is refused before anything is written, naming --data.
 - With --data, each ReLU layer's options are chosen by their measured error: the choice is recorded, it is
   never worse than the default setting on the same recorded input, and the file's decoded output is closer
@@ -46,7 +46,7 @@ def test_a_qcfs_network_converts_from_its_graph_and_drains_to_the_ann(tmp_path):
     assert "snn.drive" in [i.name for i in session.get_inputs()]
     x = np.random.default_rng(0).normal(0, 1.5, (64, 6)).astype(np.float32)
     (ann,) = run_ort(model, {"input": x})
-    # exact once every layer has settled (within L + 1 steps of the one before it: tests/test_drain.py)
+    # exact once every layer has settled (within L + 1 steps of the one before it: tests/sim/test_drain.py)
     decoded = step_by_contract(snn, {"input": x}, L, 4 * L)
     np.testing.assert_allclose(decoded, ann, atol=1e-4)
     window = window_for(load_spiking(snn), None, None, None)

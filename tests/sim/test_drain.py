@@ -3,7 +3,7 @@
 Closed form. In a QCFS network (lambda_l, L levels, shift 1/2) converted to signed IF neurons with threshold
 lambda_l, v(0) = lambda_l / 2 and a budget of L spikes, layer 1 integrates L z_1 over the T = L input steps
 (z_1 its ANN pre-activation). Drain steps add no charge, so with enough of them the signed neuron's net count
-settles at clamp(floor(L z_1 / lambda + 1/2), 0, L) (tests/test_signed_neuron.py), its output summed over the
+settles at clamp(floor(L z_1 / lambda + 1/2), 0, L) (tests/rewrites/passes/test_signed_neuron.py), its output summed over the
 window is lambda times that, L h(z_1), and layer 2 integrates W_2 L h(z_1) + L b_2 = L z_2, and so on: the
 output summed over the window is L times the QCFS ANN's output, decoded exactly as sum / T. Seed 000's extra
 steps add every bias again at each silent step, which breaks the chain at the first layer."""
@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from builders import ModelBuilder, small_cnn
-from conftest import run_ort
+from conftest import REPO, run_ort
 from rewrites import drive
 from rewrites.config import Neuron
 from sim.drain import bias_terms, without_biases
@@ -24,7 +24,7 @@ from sim.metrics import running_mean
 from sim.model import fold_drive, SpikingModel
 from spiking_helpers import both_engines, convert_with_data, step_by_contract
 from test_cli import invoke as cli
-from test_qcfs import classic, to_spiking
+from test_qcfs_to_if import classic, to_spiking
 
 L = 4
 
@@ -222,8 +222,7 @@ def test_layer_error_after_drain_is_zero_for_every_qcfs_layer(tmp_path):
 def test_densenet_batchnorm_left_unfolded_drains_on_both_engines(tmp_path):
     """The torch DenseNet's pre-activation BatchNormalizations after a Concat stay unfolded: their offsets
     are bias terms too (the NumPy engine subtracts them, the onnxruntime engine zeroes their bias and mean)."""
-    from pathlib import Path
-    fixture = Path(__file__).parent / "fixtures" / "torch" / "densenet_classic_op17.onnx"
+    fixture = REPO / "tests" / "fixtures" / "torch" / "densenet_classic_op17.onnx"
     model = onnx.load(fixture)
     with np.load(fixture.parent / "image.calib.npz") as z:
         x = z["x"][:12]

@@ -24,7 +24,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import run_ort
+from conftest import REPO, run_ort
 from rewrites.convert import inspect_model
 from ground.load import load_model
 from rewrites.shapes import INPUT_SHAPES_KEY, bind_input_shapes, dynamic_inputs, parse_input_shapes
@@ -32,7 +32,7 @@ from sim.engine import NumpyEngine
 from sim.model import load_spiking
 from test_cli import assert_bad_input, files, invoke, ok
 
-STEP_TOOL = Path(__file__).resolve().parents[2] / "shared" / "tools" / "step_onnx.py"
+STEP_TOOL = REPO.parent / "shared" / "tools" / "step_onnx.py"
 H, W = 16, 20
 MASK = 0.3
 

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ground.errors import SpikingModelError
 from sim import ops
+from sim.ops import linear
 from sim.engine import NumpyEngine
 from sim.model import load_spiking
 from sim.ort import OrtEngine
@@ -261,7 +262,7 @@ def test_conv_chunked_batches_match_unchunked(monkeypatch):
     weight = normal(6, 2, 3, 3, scale=0.3)
     attrs = {"group": 2, "pads": [1, 1, 1, 1], "strides": [2, 1]}
     whole = ops.KERNELS["Conv"]([x, weight, None], attrs)[0]
-    monkeypatch.setattr(ops, "IM2COL_BYTES_LIMIT", 1)
+    monkeypatch.setattr(linear, "IM2COL_BYTES_LIMIT", 1)
     chunked = ops.KERNELS["Conv"]([x, weight, None], attrs)[0]
     np.testing.assert_array_equal(whole, chunked)
 
@@ -277,7 +278,7 @@ def test_conv_chunked_batches_match_unchunked(monkeypatch):
 )
 def test_cache_chunking_matches_single_chunk(monkeypatch, op_type, inputs, attrs):
     whole = ops.KERNELS[op_type](inputs, attrs)[0]
-    monkeypatch.setattr(ops, "CACHE_CHUNK_BYTES", 1)
+    monkeypatch.setattr(linear, "CACHE_CHUNK_BYTES", 1)
     chunked = ops.KERNELS[op_type](inputs, attrs)[0]
     np.testing.assert_array_equal(whole, chunked)
 
@@ -761,7 +762,7 @@ CHUNK_CASES = [
 @pytest.mark.parametrize("x_shape, w_shape, attrs", CHUNK_CASES)
 def test_conv_chunks_match_onnxruntime(monkeypatch, limit, x_shape, w_shape, attrs):
     """Column buffers of one sample, of a few (with a partial last chunk), and of the whole batch."""
-    monkeypatch.setattr(ops, "IM2COL_BYTES_LIMIT", limit)
+    monkeypatch.setattr(linear, "IM2COL_BYTES_LIMIT", limit)
     check("Conv", [Var(normal(*x_shape)), Const(normal(*w_shape, scale=0.3)), Const(normal(w_shape[0]))], attrs)
 
 
