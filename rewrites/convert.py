@@ -20,7 +20,7 @@ from rewrites.export import (SharedValues, export_spiking, graph_to_model, graph
 from ground.load import load_model, non_finite_constants, NonFinite
 from ground.protos import default_opset, fingerprint, with_inferred_types
 from rewrites.optable import classify_graph, Conversion, NodeConversion
-from rewrites.passes import NORMALISE, SPIKING, PassContext, PassReport, run_passes
+from rewrites.passes import KEPT, NORMALISE, SPIKING, PassContext, PassReport, converting_pass, run_passes
 from rewrites.passes import allow_float, batch_shapes, decoded_head, fold_constants, fuse_softmax, max_to_relu
 from ground.sessions import Session, WEIGHTS_AS_INPUTS_ABOVE
 from rewrites.shapes import DynamicInput, bind_input_shapes, dynamic_inputs, resolve_input_shapes
@@ -162,8 +162,10 @@ class ModelSummary:
         rows = []
         for (op, conv, encoder), members in sorted(groups.items(), key=lambda kv: (kv[0][1].converts, kv[0][0])):
             text = "input encoder (kept as is)" if encoder else conv.value
+            by = None if encoder else converting_pass(conv)
             rows.append({"op": op, "count": len(members), "conversion": text, "converts": conv.converts,
-                         "reason": members[0].reason, "nodes": [m.node for m in members]})
+                         "pass": by.name if by else None, "reason": members[0].reason,
+                         "nodes": [m.node for m in members]})
         return rows
 
 
@@ -290,7 +292,7 @@ def convert_model(model: onnx.ModelProto, calibration: Calibration, options: Con
     error = self_check(model, graph, "normalising passes") if check else float("nan")
     ctx = PassContext(options, calibration)
     reports += run_passes(graph, SPIKING, ctx)
-    done = (Conversion.LINEAR, Conversion.STATIC, Conversion.SPIKING, Conversion.FLOAT)
+    done = KEPT | {Conversion.FLOAT}  # float: kept exact by allow_float or by a pass
     remaining = [n for n in classify_graph(graph, frozenset(ctx.kept_float)) if n.conversion not in done]
     if remaining:
         unsupported = unsupported_nodes(graph, remaining)

@@ -25,7 +25,8 @@ class Conversion(enum.Enum):
     SPIKING = "spiking operator"
     UGO = "nonlinearity: UGO subnet of IF neurons (exact float with --nonlinear exact)"
     PRODUCT = "variable x variable product: spiking product (TCSA)"
-    NORMALIZATION = "softmax / LayerNorm: UGO subnets and spiking products"
+    NORMALIZATION = "softmax: exp and reciprocal UGO subnets, spiking product"
+    LAYERNORM = "LayerNorm: decomposed, then a 1/sqrt UGO and spiking products"
     FLOAT = "kept float (estimate-and-correct)"
     HEAD = "head: exact on the decoded value"
     UNSUPPORTED = "unsupported"
@@ -100,7 +101,8 @@ def classify(node: gs.Node, dynamic: set[str]) -> NodeConversion:
     if op in NORMALIZATION_OPS:
         if op == "LayerNormalization" and len([o for o in node.outputs if o.name]) > 1:
             return result(Conversion.UNSUPPORTED, "LayerNormalization with its Mean / InvStdDev outputs used")
-        return result(Conversion.NORMALIZATION, "normalisation over features")
+        return result(Conversion.LAYERNORM if op == "LayerNormalization" else Conversion.NORMALIZATION,
+                      "normalisation over features")
     return result(Conversion.UNSUPPORTED, f"no conversion of {op} on input-dependent tensors")
 
 

@@ -37,8 +37,8 @@ def render(out: Output, path: Path, summary) -> None:
     for row in summary.op_table():
         nodes = "" if row["converts"] else ", ".join(row["nodes"][:6]) + (" ..." if len(row["nodes"]) > 6 else "")
         rows.append([row["op"], row["count"], row["conversion"], (row["reason"] + (": " if nodes else "") + nodes)
-                     if not row["converts"] else ""])
-    out.table("Operators", ["op", "count", "converts to", "why not / nodes"], rows)
+                     if not row["converts"] else row["pass"] or ""])
+    out.table("Operators", ["op", "count", "converts to", "by pass / why not"], rows)
     if summary.non_finite:
         out.print("constants holding infinite values (accepted where they are identities, bounds or masks): "
                   + "; ".join(c.describe() for c in summary.non_finite))

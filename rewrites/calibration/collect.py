@@ -22,35 +22,13 @@ from ground.errors import DataError
 from rewrites.export import graph_weights, large_constants, weights_to_inputs
 from ground.load import load_model
 from ground.protos import add_outputs, fingerprint
-from rewrites.optable import classify_graph, Conversion
+from rewrites.passes import observed_tensors
 from rewrites.emit import Emitter, reduce
 from rewrites.patterns.softmax import centred, CENTRED_SUFFIX, LSE_SUFFIX, rank_of, softmax_axes
-from rewrites.patterns.regions import find_regions
 from ground.sessions import Session, WEIGHTS_AS_INPUTS_ABOVE
 from rewrites.shapes import bind_input_shapes, recorded_shapes, resolve_input_shapes
 
 Progress = Callable[[int, int], None]  # (samples done, samples total)
-
-OBSERVED = {Conversion.IF_NEURON: (0,), Conversion.MAXPOOL_NEURON: (0,), Conversion.NORMALIZATION: (0,)}
-
-
-def observed_tensors(graph) -> list[str]:
-    """Inputs of every node a rewrite will need statistics for, in graph order: neuron inputs, the input of
-    every elementwise function of one signal (its UGO's range), Softmax inputs and their log-sum-exp."""
-    by_name = {n.name: n for n in graph.nodes}
-    names: list[str] = []
-    for conv in classify_graph(graph):
-        for i in OBSERVED.get(conv.conversion, ()):
-            node = by_name[conv.node]
-            if i < len(node.inputs) and node.inputs[i].name and node.inputs[i].name not in names:
-                names.append(node.inputs[i].name)
-    for region in find_regions(graph):
-        if region.root.name not in names:
-            names.append(region.root.name)
-    for node in [n for n in graph.nodes if n.op == "Softmax"]:
-        names += [node.name + CENTRED_SUFFIX, node.name + LSE_SUFFIX]
-    return names
-
 
 def add_logsumexp(graph) -> None:
     """Expose, for every Softmax, its input centred on the mean over the Softmax axes (`<node>.centred`) and

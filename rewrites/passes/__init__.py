@@ -4,6 +4,7 @@ from rewrites.passes import (allow_float, batch_shapes, canonical_products, deco
                              maxpool_to_neuron, name_nodes,
                              nonlinear_to_spiking, products_to_spiking, qcfs_to_if, relu_to_if,
                              softmax_to_spiking, weight_norm)
+from rewrites.optable import classify_graph, Conversion
 from rewrites.passes.base import Pass, PassContext, PassReport, run_passes
 
 NORMALISE: tuple[Pass, ...] = (
@@ -33,5 +34,36 @@ SPIKING: tuple[Pass, ...] = (
 DEFAULT_PIPELINE: tuple[Pass, ...] = NORMALISE + SPIKING
 PASSES: dict[str, Pass] = {p.name: p for p in DEFAULT_PIPELINE}
 
-__all__ = ["NORMALISE", "SPIKING", "DEFAULT_PIPELINE", "PASSES", "Pass", "PassContext", "PassReport",
-           "run_passes"]
+KEPT = frozenset({Conversion.LINEAR, Conversion.STATIC, Conversion.SPIKING})  # no pass needed
+
+
+def converting_pass(conversion: Conversion) -> Pass | None:
+    """The pass that carries out an `inspect` verdict; None where the node is kept as it is (or, unsupported,
+    by nothing)."""
+    return next((p for p in DEFAULT_PIPELINE if conversion in p.converts), None)
+
+
+def observed_tensors(graph) -> list[str]:
+    """The calibration plan: every tensor of the normalised graph that a spiking pass needs statistics of, in
+    pipeline order, each once."""
+    verdicts = classify_graph(graph)
+    names: dict[str, None] = {}
+    for p in SPIKING:
+        if p.observes is not None:
+            names.update(dict.fromkeys(p.observes(graph, verdicts)))
+    return list(names)
+
+
+def pass_list_markdown() -> str:
+    """docs/cli.md's table of the pipeline (a test checks that the page holds it as written here)."""
+    rows = ["| # | pass | kind | what it does | carries out (`inspect`) | calibrated |", "|---|---|---|---|---|---|"]
+    for i, p in enumerate(DEFAULT_PIPELINE, 1):
+        verdicts = "; ".join(sorted(c.value for c in p.converts))
+        doc = p.doc.replace("|", "\\|")
+        rows.append(f"| {i} | `{p.name}` | {'spiking' if p.spiking else 'normalising'} | {doc} | {verdicts} "
+                    f"| {'yes' if p.observes else ''} |")
+    return "\n".join(rows)
+
+
+__all__ = ["NORMALISE", "SPIKING", "DEFAULT_PIPELINE", "PASSES", "KEPT", "Pass", "PassContext", "PassReport",
+           "converting_pass", "observed_tensors", "pass_list_markdown", "run_passes"]

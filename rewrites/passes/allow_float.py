@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from rewrites.optable import classify_graph
+from rewrites.optable import classify_graph, Conversion
 from rewrites.patterns.tensors import dynamic_tensors
 from rewrites.passes.base import Pass, PassContext, PassReport
 from rewrites.passes.spiking import wrap_exact
@@ -101,4 +101,5 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     return report
 
 
-PASS = Pass("allow_float", run, spiking=True, doc="--allow-float OP|all: keep those ops as exact float operators.")
+PASS = Pass("allow_float", run, spiking=True, doc="--allow-float OP|all: keep those ops as exact float operators.",
+            converts=frozenset({Conversion.FLOAT}))

@@ -8,7 +8,10 @@ import onnx_graphsurgeon as gs
 
 from rewrites.calibration.stats import Calibration
 from rewrites.config import ConvertOptions
+from rewrites.optable import Conversion, NodeConversion
 from ground.errors import Ann2SnnError, PassError
+
+Observes = Callable[[gs.Graph, list[NodeConversion]], list[str]]
 
 
 @dataclass
@@ -35,12 +38,17 @@ class PassContext:
 @dataclass(frozen=True)
 class Pass:
     """A named graph rewrite. `run` mutates the graph and returns its report; `spiking` passes need a
-    calibration and change the function only in the limit of many time steps."""
+    calibration and change the function only in the limit of many time steps. A spiking pass declares the
+    verdicts of `inspect` it carries out (`converts`) and the tensors of the normalised graph it needs
+    statistics of (`observes`, given the graph and its verdicts): the op table and the calibration plan are
+    read from these (rewrites/passes/__init__.py)."""
 
     name: str
     run: Callable[[gs.Graph, PassContext], PassReport]
     spiking: bool = False
     doc: str = ""
+    converts: frozenset[Conversion] = frozenset()
+    observes: Observes | None = None
 
 
 def run_passes(graph: gs.Graph, passes: tuple[Pass, ...], ctx: PassContext) -> list[PassReport]:
@@ -59,6 +67,15 @@ def run_passes(graph: gs.Graph, passes: tuple[Pass, ...], ctx: PassContext) -> l
                             "rerun with --debug and report it, or skip the pass with --skip-pass") from exc
         reports.append(report)
     return reports
+
+
+def inputs_of(*conversions: Conversion) -> Observes:
+    """`observes` for a pass whose nodes need the statistics of their first input."""
+    def observed(graph: gs.Graph, verdicts: list[NodeConversion]) -> list[str]:
+        by_name = {n.name: n for n in graph.nodes}
+        return [by_name[v.node].inputs[0].name for v in verdicts if v.conversion in conversions
+                and by_name[v.node].inputs and by_name[v.node].inputs[0].name]
+    return observed
 
 
 def replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:

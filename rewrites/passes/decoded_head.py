@@ -15,6 +15,7 @@ import onnx_graphsurgeon as gs
 
 from rewrites.patterns.tensors import dynamic_tensors
 from rewrites.passes.base import Pass, PassContext, PassReport
+from rewrites.optable import Conversion
 from rewrites.passes.spiking import wrap_exact
 
 HEAD_OPS = frozenset({"Softmax", "LogSoftmax", "Sigmoid", "HardSigmoid", "Tanh"})
@@ -76,4 +77,5 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
 
 
 PASS = Pass("decoded_head", run, spiking=True,
-            doc="Softmax/Sigmoid/... heads before the graph outputs: exact on the decoded value of their input.")
+            doc="Softmax/Sigmoid/... heads before the graph outputs: exact on the decoded value of their input.",
+            converts=frozenset({Conversion.HEAD}))

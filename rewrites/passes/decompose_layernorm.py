@@ -11,6 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from rewrites.emit import Emitter, reduce
+from rewrites.optable import Conversion
 from rewrites.passes.base import Pass, PassContext, PassReport
 
 
@@ -46,4 +47,5 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     return report
 
 
-PASS = Pass("decompose_layernorm", run, doc="LayerNormalization -> its standard-op form.")
+PASS = Pass("decompose_layernorm", run, doc="LayerNormalization -> its standard-op form.",
+            converts=frozenset({Conversion.LAYERNORM}))

@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 from snnfile.operators import SPIKE_MAX, SPIKE_MIN, SPIKE_REDUCE_MAX, SPIKE_REDUCE_MIN
 from rewrites.patterns.tensors import dynamic_tensors
 from rewrites.passes.base import Pass, PassContext, PassReport
+from rewrites.optable import Conversion
 from rewrites.passes.spiking import replace_node, shaped_like, spiking_node
 
 ELEMENTWISE = {"Max": SPIKE_MAX, "Min": SPIKE_MIN}
@@ -111,4 +112,4 @@ def _elementwise(graph: gs.Graph, node: gs.Node, signals: list[gs.Variable], spe
 
 
 PASS = Pass("max_to_neuron", run, spiking=True, doc="Max / Min / ReduceMax / ReduceMin / GlobalMaxPool -> "
-            "spiking max operators.")
+            "spiking max operators.", converts=frozenset({Conversion.MAX_NEURON}))

@@ -9,7 +9,8 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from snnfile.operators import MAXPOOL_NEURON
-from rewrites.passes.base import Pass, PassContext, PassReport
+from rewrites.passes.base import Pass, PassContext, PassReport, inputs_of
+from rewrites.optable import Conversion
 from rewrites.passes.spiking import replace_node, spiking_node
 
 
@@ -36,4 +37,5 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     return report
 
 
-PASS = Pass("maxpool_to_neuron", run, spiking=True, doc="MaxPool -> MaxPool neuron.")
+PASS = Pass("maxpool_to_neuron", run, spiking=True, doc="MaxPool -> MaxPool neuron.",
+            converts=frozenset({Conversion.MAXPOOL_NEURON}), observes=inputs_of(Conversion.MAXPOOL_NEURON))

@@ -15,6 +15,7 @@ from rewrites.config import Nonlinear
 from ground.errors import CalibrationError, PassError
 from snnfile.operators import SIGNED_IF_NEURON
 from rewrites.emit import Emitter
+from rewrites.optable import Conversion, NodeConversion
 from rewrites.passes.base import Pass, PassContext, PassReport
 from rewrites.passes.spiking import shaped_like, spiking_node, wrap_exact
 from rewrites.patterns.regions import find_regions, Region
@@ -117,5 +118,11 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     return report
 
 
+def observes(graph: gs.Graph, verdicts: list[NodeConversion]) -> list[str]:
+    """The input of every region: the range its UGO is fitted on."""
+    return [region.root.name for region in find_regions(graph)]
+
+
 PASS = Pass("nonlinear_to_spiking", run, spiking=True,
-            doc="Elementwise nonlinearities -> UGO subnets of signed IF neurons, or exact float operators.")
+            doc="Elementwise nonlinearities -> UGO subnets of signed IF neurons, or exact float operators.",
+            converts=frozenset({Conversion.UGO}), observes=observes)

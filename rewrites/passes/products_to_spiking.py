@@ -11,6 +11,7 @@ from ground.errors import PassError
 from snnfile.operators import SPIKE_MATMUL, SPIKE_MUL
 from rewrites.patterns.tensors import dynamic_tensors
 from rewrites.passes.base import Pass, PassContext, PassReport
+from rewrites.optable import Conversion
 from rewrites.passes.spiking import replace_node, spiking_node, step_like
 
 SPECS = {"MatMul": SPIKE_MATMUL, "Mul": SPIKE_MUL}
@@ -37,4 +38,5 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     return report
 
 
-PASS = Pass("products_to_spiking", run, spiking=True, doc="Variable x variable MatMul / Mul -> spiking product.")
+PASS = Pass("products_to_spiking", run, spiking=True, doc="Variable x variable MatMul / Mul -> spiking product.",
+            converts=frozenset({Conversion.PRODUCT}))

@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 from rewrites.config import Neuron
 from snnfile.operators import IF_NEURON, SIGNED_IF_NEURON
 from rewrites.passes.base import Pass, PassContext, PassReport
+from rewrites.optable import Conversion
 from rewrites.patterns.qcfs import find_chains
 from rewrites.passes.spiking import replace_node, spiking_node
 
@@ -48,4 +49,4 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
 
 PASS = Pass("qcfs_to_if", run, spiking=True,
             doc="QCFS activation chain (clip-floor(-shift) of a trained threshold) -> IF neuron, threshold lambda, "
-                "phi 1/2 (shift) or 0; no calibration.")
+                "phi 1/2 (shift) or 0; no calibration.", converts=frozenset({Conversion.QCFS}))

@@ -17,7 +17,8 @@ from rewrites.config import LayerSetting, Neuron
 from ground.errors import CalibrationError
 from snnfile.operators import IF_NEURON, SIGNED_IF_NEURON
 from rewrites.patterns.tensors import clip_bounds, is_relu_like
-from rewrites.passes.base import Pass, PassContext, PassReport
+from rewrites.passes.base import Pass, PassContext, PassReport, inputs_of
+from rewrites.optable import Conversion
 from rewrites.passes.spiking import replace_node, spiking_node
 from rewrites.thresholds import threshold
 
@@ -87,4 +88,5 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     return report
 
 
-PASS = Pass("relu_to_if", run, spiking=True, doc="ReLU / Clip(0, a) -> IF neuron (or signed IF neuron).")
+PASS = Pass("relu_to_if", run, spiking=True, doc="ReLU / Clip(0, a) -> IF neuron (or signed IF neuron).",
+            converts=frozenset({Conversion.IF_NEURON}), observes=inputs_of(Conversion.IF_NEURON))

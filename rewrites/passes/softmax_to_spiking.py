@@ -15,7 +15,8 @@ import onnx_graphsurgeon as gs
 from rewrites.config import Nonlinear
 from ground.errors import CalibrationError
 from rewrites.emit import Emitter, reduce
-from rewrites.passes.base import Pass, PassContext, PassReport
+from rewrites.optable import Conversion, NodeConversion
+from rewrites.passes.base import Pass, PassContext, PassReport, inputs_of
 from rewrites.passes.spiking import wrap_exact
 from rewrites.patterns.softmax import CENTRED_SUFFIX, LSE_SUFFIX, centred, rank_of, softmax_axes
 from rewrites.ugo import samples_from_stats
@@ -55,4 +56,12 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     return report
 
 
-PASS = Pass("softmax_to_spiking", run, spiking=True, doc="Softmax -> exp UGO, sum, reciprocal UGO, product.")
+def observes(graph: gs.Graph, verdicts: list[NodeConversion]) -> list[str]:
+    """The inputs of the normalisations, and of each Softmax its centred input and log-sum-exp (the ranges of
+    its exp and of its sum), which calibration adds to the graph (rewrites/calibration/collect.py)."""
+    return inputs_of(Conversion.NORMALIZATION)(graph, verdicts) + [
+        n.name + suffix for n in graph.nodes if n.op == "Softmax" for suffix in (CENTRED_SUFFIX, LSE_SUFFIX)]
+
+
+PASS = Pass("softmax_to_spiking", run, spiking=True, doc="Softmax -> exp UGO, sum, reciprocal UGO, product.",
+            converts=frozenset({Conversion.NORMALIZATION}), observes=observes)

@@ -48,3 +48,61 @@ def test_a_pass_that_refuses_bad_input_keeps_its_own_error():
         raise DataError("tensor 'x' is wrong", "fix it")
     with pytest.raises(DataError, match="tensor 'x' is wrong"):
         run_passes(import_graph(small_cnn()), (Pass("refusing", refusing),), PassContext())
+
+
+def test_every_verdict_of_inspect_is_carried_out_by_one_pass():
+    from rewrites.optable import Conversion
+    from rewrites.passes import KEPT, converting_pass
+    for verdict in Conversion:
+        carriers = [p.name for p in DEFAULT_PIPELINE if verdict in p.converts]
+        if verdict in KEPT or verdict is Conversion.UNSUPPORTED:
+            assert carriers == [] and converting_pass(verdict) is None, verdict
+        else:
+            assert len(carriers) == 1 and converting_pass(verdict).name == carriers[0], (verdict, carriers)
+
+
+def test_the_pipeline_table_in_the_docs_is_the_registry():
+    from pathlib import Path
+    from rewrites.passes import pass_list_markdown
+    page = (Path(__file__).parents[3] / "docs" / "cli.md").read_text()
+    assert pass_list_markdown() in page, ("docs/cli.md's pipeline table is stale: paste the output of "
+                                          "rewrites.passes.pass_list_markdown() between its passes markers")
+
+
+def mixed_graph():
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["m"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["m"], ["f"], name="flat"),
+             helper.make_node("Sigmoid", ["f"], ["s"], name="sig"),
+             helper.make_node("Softmax", ["s"], ["p"], name="soft", axis=-1),
+             helper.make_node("Add", ["p", "c"], ["y"], name="shift")]
+    graph = helper.make_graph(nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                              [onnx.numpy_helper.from_array(np.ones(4, np.float32), "c")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_calibration_plan_is_what_the_passes_declare(monkeypatch):
+    """Softmax: its input, centred input and log-sum-exp; the Sigmoid's UGO: its input; the IF neuron and the
+    MaxPool neuron: their inputs. A pass that stops declaring its tensors gets none."""
+    import dataclasses
+    import rewrites.passes as registry
+    from rewrites.convert import normalise
+    from rewrites.patterns.softmax import CENTRED_SUFFIX, LSE_SUFFIX
+    graph, _ = normalise(mixed_graph())
+    assert registry.observed_tensors(graph) == ["s", "soft" + CENTRED_SUFFIX, "soft" + LSE_SUFFIX, "f", "x", "r"]
+    blind = tuple(dataclasses.replace(p, observes=None) if p.name == "relu_to_if" else p for p in SPIKING)
+    monkeypatch.setattr(registry, "SPIKING", blind)
+    assert registry.observed_tensors(graph) == ["s", "soft" + CENTRED_SUFFIX, "soft" + LSE_SUFFIX, "f", "r"]
+
+
+def test_inspect_names_the_pass_of_each_verdict():
+    import ann2snn
+    rows = {(r["op"], r["conversion"]): r["pass"] for r in ann2snn.inspect(mixed_graph()).op_table()}
+    assert rows[("Relu", "IF neuron")] == "relu_to_if"
+    assert rows[("MaxPool", "MaxPool neuron")] == "maxpool_to_neuron"
+    assert rows[("Add", "kept (linear)")] is None
+    assert [p for (op, _), p in rows.items() if op == "Sigmoid"] == ["nonlinear_to_spiking"]
