@@ -48,16 +48,21 @@ class LayerError:
     total_sq: float = 0.0
     ann_sq: float = 0.0
     skipped: str = ""
+    undivided: str = ""  # why the total is not split into its three terms
 
-    def add(self, layer: NeuronLayer, z: np.ndarray, a: np.ndarray, r: np.ndarray, window: int) -> None:
-        z, a = z.astype(np.float64), a.astype(np.float64)
-        theta, phi = layer.threshold, layer.phi
-        clipped = np.clip(z, 0.0, theta)
-        ideal = theta / window * np.clip(np.floor(z * window / theta + phi), 0, window)
+    def add(self, layer: NeuronLayer, z: np.ndarray | None, a: np.ndarray, r: np.ndarray, window: int) -> None:
+        """`z` None: the ANN has no tensor for the neuron's input (a normalising pass made it), so only the
+        total is known."""
+        a = a.astype(np.float64)
         self.count += a.size
-        self.clipping += float((a - clipped).sum())
-        self.quantisation += float((clipped - ideal).sum())
-        self.unevenness += float((ideal - r).sum())
+        if z is not None:
+            z = z.astype(np.float64)
+            theta, phi = layer.threshold, layer.phi
+            clipped = np.clip(z, 0.0, theta)
+            ideal = theta / window * np.clip(np.floor(z * window / theta + phi), 0, window)
+            self.clipping += float((a - clipped).sum())
+            self.quantisation += float((clipped - ideal).sum())
+            self.unevenness += float((ideal - r).sum())
         total = a - r
         self.total += float(total.sum())
         self.total_sq += float((total ** 2).sum())
@@ -67,8 +72,10 @@ class LayerError:
         if self.skipped:
             return {"node": self.node, "skipped": self.skipped}
         n = max(self.count, 1)
-        return {"node": self.node, "mean_error": self.total / n, "clipping": self.clipping / n,
-                "quantisation": self.quantisation / n, "unevenness": self.unevenness / n,
+        split = {} if self.undivided else {"clipping": self.clipping / n, "quantisation": self.quantisation / n,
+                                           "unevenness": self.unevenness / n}
+        return {"node": self.node, "mean_error": self.total / n, **split,
+                **({"undivided": self.undivided} if self.undivided else {}),
                 "rms_error": float(np.sqrt(self.total_sq / n)),
                 "relative_rms_error": float(np.sqrt(self.total_sq / self.ann_sq)) if self.ann_sq else None}
 
@@ -89,11 +96,15 @@ class LayerErrors:
     def add(self, ann_values: dict[str, np.ndarray], sums: dict[str, np.ndarray]) -> None:
         for layer in self.layers:
             error = self.errors.setdefault(layer.node, LayerError(layer.node))
-            if layer.input not in ann_values or layer.output not in ann_values:
-                error.skipped = "the ANN has no tensor of this name (renamed by a normalising pass)"
+            if layer.output not in ann_values:
+                error.skipped = "the ANN has no tensor of this name (made by a normalising pass)"
                 continue
+            if layer.input not in ann_values:
+                error.undivided = (f"the neuron's input '{layer.input}' is made by a normalising pass: only the "
+                                   "total is measured")
             levels = self.input_steps or self.window
-            error.add(layer, ann_values[layer.input], ann_values[layer.output], sums[layer.node] / levels, levels)
+            error.add(layer, ann_values.get(layer.input), ann_values[layer.output], sums[layer.node] / levels,
+                      levels)
 
     def to_json(self) -> dict:
         rows = [self.errors[l.node].to_json() for l in self.layers if l.node in self.errors]

@@ -188,5 +188,9 @@ def render(out: Output, report) -> None:
                   ["layer", "clipping", "quantisation", "unevenness", "total", "relative RMS"],
                   [[r["node"], r.get("clipping"), r.get("quantisation"), r.get("unevenness"), r.get("mean_error"),
                     r.get("relative_rms_error") if "skipped" not in r else r["skipped"]] for r in errors["layers"]])
+        undivided = [r["node"] for r in errors["layers"] if "undivided" in r]
+        if undivided:
+            out.print(f"{', '.join(undivided)}: total only, the neuron's input is made by a normalising pass "
+                      "(no ANN tensor to split the error by)")
         if errors["worst_layer"]:
             out.print(f"Worst layer (relative RMS error): {errors['worst_layer']}")

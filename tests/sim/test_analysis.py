@@ -85,3 +85,22 @@ def test_sweep_extra_t_grid(cnn):
         assert row[0] == plain.accuracy[-1]
         with_extra = simulate(snn, tmp / "labelled.npz", t, extra_t=2)
         assert row[1:] == with_extra.accuracy_all[t:t + 2]
+
+
+def test_layer_error_of_a_neuron_whose_input_a_normalising_pass_made(tmp_path):
+    """HardSigmoid becomes Clip(alpha x + beta, 0, 1): the neuron's input is a new tensor, its output the
+    ANN's. The total is still measured, not split. Fed a constant current (the Gemm reads the input), the IF
+    neuron with phi = 1/2 is the ideal quantiser: |a - r| <= theta / (2T), theta <= 1 (the calibrated max
+    of the clipped output, measured on these samples)."""
+    b = ModelBuilder(seed=3)
+    y = b.gemm(b.node("HardSigmoid", [b.gemm("input", 6, 5)]), 5, 3)
+    model = b.build({"input": [6]}, [y])
+    x = np.random.default_rng(2).normal(0, 2, (24, 6)).astype(np.float32)
+    snn, _ = convert_with_data(model, x, tmp_path, "max")
+    np.savez(tmp_path / "d.npz", x=x)
+    T = 16
+    for engine in ("numpy", "onnxruntime"):
+        [row] = simulate(snn, tmp_path / "d.npz", T, engine=engine, ann_path=tmp_path / "model.onnx",
+                         analyses=Analyses(layer_error=True)).layer_error["layers"]
+        assert "skipped" not in row and "clipping" not in row and "made by a normalising pass" in row["undivided"]
+        assert 0 < row["rms_error"] <= 1 / (2 * T) + 1e-6
