@@ -144,9 +144,10 @@ def collect(session: Session, dataset: Dataset, stats: dict[str, TensorStats], b
                 r = x.reshape(x.shape[0], channels, -1) if channels else x.reshape(1, 1, -1)
                 r64 = r.astype(np.float64)
                 sq = np.einsum("acb,acb->c", r64, r64)
-                ids = (np.broadcast_to(np.arange(channels, dtype=np.int32)[None, :, None], r.shape).reshape(-1)
-                       if channels else None)
-                tops[p.name].update(x, ids)
+                if channels:
+                    tops[p.name].update_blocks(r)
+                else:
+                    tops[p.name].update(x, None)
             squares[p.name] = squares.get(p.name, 0.0) + sq
 
     def feeds(batch: dict) -> dict:

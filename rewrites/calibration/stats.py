@@ -450,6 +450,14 @@ class TopFold:
                 if self.ch_n > 2 * self.k_channel * self.channels + 1024:
                     self._trim_channels()
 
+    def update_blocks(self, blocks: np.ndarray) -> None:
+        """update() with every value of `blocks` ([N, C, S], channels on axis 1) and its channel: each value
+        is tested once against its channel's floor, broadcast, and only the candidates go on (as the graph
+        does for the tensors it reads), which leaves the same state as passing every value and id."""
+        hit = np.flatnonzero(blocks > self.floors()[None, :, None])
+        ids = ((hit // blocks.shape[2]) % self.channels).astype(np.int32)
+        self.update(blocks.reshape(-1)[hit], ids)
+
     def _trim_whole(self) -> None:
         v = np.concatenate(self.whole)
         if v.size > self.k:
@@ -458,16 +466,23 @@ class TopFold:
         self.whole, self.whole_n = [v], v.size
 
     def _trim_channels(self) -> None:
+        """Keep each channel's k_channel largest (a partition per channel, after a stable grouping by
+        channel: radix-sorted where the ids fit 16 bits) and raise the floors of the channels that had more."""
         v, c = np.concatenate(self.vals), np.concatenate(self.ids)
-        order = np.lexsort((-v, c))  # by channel, then descending
-        v, c = v[order], c[order]
-        start = np.searchsorted(c, np.arange(self.channels))
-        rank = np.arange(v.size) - start[c]
-        keep = rank < self.k_channel
-        full = np.flatnonzero(np.bincount(c, minlength=self.channels) > self.k_channel)
-        self.tau_c[full] = v[start[full] + self.k_channel - 1]
-        self.vals, self.ids = [v[keep]], [c[keep]]
-        self.ch_n = int(keep.sum())
+        key = c.astype(np.int16) if self.channels <= np.iinfo(np.int16).max else c
+        order = np.argsort(key, kind="stable")
+        v = v[order]
+        ends = np.cumsum(np.bincount(c, minlength=self.channels))
+        kept, kept_ids = [], []
+        for channel, (start, end) in enumerate(zip(np.concatenate([[0], ends[:-1]]), ends)):
+            values = v[start:end]
+            if values.size > self.k_channel:
+                values = np.partition(values, values.size - self.k_channel)[values.size - self.k_channel:]
+                self.tau_c[channel] = values.min()
+            kept.append(values)
+            kept_ids.append(np.full(values.size, channel, np.int32))
+        self.vals, self.ids = [np.concatenate(kept)], [np.concatenate(kept_ids)]
+        self.ch_n = len(self.vals[0])
 
     def finish(self) -> tuple[TopValues, list[TopValues] | None]:
         whole = _top(np.concatenate(self.whole) if self.whole else np.zeros(0, np.float32), self.k,

@@ -133,6 +133,24 @@ def test_top_fold_floor_and_merge_are_exact():
     np.testing.assert_array_equal(merged.values[:merged.exact_rank], truth[:merged.exact_rank])
 
 
+def test_top_fold_of_whole_blocks_with_ties_is_exact():
+    """update_blocks (every value, tested against its channel's floor by broadcast) and the per-channel
+    trimming keep, per channel, the multiset of the k largest values, ties at the k-th included, and the
+    whole tensor's; the data repeats values (rounded to 1/8) so that trims cut through ties."""
+    rng = np.random.default_rng(11)
+    data = [np.round(rng.normal(size=(16, 5, 30)) * 8 * (1 + i % 4)).astype(np.float32) / 8 for i in range(40)]
+    fold = TopFold(300, 5, 120)
+    for x in data:
+        fold.update_blocks(x)
+    whole, channels = fold.finish()
+    everything = np.concatenate(data)
+    np.testing.assert_array_equal(whole.values, np.sort(everything.reshape(-1))[::-1][:300])
+    for c, t in enumerate(channels):
+        truth = np.sort(everything[:, c].reshape(-1))[::-1]
+        np.testing.assert_array_equal(t.values, truth[:120])
+        assert t.floor == truth[119]
+
+
 def test_version_1_files_still_read(tmp_path):
     model, x = small_cnn(), _data(64, 4)
     save_model(model, tmp_path / "m.onnx")
