@@ -44,14 +44,18 @@ def converting_pass(conversion: Conversion) -> Pass | None:
 
 
 def observed_tensors(graph) -> list[str]:
-    """The calibration plan: every tensor of the normalised graph that a spiking pass needs statistics of, in
-    pipeline order, each once."""
+    """The calibration plan: every tensor of the normalised graph that a spiking pass needs statistics of,
+    each once: those of the graph in graph order (so `calibrate`'s table reads down the network), then those
+    calibration adds to it (a Softmax's log-sum-exp) in pipeline order."""
     verdicts = classify_graph(graph)
     names: dict[str, None] = {}
     for p in SPIKING:
         if p.observes is not None:
             names.update(dict.fromkeys(p.observes(graph, verdicts)))
-    return list(names)
+    position = {t.name: -1 for t in graph.inputs}
+    for i, node in enumerate(graph.nodes):
+        position.update((t.name, i) for t in node.outputs)
+    return sorted(names, key=lambda name: position.get(name, len(graph.nodes)))
 
 
 def pass_list_markdown() -> str:

@@ -87,16 +87,17 @@ def mixed_graph():
 
 def test_the_calibration_plan_is_what_the_passes_declare(monkeypatch):
     """Softmax: its input, centred input and log-sum-exp; the Sigmoid's UGO: its input; the IF neuron and the
-    MaxPool neuron: their inputs. A pass that stops declaring its tensors gets none."""
+    MaxPool neuron: their inputs; in graph order, the tensors calibration adds last. A pass that stops
+    declaring its tensors gets none."""
     import dataclasses
     import rewrites.passes as registry
     from rewrites.convert import normalise
     from rewrites.patterns.softmax import CENTRED_SUFFIX, LSE_SUFFIX
     graph, _ = normalise(mixed_graph())
-    assert registry.observed_tensors(graph) == ["s", "soft" + CENTRED_SUFFIX, "soft" + LSE_SUFFIX, "f", "x", "r"]
+    assert registry.observed_tensors(graph) == ["x", "r", "f", "s", "soft" + CENTRED_SUFFIX, "soft" + LSE_SUFFIX]
     blind = tuple(dataclasses.replace(p, observes=None) if p.name == "relu_to_if" else p for p in SPIKING)
     monkeypatch.setattr(registry, "SPIKING", blind)
-    assert registry.observed_tensors(graph) == ["s", "soft" + CENTRED_SUFFIX, "soft" + LSE_SUFFIX, "f", "r"]
+    assert registry.observed_tensors(graph) == ["r", "f", "s", "soft" + CENTRED_SUFFIX, "soft" + LSE_SUFFIX]
 
 
 def test_inspect_names_the_pass_of_each_verdict():
