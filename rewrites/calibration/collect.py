@@ -3,6 +3,7 @@ collect statistics batch by batch into fixed-size state, and return typed result
 from __future__ import annotations
 
 import gc
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -29,6 +30,7 @@ from ground.sessions import Session, WEIGHTS_AS_INPUTS_ABOVE
 from rewrites.shapes import bind_input_shapes, recorded_shapes, resolve_input_shapes
 
 Progress = Callable[[int, int], None]  # (samples done, samples total)
+FOLD_THREADS = max(1, min(4, os.cpu_count() or 1))  # tensors of a batch folded at once
 
 def add_logsumexp(graph) -> None:
     """Expose, for every Softmax, its input centred on the mean over the Softmax axes (`<node>.centred`) and
@@ -122,33 +124,38 @@ def collect(session: Session, dataset: Dataset, stats: dict[str, TensorStats], b
         k_channel = top_capacity(total // channels, exact_from, -(-TOP_LIMIT // channels)) if channels else 0
         return TopFold(top_capacity(total, exact_from), channels, k_channel)
 
-    def fold(outputs: list[np.ndarray]) -> None:
-        k = 0
-        for p in plan:
-            values = outputs[k:k + len(p.outputs)]
-            k += len(values)
-            if p.name not in folds:
-                folds[p.name] = ChannelFold(stats[p.name], 1 if values[0].ndim >= 2 else None)
-            if p.sampled:
-                folds[p.name].update(*p.fold_args(values))
-                sq = values[4].astype(np.float64).sum(axis=0)
-                if p.name not in tops:
-                    tops[p.name] = TopFold(*_capacities(p, len(values[0]), samples, exact_from))
-                tops[p.name].update(values[5], values[6])
+    def fold_one(p: Observed, values: list[np.ndarray]) -> None:
+        if p.name not in folds:
+            folds[p.name] = ChannelFold(stats[p.name], 1 if values[0].ndim >= 2 else None)
+        if p.sampled:
+            folds[p.name].update(*p.fold_args(values))
+            sq = values[4].astype(np.float64).sum(axis=0)
+            if p.name not in tops:
+                tops[p.name] = TopFold(*_capacities(p, len(values[0]), samples, exact_from))
+            tops[p.name].update(values[5], values[6])
+        else:
+            x = values[0]
+            folds[p.name].update(x)
+            channels = x.shape[1] if x.ndim >= 2 else 0
+            if p.name not in tops:
+                tops[p.name] = top_fold(p, x, channels)
+            r = x.reshape(x.shape[0], channels, -1) if channels else x.reshape(1, 1, -1)
+            r64 = r.astype(np.float64)
+            sq = np.einsum("acb,acb->c", r64, r64)
+            if channels:
+                tops[p.name].update_blocks(r)
             else:
-                x = values[0]
-                folds[p.name].update(x)
-                channels = x.shape[1] if x.ndim >= 2 else 0
-                if p.name not in tops:
-                    tops[p.name] = top_fold(p, x, channels)
-                r = x.reshape(x.shape[0], channels, -1) if channels else x.reshape(1, 1, -1)
-                r64 = r.astype(np.float64)
-                sq = np.einsum("acb,acb->c", r64, r64)
-                if channels:
-                    tops[p.name].update_blocks(r)
-                else:
-                    tops[p.name].update(x, None)
-            squares[p.name] = squares.get(p.name, 0.0) + sq
+                tops[p.name].update(x, None)
+        squares[p.name] = squares.get(p.name, 0.0) + sq
+
+    def fold(outputs: list[np.ndarray]) -> None:
+        """One batch, its tensors folded side by side (NumPy releases the GIL); each tensor's batches in order."""
+        k, parts = 0, []
+        for p in plan:
+            parts.append(tensors.submit(fold_one, p, outputs[k:k + len(p.outputs)]))
+            k += len(p.outputs)
+        for part in parts:
+            part.result()
 
     def feeds(batch: dict) -> dict:
         extra = {}
@@ -163,7 +170,8 @@ def collect(session: Session, dataset: Dataset, stats: dict[str, TensorStats], b
     if progress:
         progress(0, samples)
     pending: Future | None = None
-    with ThreadPoolExecutor(1, thread_name_prefix="calibration-fold") as worker:
+    with ThreadPoolExecutor(1, thread_name_prefix="calibration-fold") as worker, \
+            ThreadPoolExecutor(FOLD_THREADS, thread_name_prefix="calibration-tensor") as tensors:
         for batch in dataset.batches(batch_size):
             outputs = session.run(names, feeds(batch))
             if pending is not None:
