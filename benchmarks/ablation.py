@@ -1,6 +1,7 @@
 """What each training-free ingredient adds on the bundled example: threshold rule x neuron x phi x bias
 correction (x per-channel), accuracy at several t. Conversion target (mmse, bias correction) is --target-T.
-Prints a Markdown table (docs/ablation.md holds its output).
+Prints a Markdown table (docs/ablation.md holds its output). Every step is the public API's call
+(ann2snn.calibrate, ann2snn.convert with every option given, ann2snn.simulate), as a user makes it.
 
 usage: python benchmarks/ablation.py [--target-T 8] [--T 32] [--limit 1000] [--quick]
 """
@@ -16,15 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rewrites.calibration.collect import calibrate  # noqa: E402
-from ground.data import load_dataset  # noqa: E402
-from rewrites.config import ConvertOptions, Neuron, NormSpec  # noqa: E402
-from rewrites.convert import convert_model  # noqa: E402
-from ground.load import load_model  # noqa: E402
-from ground.save import save_model
-from sim.bias_correction import correct_biases  # noqa: E402
-from sim.model import spiking_from_proto  # noqa: E402
-from sim.simulate import simulate  # noqa: E402
+import ann2snn  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "fmnist_cnn"
 SHOW = (2, 4, 8, 16, 32)
@@ -38,8 +31,7 @@ def main() -> None:
     ap.add_argument("--bias-samples", type=int, default=500)
     ap.add_argument("--quick", action="store_true", help="only the one-ingredient-at-a-time rows")
     args = ap.parse_args()
-    model = load_model(EXAMPLE / "model.onnx")
-    calibration = calibrate(EXAMPLE / "model.onnx", EXAMPLE / "calib.npz", 100)
+    calibration = ann2snn.calibrate(EXAMPLE / "model.onnx", EXAMPLE / "calib.npz", batch_size=100)
     grid = list(itertools.product(["max", "percentile:99.9", "percentile:99", "mmse"], ["if", "signed"],
                                   [0.0, 0.5], [False, True], [False]))
     grid += [(n, "if", 0.5, bc, True) for n in ("percentile:99", "mmse") for bc in (False, True)]
@@ -56,15 +48,13 @@ def main() -> None:
         path = Path(tmp) / "m.snn.onnx"
         for norm, neuron, phi, bc, per_channel in grid:
             start = time.perf_counter()
-            options = ConvertOptions(NormSpec.parse(norm), phi, args.target_T, neuron=Neuron.parse(neuron),
-                                     tmax=args.T if neuron == "signed" else None, per_channel=per_channel)
-            snn = convert_model(model, calibration, options).model
-            if bc:
-                data = load_dataset(EXAMPLE / "calib.npz", spiking_from_proto(snn, path).inputs, args.bias_samples)
-                snn, _ = correct_biases(snn, path, EXAMPLE / "model.onnx", data, args.target_T)
-            save_model(snn, path)
-            report = simulate(path, EXAMPLE / "test.npz", args.T, engine="onnxruntime",
-                              ann_path=EXAMPLE / "model.onnx", batch_size=250, limit=args.limit)
+            converted = ann2snn.convert(EXAMPLE / "model.onnx", calibration, EXAMPLE / "calib.npz" if bc else None,
+                                        norm=norm, phi=phi, T=args.target_T, neuron=neuron,
+                                        tmax=args.T if neuron == "signed" else None, per_channel=per_channel,
+                                        bias_correction=bc, limit=args.bias_samples if bc else None)
+            converted.save(path)
+            report = ann2snn.simulate(path, EXAMPLE / "test.npz", args.T, engine="onnxruntime",
+                                      ann=EXAMPLE / "model.onnx", batch_size=250, limit=args.limit)
             ann_accuracy = report.ann_accuracy
             cells = " | ".join(f"{100 * report.accuracy_all[t - 1]:.2f}" for t in shown)
             print(f"| {norm} | {neuron} | {phi:g} | {'on' if bc else 'off'} | {'on' if per_channel else 'off'} | "

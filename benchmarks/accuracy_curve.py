@@ -1,5 +1,6 @@
 """Accuracy of the bundled example's spiking version at every t = 1..T, for several threshold rules, beside
 the ANN's accuracy on the same samples. Prints a Markdown table (docs/accuracy.md holds its output).
+Calibrates, converts and simulates through the public API (ann2snn.calibrate / convert / simulate).
 
 usage: python benchmarks/accuracy_curve.py [--T 64] [--norms max,percentile:99.9] [--phi 0.5] [--limit N]
        [--engine numpy|onnxruntime] [--plot FILE.png]
@@ -15,27 +16,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rewrites.calibration.collect import calibrate  # noqa: E402
-from rewrites.config import ConvertOptions, NormSpec  # noqa: E402
-from rewrites.convert import convert_model  # noqa: E402
-from ground.load import load_model  # noqa: E402
-from ground.save import save_model
-from sim.simulate import simulate  # noqa: E402
+import ann2snn  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "fmnist_cnn"
 
 
 def curves(T: int, norms: list[str], phi: float, limit: int | None, engine: str = "numpy") -> dict:
-    model = load_model(EXAMPLE / "model.onnx")
-    calibration = calibrate(EXAMPLE / "model.onnx", EXAMPLE / "calib.npz", 100)
+    calibration = ann2snn.calibrate(EXAMPLE / "model.onnx", EXAMPLE / "calib.npz", batch_size=100)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for norm in norms:
-            options = ConvertOptions(NormSpec.parse(norm), phi, T)
             snn = Path(tmp) / "model.snn.onnx"
-            save_model(convert_model(model, calibration, options).model, snn)
+            ann2snn.convert(EXAMPLE / "model.onnx", calibration, norm=norm, phi=phi, T=T).save(snn)
             start = time.perf_counter()
-            report = simulate(snn, EXAMPLE / "test.npz", T, 0, engine, EXAMPLE / "model.onnx", 250, limit)
+            report = ann2snn.simulate(snn, EXAMPLE / "test.npz", T, extra_t=0, engine=engine,
+                                      ann=EXAMPLE / "model.onnx", batch_size=250, limit=limit)
             results[norm] = (report, time.perf_counter() - start)
     return results
 
@@ -65,7 +60,7 @@ def main() -> None:
         print(f"- {n}: {report.total_spikes_per_sample:,.0f} spikes per sample over T = {args.T}; "
               f"simulated in {seconds:.1f} s ({report.engine} engine)")
     if args.plot:
-        from sim.plot import plot_reports
+        from sim.plot import plot_reports  # what `simulate --plot` draws; the API has no plotting call
         plot_reports([(n, results[n][0].to_dict()) for n in norms], args.plot)
 
 

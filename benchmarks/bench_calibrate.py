@@ -1,5 +1,5 @@
-"""Calibration cost in one run (issue 17): `ann2snn calibrate` as the library call (rewrites.calibration.collect
-.calibrate: exact top values, in-graph reductions, histograms) on examples/fmnist_cnn with its calibration set
+"""Calibration cost in one run (issue 17): `ann2snn calibrate` as the public API's call (ann2snn.calibrate:
+exact top values, in-graph reductions, histograms) on examples/fmnist_cnn with its calibration set
 tiled 10x, against one plain onnxruntime pass over the same data and onnxruntime.quantization's MinMax
 calibrator, side by side (interleaved rounds, best of --repeat); then calibrate()'s peak memory at 1x and
 10x data, each in its own subprocess. Targets: calibrate <= 2.0x the plain pass and <= 0.5x MinMax.
@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from common import EXAMPLE, MB, best_of, load_line, machine_lines  # noqa: E402
-from rewrites.calibration.collect import calibrate  # noqa: E402
+import ann2snn  # noqa: E402
 
 
 def plain_pass(model: Path, x: np.ndarray, batch: int, threads: int) -> None:
@@ -58,11 +58,11 @@ import json, sys, time
 sys.path.insert(0, {repo!r})
 def hwm_kb():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-from rewrites.calibration.collect import calibrate
+import ann2snn
 import onnxruntime, onnx_graphsurgeon  # noqa: F401
 base = hwm_kb()
 start = time.perf_counter()
-cal = calibrate({model!r}, {data!r}, {batch})
+cal = ann2snn.calibrate({model!r}, {data!r}, batch_size={batch})
 print(json.dumps({{"base": base, "peak": hwm_kb(), "s": time.perf_counter() - start, "n": cal.samples}}))
 """
 
@@ -92,10 +92,10 @@ def main() -> None:
         times = best_of({
             "plain": lambda: plain_pass(args.model, x, b, args.threads),
             "minmax": lambda: minmax(args.model, x, b, tmp),
-            "calibrate": lambda: calibrate(args.model, path, b),
+            "calibrate": lambda: ann2snn.calibrate(args.model, path, batch_size=b),
         }, args.repeat)
         best = {k: min(v) for k, v in times.items()}
-        cal = calibrate(args.model, path, b)
+        cal = ann2snn.calibrate(args.model, path, batch_size=b)
         print(f"\n{len(x)} samples, batch {b}, best of {args.repeat} (all runs: "
               + "; ".join(f"{k} {', '.join(f'{t:.2f}' for t in v)}" for k, v in times.items()) + ")\n")
         print("| | seconds | vs plain pass |")

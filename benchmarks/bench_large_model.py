@@ -5,10 +5,11 @@
 The model (built here with onnx.helper, written to a temporary folder, never committed) is
 x [N, W] -> (Gemm W x W -> Relu) x (L - 1) -> Gemm W x W, float32: L * (W^2 + W) parameters, 100.7M for the
 defaults (403 MB of weights). It is written twice, with inline weights and with external data. Each step
-runs in a fresh Python process as the CLI runs it (calibrate; then convert: read the calibration, load,
-suggested_T, convert, save), and reports VmHWM (peak resident memory, /proc/self/status) per stage, the high-water mark
-reset between stages through /proc/self/clear_refs, minus the resident memory after the imports, and the
-resident memory left after the stage. The figure of interest is that peak in units of the weights' size:
+runs in a fresh Python process through the public API, as a user calls it (ann2snn.calibrate; then
+ann2snn.Calibration.read, ann2snn.convert with norm max and phi 0.5 given (it loads the model, picks T as
+`ann2snn convert` does and converts), Converted.save), and reports VmHWM (peak resident memory,
+/proc/self/status) per stage, the high-water mark reset between stages through /proc/self/clear_refs, minus
+the resident memory after the imports, and the resident memory left after the stage. The figure of interest is that peak in units of the weights' size:
 1.0 means one copy of the weights."""
 from __future__ import annotations
 
@@ -40,12 +41,7 @@ def status(key):
 def reset_peak():
     Path("/proc/self/clear_refs").write_text("5")
 
-from rewrites.calibration.collect import calibrate
-from rewrites.calibration.stats import Calibration
-from rewrites.config import ConvertOptions, NormSpec
-from rewrites.convert import convert_model, suggested_T
-from ground.load import load_model
-from ground.save import save_model, write_text_atomic
+import ann2snn
 baseline = status("VmRSS")
 stages = {}
 
@@ -59,15 +55,12 @@ def stage(name, fn):
 
 model_path, data_path, calib_path, out_path, what = sys.argv[1:6]
 if what == "calibrate":
-    result = stage("calibrate", lambda: calibrate(model_path, data_path, batch_size=16))
-    write_text_atomic(calib_path, result.to_json())
+    result = stage("calibrate", lambda: ann2snn.calibrate(model_path, data_path, batch_size=16))
+    Path(calib_path).write_text(result.to_json())
 else:
-    calibration = stage("read calibration", lambda: Calibration.read(calib_path))
-    model = stage("load", lambda: load_model(model_path))
-    T = stage("suggested_T", lambda: suggested_T(model))
-    result = stage("convert", lambda: convert_model(model, calibration, ConvertOptions(NormSpec.parse("max"), 0.5, T),
-                                                    model_path, calib_path))
-    stage("save", lambda: save_model(result.model, out_path))
+    calibration = stage("read calibration", lambda: ann2snn.Calibration.read(calib_path))
+    converted = stage("convert", lambda: ann2snn.convert(model_path, calibration, norm="max", phi=0.5))
+    stage("save", lambda: converted.save(out_path))
 print(json.dumps({"baseline": baseline, "stages": stages}))
 '''
 

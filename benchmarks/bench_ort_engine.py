@@ -11,7 +11,9 @@ measured in the same rounds:
 For fmnist_cnn (the bundled example) and the ResNet-style graph of bench_simulate.py, at each --batch.
 Every figure is the best of --repeat wall-clock runs in interleaved rounds (round r runs every variant once,
 each after a 0.1 s pause); the all-runs column shows the spread; CPU seconds (this process, all threads) are
-printed too, being less sensitive to other jobs than wall time on a shared machine.
+printed too, being less sensitive to other jobs than wall time on a shared machine. The models are calibrated
+and converted through the public API (bench_simulate.convert); the engine is timed through its internals
+(sim.ort, sim.engine, sim.model) on purpose.
 
 usage: python benchmarks/bench_ort_engine.py [--T 32] [--batch 256,16] [--repeat 5] [--extra-t 0] [--drain]
        [--threads N] [--no-resnet]
@@ -33,7 +35,7 @@ import onnxruntime as ort  # noqa: E402
 from bench_simulate import convert, dense_session  # noqa: E402
 from common import EXAMPLE, fmt_times, load_line, machine_lines, random_images, resnet_model  # noqa: E402
 from ground.data import input_specs, load_dataset  # noqa: E402
-from ground.load import load_model  # noqa: E402
+from ann2snn import load_model  # noqa: E402
 from sim.engine import LayerSpikes, WindowResult  # noqa: E402
 from sim.model import load_spiking  # noqa: E402
 from sim.ort import OrtEngine  # noqa: E402

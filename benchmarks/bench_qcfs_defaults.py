@@ -30,8 +30,10 @@ def requantised(model: Path, T: int):
     """MODEL with each QCFS chain (as qcfs_to_if finds it) rebuilt at T levels instead of L."""
     import numpy as np
     import onnx_graphsurgeon as gs
+    from ann2snn import load_model
+    # no public call gives the normalised graph or its QCFS chains (ann2snn.inspect only classifies the nodes):
+    # the rewriter's own normalise + find_chains, so the chains are exactly those qcfs_to_if converts
     from rewrites.convert import normalise
-    from ground.load import load_model
     from rewrites.patterns.qcfs import find_chains
     graph = normalise(load_model(model))[0]  # the normalised graph: the function of the ANN, its chains found
     matches, _ = find_chains(graph)
@@ -61,7 +63,7 @@ def ann_at(model: Path, data: Path, steps: list[int]) -> dict:
     def predict(proto):
         session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
         return session.run(None, {session.get_inputs()[0].name: x})[0].argmax(axis=1)
-    from ground.load import load_model
+    from ann2snn import load_model
     reference, out = predict(load_model(model)), {}
     for t in steps:
         proto, chains = requantised(model, t)

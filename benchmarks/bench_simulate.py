@@ -1,9 +1,10 @@
 """Simulation speed: the NumPy and onnxruntime engines against the dense limit (T onnxruntime runs of the
 original ANN) on the same batch, for the bundled example and for a ResNet-style graph built here.
 
-Each model is calibrated (calibrate(), default options) and converted (convert_model(), default options) first;
-that time is not measured. Every figure is the best of --repeat wall-clock runs, taken in interleaved rounds
-(round r runs every variant once) so that load from other processes hits all of them alike.
+Each model is calibrated (ann2snn.calibrate, default options) and converted (ann2snn.convert, default options)
+first; that time is not measured. Every figure is the best of --repeat wall-clock runs, taken in interleaved
+rounds (round r runs every variant once) so that load from other processes hits all of them alike.
+It times the engines' internals on purpose (sim.engine, sim.ort, sim.ops and sim.neurons kernels, not the API).
 The project's target: numpy/dense <= 1.5 at T = 32. The onnxruntime engine's own variants (Loop, stepping,
 IOBinding): bench_ort_engine.py.
 
@@ -30,12 +31,10 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from common import EXAMPLE, MB, best_of, fmt_times, load_line, machine_lines, random_images, resnet_model  # noqa: E402
-from rewrites.calibration.collect import calibrate  # noqa: E402
+import ann2snn  # noqa: E402
+from ann2snn import load_model  # noqa: E402
 from ground.data import input_specs, load_dataset  # noqa: E402
-from rewrites.config import DEFAULT_PERCENTILE, ConvertOptions  # noqa: E402
-from rewrites.convert import convert_model  # noqa: E402
-from ground.load import load_model  # noqa: E402
-from ground.save import save_model
+from rewrites.config import DEFAULT_PERCENTILE  # noqa: E402
 from sim import neurons as sim_neurons  # noqa: E402
 from sim import ops as sim_ops  # noqa: E402
 from sim.engine import NumpyEngine  # noqa: E402
@@ -54,9 +53,9 @@ def dense_session(path: Path, threads: int = 0) -> ort.InferenceSession:
 
 def convert(model_path: Path, calib_path: Path, out: Path) -> tuple[float, float]:
     start = time.perf_counter()
-    calibration = calibrate(model_path, calib_path)
+    calibration = ann2snn.calibrate(model_path, calib_path)
     mid = time.perf_counter()
-    save_model(convert_model(load_model(model_path), calibration, ConvertOptions(), model_path).model, out)
+    ann2snn.convert(model_path, calibration).save(out)  # no option, no data: every layer gets the default rule
     return mid - start, time.perf_counter() - mid
 
 

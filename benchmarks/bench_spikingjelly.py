@@ -16,6 +16,8 @@ What it does:
    because its spike budget (tmax) and its bias correction are tied to T.
 4. Speed: the SpikingJelly network ('99.9%' mode, multi-step, CPU) against our NumPy and onnxruntime engines
    on the model converted with --norm percentile:99.9, same batch and T; median of --repeat interleaved runs.
+   The conversions go through the CLI; the speed runs time the engines' internals (sim.engine, sim.ort) on
+   purpose.
 
 usage: python benchmarks/bench_spikingjelly.py [--limit N] [--T 4,8,16,32] [--batch 100] [--engine onnxruntime]
        [--speed-batch 256] [--speed-T 32] [--repeat 3] [--threads N] [--no-speed] [--json FILE]

@@ -12,13 +12,15 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "tests"):  # the project's packages; tests/builders.py for the benchmark graphs
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 EXAMPLE = REPO / "examples" / "fmnist_cnn"
 MB = 2**20
+
+from builders import ModelBuilder  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -66,67 +68,14 @@ def fmt_times(times: list[float]) -> str:
     return "/".join(f"{t:.2f}" for t in times)
 
 
-# ------------------------------------------------------------------ ResNet-style graph (mirrors tests/builders.py)
-
-
-class _Builder:
-    """Seeded onnx.helper model builder; a copy of tests/builders.ModelBuilder's few methods used here, so
-    that the benchmark does not change when the test helpers do."""
-
-    def __init__(self, seed: int = 0, opset: int = 17):
-        self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.opset = opset
-        self._n = 0
-
-    def name(self, base: str) -> str:
-        self._n += 1
-        return f"{base}{self._n}"
-
-    def const(self, value, base: str = "c") -> str:
-        name = self.name(base)
-        self.inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
-        return name
-
-    def node(self, op: str, inputs: list[str], **attrs) -> str:
-        name = self.name(op.lower())
-        out = f"{name}_out"
-        self.nodes.append(helper.make_node(op, inputs, [out], name=name, **attrs))
-        return out
-
-    def conv(self, x: str, cin: int, cout: int, k: int = 3, stride: int = 1, pad: int = 1) -> str:
-        w = self.rng.normal(0, np.sqrt(2.0 / (cin * k * k)), (cout, cin, k, k))
-        return self.node("Conv", [x, self.const(w, "w"), self.const(self.rng.normal(0, 0.1, cout), "b")],
-                         kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4)
-
-    def bn(self, x: str, c: int) -> str:
-        return self.node("BatchNormalization", [
-            x, self.const(self.rng.uniform(0.5, 1.5, c), "gamma"), self.const(self.rng.normal(0, 0.1, c), "beta"),
-            self.const(self.rng.normal(0, 0.1, c), "mean"), self.const(self.rng.uniform(0.5, 1.5, c), "var")],
-            epsilon=1e-5)
-
-    def gemm(self, x: str, cin: int, cout: int) -> str:
-        w = self.rng.normal(0, np.sqrt(1.0 / cin), (cout, cin))
-        return self.node("Gemm", [x, self.const(w, "w"), self.const(self.rng.normal(0, 0.1, cout), "b")], transB=1)
-
-    def build(self, inputs: dict[str, list], output: str) -> onnx.ModelProto:
-        graph = helper.make_graph(
-            self.nodes, "resnet_bench",
-            [helper.make_tensor_value_info(k, TensorProto.FLOAT, ["N"] + list(v)) for k, v in inputs.items()],
-            [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)], self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
-        model.ir_version = 8
-        model = onnx.shape_inference.infer_shapes(model)
-        onnx.checker.check_model(model, full_check=True)
-        return model
+# ------------------------------------------------------------------ ResNet-style graph (tests/builders.py)
 
 
 def resnet_model(seed: int = 0, widths: tuple[int, ...] = (16, 32, 64), classes: int = 10) -> onnx.ModelProto:
     """input [N,3,32,32] -> Conv-BN-ReLU(16) -> one basic residual block per width (the first at stride 1
     with an identity skip, the others at stride 2 with a strided 3x3 conv and a 1x1 strided projection on the
     skip) -> GlobalAveragePool -> Flatten -> Gemm(classes)."""
-    b = _Builder(seed)
+    b = ModelBuilder(seed)
     x = b.node("Relu", [b.bn(b.conv("input", 3, widths[0]), widths[0])])
     cin = widths[0]
     for i, cout in enumerate(widths):
@@ -137,7 +86,7 @@ def resnet_model(seed: int = 0, widths: tuple[int, ...] = (16, 32, 64), classes:
         x = b.node("Relu", [b.node("Add", [y, skip])])
         cin = cout
     x = b.node("Flatten", [b.node("GlobalAveragePool", [x])])
-    return b.build({"input": [3, 32, 32]}, b.gemm(x, cin, classes))
+    return b.build({"input": [3, 32, 32]}, [b.gemm(x, cin, classes)], name="resnet_bench")
 
 
 def random_images(n: int, shape: tuple[int, ...], seed: int) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Full accuracy curves t = 1..T of the bundled example for threshold rule x neuron x phi x bias correction
-(issue 3): calibrate once, convert each configuration through the library API, simulate it once for T steps
-with the NumPy engine (the running-mean accuracy at every t comes from that one run), write every curve to a
-JSON file, print a Markdown table at a few t and draw one panel per (neuron, phi).
+(issue 3): calibrate once, convert each configuration, simulate it once for T steps with the NumPy engine
+(the running-mean accuracy at every t comes from that one run), write every curve to a JSON file, print a
+Markdown table at a few t and draw one panel per (neuron, phi). Each step is the public API's call
+(ann2snn.calibrate; ann2snn.convert with every option given, bias correction on the calibration data;
+ann2snn.simulate).
 
 The rules that depend on a target T (mmse, bias correction) target --target-T; signed neurons get
 tmax = --T (so the cap tmax*theta/t never binds before the end of the window).
@@ -35,18 +37,11 @@ def key(norm: str, neuron: str, phi: float, bc: bool) -> str:
 
 
 def run_grid(args, results: dict, save) -> None:
-    from rewrites.calibration.collect import calibrate
-    from rewrites.config import ConvertOptions, Neuron, NormSpec
-    from rewrites.convert import convert_model
-    from ground.load import load_model
-    from ground.save import save_model
-    from sim.bias_correction import correct_with_data
-    from sim.simulate import simulate
+    import ann2snn
 
     model_path = EXAMPLE / "model.onnx"
-    model = load_model(model_path)
     start = time.perf_counter()
-    calibration = calibrate(model_path, EXAMPLE / "calib.npz", 100)
+    calibration = ann2snn.calibrate(model_path, EXAMPLE / "calib.npz", batch_size=100)
     print(f"calibrated in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     shard, shards = args.shard
     grid = [g for i, g in enumerate(itertools.product(NORMS, NEURONS, PHIS, (False, True))) if i % shards == shard]
@@ -60,16 +55,12 @@ def run_grid(args, results: dict, save) -> None:
                                                 for p in args.skip_done if p.exists()):
                 continue
             start = time.perf_counter()
-            options = ConvertOptions(NormSpec.parse(norm), phi, args.target_T, neuron=Neuron.parse(neuron),
-                                     tmax=args.T if neuron == "signed" else None)
-            snn = convert_model(model, calibration, options).model
-            if bc:
-                snn, _ = correct_with_data(snn, path, model_path, EXAMPLE / "calib.npz", args.target_T,
-                                           args.bias_samples)
-            save_model(snn, path)
+            ann2snn.convert(model_path, calibration, EXAMPLE / "calib.npz" if bc else None, norm=norm, phi=phi,
+                            T=args.target_T, neuron=neuron, tmax=args.T if neuron == "signed" else None,
+                            bias_correction=bc, limit=args.bias_samples if bc else None).save(path)
             converted = time.perf_counter() - start
-            report = simulate(path, EXAMPLE / "test.npz", args.T, 0, args.engine, model_path, args.batch_size,
-                              args.limit)
+            report = ann2snn.simulate(path, EXAMPLE / "test.npz", args.T, extra_t=0, engine=args.engine,
+                                      ann=model_path, batch_size=args.batch_size, limit=args.limit)
             results["ann_accuracy"] = report.ann_accuracy
             results["samples"] = report.samples
             results["curves"][name] = {"norm": norm, "neuron": neuron, "phi": phi, "bias_correction": bc,

@@ -1,6 +1,7 @@
 """Accuracy of a converted transformer at every t = 1..T with --nonlinear exact (the float ceiling) and ugo,
 beside the ANN's, the UGO fit errors, and the operations of the attention and MLP blocks against the ANN's
-MACs. Prints Markdown (docs/transformers.md holds its output).
+MACs. Prints Markdown (docs/transformers.md holds its output). Calibrates, converts and simulates through
+the public API (ann2snn.calibrate / convert / simulate).
 
 usage: python benchmarks/transformer_curve.py [--model examples/fmnist_vit/model.onnx] [--calib-data ...]
        [--data ...] [--T 128] [--limit N] [--ugo-size N] [--json FILE] [--plot FILE.png]
@@ -18,12 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rewrites.calibration.collect import calibrate  # noqa: E402
-from rewrites.config import ConvertOptions, Nonlinear  # noqa: E402
-from rewrites.convert import convert_model  # noqa: E402
-from ground.load import load_model  # noqa: E402
-from ground.save import save_model
-from sim.simulate import simulate  # noqa: E402
+import ann2snn  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "fmnist_vit"
 DATA = REPO / "examples" / "fmnist_cnn"
@@ -49,21 +45,20 @@ def operations_by_block(energy: dict) -> dict:
 
 
 def run(args) -> dict:
-    model = load_model(args.model)
-    calibration = calibrate(args.model, args.calib_data, 100)
+    calibration = ann2snn.calibrate(args.model, args.calib_data, batch_size=100)
     results = {"model": str(Path(args.model).relative_to(REPO)) if Path(args.model).is_relative_to(REPO)
                else str(args.model), "T": args.T}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ("exact", "ugo"):
-            options = ConvertOptions(nonlinear=Nonlinear(mode), default_T=args.T, ugo_size=args.ugo_size)
-            conversion = convert_model(model, calibration, options)
-            snn = Path(tmp) / f"{mode}.snn.onnx"
-            save_model(conversion.model, snn)
+            # no tuning option and no data: nothing is searched, every layer gets the default rule (IF, phi 0.5)
+            converted = ann2snn.convert(args.model, calibration, T=args.T, nonlinear=mode, ugo_size=args.ugo_size)
+            snn = converted.save(Path(tmp) / f"{mode}.snn.onnx")
             start = time.perf_counter()
-            report = simulate(snn, args.data, args.T, 0, "numpy", args.model, args.batch_size, args.limit)
+            report = ann2snn.simulate(snn, args.data, args.T, extra_t=0, engine="numpy", ann=args.model,
+                                      batch_size=args.batch_size, limit=args.limit)
             results[mode] = {"accuracy": report.accuracy_all, "agreement": report.agreement_all,
                              "ann_accuracy": report.ann_accuracy, "samples": report.samples,
-                             "seconds": time.perf_counter() - start, "ugo": conversion.ugo_fits,
+                             "seconds": time.perf_counter() - start, "ugo": converted.result.ugo_fits,
                              "energy": {k: v for k, v in report.energy.items() if k != "layers"},
                              "blocks": operations_by_block(report.energy)}
     return results

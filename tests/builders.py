@@ -50,9 +50,9 @@ class ModelBuilder:
         return self.node("Gemm", [x, self.const(w, "w"), self.const(self.rng.normal(0, 0.1, cout), "b")],
                          transB=trans_b)
 
-    def build(self, inputs: dict[str, list], outputs: list[str]) -> onnx.ModelProto:
+    def build(self, inputs: dict[str, list], outputs: list[str], name: str = "test") -> onnx.ModelProto:
         graph = helper.make_graph(
-            self.nodes, "test",
+            self.nodes, name,
             [helper.make_tensor_value_info(k, TensorProto.FLOAT, ["N"] + list(v)) for k, v in inputs.items()],
             [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
