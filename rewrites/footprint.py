@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from ground.protos import without_weights
 from snnfile import is_state, NEXT_SUFFIX
 
 
@@ -36,17 +37,18 @@ def _per_sample_bytes(value: onnx.ValueInfoProto) -> int | None:
     return count * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).itemsize
 
 
-INFER_BELOW = 2 ** 30  # bytes of model: shape inference copies the model it reads
+INFER_BELOW = 2 ** 30  # bytes of the model less its large weights (Constant nodes keep theirs)
 
 
 def footprint(model: onnx.ModelProto, input_shapes: dict[str, list] | None = None) -> Footprint | None:
     """`input_shapes`: dims to read the graph inputs at (a string for the batch), where the file leaves them
     dynamic (a conversion's bound shapes). None for a model too large to infer shapes of in memory."""
-    if model.ByteSize() > INFER_BELOW:
+    skeleton = without_weights(model)  # shape inference copies what it reads: not the weights
+    if skeleton.ByteSize() > INFER_BELOW:
         return None
     if input_shapes:
-        model = _with_input_shapes(model, input_shapes)
-    inferred = onnx.shape_inference.infer_shapes(model)
+        skeleton = _with_input_shapes(skeleton, input_shapes)
+    inferred = onnx.shape_inference.infer_shapes(skeleton)
     graph = inferred.graph
     weights = {t.name for t in graph.initializer}
     values = {v.name: v for v in list(graph.input) + list(graph.value_info) + list(graph.output)
