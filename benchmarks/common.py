@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import onnx
 
 REPO = Path(__file__).resolve().parents[1]
 for _path in (REPO, REPO / "tests"):  # the project's packages; tests/builders.py for the benchmark graphs
@@ -20,7 +19,7 @@ for _path in (REPO, REPO / "tests"):  # the project's packages; tests/builders.p
 EXAMPLE = REPO / "examples" / "fmnist_cnn"
 MB = 2**20
 
-from builders import ModelBuilder  # noqa: E402
+from builders import resnet_model  # noqa: E402,F401 (re-exported: the benchmarks' ResNet-style graph)
 
 
 def cpu_model() -> str:
@@ -66,27 +65,6 @@ def best_of(functions: dict[str, Callable[[], object]], repeat: int, pause: floa
 
 def fmt_times(times: list[float]) -> str:
     return "/".join(f"{t:.2f}" for t in times)
-
-
-# ------------------------------------------------------------------ ResNet-style graph (tests/builders.py)
-
-
-def resnet_model(seed: int = 0, widths: tuple[int, ...] = (16, 32, 64), classes: int = 10) -> onnx.ModelProto:
-    """input [N,3,32,32] -> Conv-BN-ReLU(16) -> one basic residual block per width (the first at stride 1
-    with an identity skip, the others at stride 2 with a strided 3x3 conv and a 1x1 strided projection on the
-    skip) -> GlobalAveragePool -> Flatten -> Gemm(classes)."""
-    b = ModelBuilder(seed)
-    x = b.node("Relu", [b.bn(b.conv("input", 3, widths[0]), widths[0])])
-    cin = widths[0]
-    for i, cout in enumerate(widths):
-        stride = 1 if i == 0 else 2
-        y = b.node("Relu", [b.bn(b.conv(x, cin, cout, stride=stride), cout)])
-        y = b.bn(b.conv(y, cout, cout), cout)
-        skip = x if stride == 1 and cin == cout else b.bn(b.conv(x, cin, cout, k=1, stride=stride, pad=0), cout)
-        x = b.node("Relu", [b.node("Add", [y, skip])])
-        cin = cout
-    x = b.node("Flatten", [b.node("GlobalAveragePool", [x])])
-    return b.build({"input": [3, 32, 32]}, [b.gemm(x, cin, classes)], name="resnet_bench")
 
 
 def random_images(n: int, shape: tuple[int, ...], seed: int) -> np.ndarray:

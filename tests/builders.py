@@ -76,3 +76,22 @@ def small_cnn(seed: int = 0, classes: int = 10) -> onnx.ModelProto:
     x = b.node("Flatten", [b.node("GlobalAveragePool", [x])])
     out = b.gemm(x, 8, classes)
     return b.build({"input": [1, 12, 12]}, [out])
+
+
+def resnet_model(seed: int = 0, widths: tuple[int, ...] = (16, 32, 64), classes: int = 10) -> onnx.ModelProto:
+    """The benchmarks' ResNet-style graph: input [N,3,32,32] -> Conv-BN-ReLU(16) -> one basic residual block
+    per width (the first at stride 1 with an identity skip, the others at stride 2 with a strided 3x3 conv and
+    a 1x1 strided projection on the skip) -> GlobalAveragePool -> Flatten -> Gemm(classes). onnxruntime fuses
+    the projection's Add into a convolution (NCHWc) only where it knows the shapes."""
+    b = ModelBuilder(seed)
+    x = b.node("Relu", [b.bn(b.conv("input", 3, widths[0]), widths[0])])
+    cin = widths[0]
+    for i, cout in enumerate(widths):
+        stride = 1 if i == 0 else 2
+        y = b.node("Relu", [b.bn(b.conv(x, cin, cout, stride=stride), cout)])
+        y = b.bn(b.conv(y, cout, cout), cout)
+        skip = x if stride == 1 and cin == cout else b.bn(b.conv(x, cin, cout, k=1, stride=stride, pad=0), cout)
+        x = b.node("Relu", [b.node("Add", [y, skip])])
+        cin = cout
+    x = b.node("Flatten", [b.node("GlobalAveragePool", [x])])
+    return b.build({"input": [3, 32, 32]}, [b.gemm(x, cin, classes)], name="resnet_bench")

@@ -8,7 +8,7 @@ import pytest
 from onnx import numpy_helper
 
 from bert_builder import bert_input, build_bert
-from builders import ModelBuilder, small_cnn
+from builders import ModelBuilder, resnet_model, small_cnn
 from rewrites.calibration.collect import calibrate
 from rewrites.config import ConvertOptions, Nonlinear
 from rewrites.convert import convert_model
@@ -204,31 +204,13 @@ def test_a_model_onnxruntime_cannot_loop_is_stepped(cnn, monkeypatch):
     _same(engine.run({"input": cnn["x"]}, 4), reference, 4)
 
 
-def _projection_resnet() -> onnx.ModelProto:
-    """bench_simulate's ResNet-style graph: input [N,3,32,32] -> Conv-BN-Relu(16) -> per width w of 16, 32, 64
-    [Conv(s)-BN-Relu -> Conv-BN] + skip -> Relu, the skip a strided Conv1x1-BN projection at 32 and 64
-    -> GlobalAveragePool -> Flatten -> Gemm(10). onnxruntime fuses the projection's Add into a convolution
-    (NCHWc) only where it knows the shapes."""
-    b = ModelBuilder(0)
-    x = b.node("Relu", [b.bn(b.conv("input", 3, 16), 16)])
-    cin = 16
-    for cout in (16, 32, 64):
-        stride = 1 if cout == cin else 2
-        y = b.node("Relu", [b.bn(b.conv(x, cin, cout, stride=stride), cout)])
-        y = b.bn(b.conv(y, cout, cout), cout)
-        skip = x if stride == 1 else b.bn(b.conv(x, cin, cout, k=1, stride=stride, pad=0), cout)
-        x, cin = b.node("Relu", [b.node("Add", [y, skip])]), cout
-    x = b.node("Flatten", [b.node("GlobalAveragePool", [x])])
-    return b.build({"input": [3, 32, 32]}, [b.gemm(x, 64, 10)])
-
-
 def test_loop_equals_stepping_where_onnxruntime_fuses_a_residual_add(tmp_path):
     """The body's state inputs carry their declared shapes, so that onnxruntime optimises the body as it does
     the file. With unknown shapes it fused this graph's projection Adds differently, and on bench_simulate's
     batch a spike moved by float rounding at step 16 (outputs 0.26 apart); on this batch the rounding happens
     to agree either way, hence the check of the declarations."""
     x = np.random.default_rng(5).uniform(0, 1, (48, 3, 32, 32)).astype(np.float32)
-    path, _ = convert_with_data(_projection_resnet(), x, tmp_path, T=32)
+    path, _ = convert_with_data(resnet_model(), x, tmp_path, T=32)
     _both(path, {"input": x[:16]}, 32)
     model = load_spiking(path)
     proto, _ = loop_model(model, OrtEngine(model).firing, extra=False, observe=False)
