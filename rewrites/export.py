@@ -25,7 +25,7 @@ from rewrites.config import ConvertOptions
 from ground.errors import ModelError
 from ground.protos import default_opset, WEIGHTLESS_ABOVE, without_weights
 from snnfile import CONTRACT, DOMAIN, DOMAIN_VERSION, DRIVE, Meta
-from rewrites.neurons import function_body
+from snnfile.bodies import function_body
 from snnfile.operators import OPERATORS
 from ground.sessions import Session
 

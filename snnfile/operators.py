@@ -3,7 +3,7 @@
 Each operator computes ONE time step. Its state is passed explicitly: the node's trailing inputs are the
 state at the start of the step, its trailing outputs the state after it, in the order of `state`. Every
 state variable starts at zero, so a runtime needs no initial values. The compiler ships each as a model-local
-ONNX function (rewrites/neurons.py: its body) and the simulator runs each natively (sim/neurons.py: its
+ONNX function (snnfile/bodies.py: its body) and the simulator runs each natively (sim/neurons.py: its
 kernel); tests/snnfile/test_contract.py fails when an operator lacks either.
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from rewrites.neurons import BODIES, function_body
+from snnfile.bodies import BODIES, function_body
 from sim.model import spiking_from_proto
 from sim.neurons import NEURON_KERNELS
 from ground.errors import SpikingModelError
@@ -59,7 +59,7 @@ def _imports(modules: dict[str, Path]) -> dict[str, set[str]]:
 @pytest.mark.parametrize("op", sorted(OPERATORS))
 def test_every_operator_has_a_body_a_kernel_and_traits(op):
     spec = OPERATORS[op]
-    assert op in BODIES, f"{op}: no ONNX function body in rewrites/neurons.py"
+    assert op in BODIES, f"{op}: no ONNX function body in snnfile/bodies.py"
     assert op in NEURON_KERNELS, f"{op}: no NumPy kernel in sim/neurons.py"
     assert isinstance(spec.energy, Energy) and isinstance(spec.fires, bool) and isinstance(spec.time_normalised, bool)
     assert spec.fires or spec.nir, f"{op}: an operator that exports to NIR must fire spikes"

@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 from builders import ModelBuilder
-from rewrites.neurons import function_body
+from snnfile.bodies import function_body
 from snnfile.operators import MAXPOOL_NEURON
 from sim.metrics import running_mean
 from sim.neurons import maxpool_neuron

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from rewrites.neurons import function_body
+from snnfile.bodies import function_body
 from snnfile.operators import OPERATORS
 from sim.neurons import NEURON_KERNELS
 

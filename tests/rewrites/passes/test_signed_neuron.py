@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from builders import ModelBuilder, small_cnn
 from rewrites.calibration.collect import calibrate
 from ground.save import save_model
-from rewrites.neurons import function_body
+from snnfile.bodies import function_body
 from snnfile.operators import SIGNED_IF_NEURON
 from sim.neurons import if_neuron, signed_if_neuron
 from spiking_helpers import both_engines, convert_with_data
