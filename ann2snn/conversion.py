@@ -11,7 +11,7 @@ from ann2snn.tune import LayerChoice, apply_charges, settings_of, tunable_layers
 from rewrites.calibration.collect import calibrate
 from ground.data import array_shapes, input_specs, load_dataset
 from rewrites.calibration.stats import Calibration
-from rewrites.config import DEFAULT_NORM, ConvertOptions, Neuron, Nonlinear, NormSpec
+from rewrites.config import DEFAULT_NORM, Coding, ConvertOptions, Neuron, Nonlinear, NormSpec
 from rewrites.convert import ConversionResult, convert_model, normalise, refuse_masks
 from ground.errors import Ann2SnnError, CalibrationError
 from rewrites.footprint import Footprint, footprint
@@ -21,6 +21,7 @@ from ground.save import save_model, write_text_atomic
 from rewrites.passes import NORMALISE, PASSES
 from rewrites.patterns.qcfs import qcfs_levels
 from rewrites.shapes import bind_input_shapes, recorded_shapes, resolve_input_shapes
+from snnfile import Meta
 
 DEFAULT_T = 8
 
@@ -47,6 +48,8 @@ class ConvertRequest:
     limit: int | None = None  # samples of the data used (calibration, tuning, bias correction)
     check: bool = True  # the onnxruntime self-check of the normalising passes
     input_shapes: dict | None = None  # --input-shape: {input: (None, d1, ...)} for dynamic dims (rewrites/shapes.py)
+    coding: str = "rate"  # or "fs": few-spikes neurons (rewrites/fs.py)
+    K: int | None = None  # FS: firing steps per neuron; None: FS_DEFAULT_K
 
     @property
     def tuning_given(self) -> bool:
@@ -71,6 +74,11 @@ class Converted:
         """The exported spiking model."""
         return self.result.model
 
+    @property
+    def default_T(self) -> int:
+        """The steps the file is meant to be run for (FS coding: the steps its layers need)."""
+        return int(next(p.value for p in self.proto.metadata_props if p.key == Meta.DEFAULT_T))
+
     def save(self, path: str | Path) -> Path:
         """Write the spiking model (atomically; weights over 2 GB to an external data file beside it)."""
         save_model(self.result.model, path)
@@ -81,7 +89,8 @@ class Converted:
         result, options = self.result, self.options
         return {
             "calibration": self.calibration, "norm": str(options.norm), "phi": options.phi,
-            "default_T": options.default_T, "drain_steps": options.drain_steps,
+            "coding": options.coding.value, "K": options.fs_K if options.fs else None,
+            "default_T": self.default_T, "drain_steps": options.drain_steps,
             "neuron": options.neuron.value, "tmax": options.tmax,
             "weight_norm": options.weight_norm, "per_channel": options.per_channel,
             "chosen": {c.node: c.to_json() for c in self.choices},
@@ -102,8 +111,24 @@ class Converted:
         }
 
 
+FS_DEFAULT_K = 10  # the reference's K (Stoeckl & Maass 2021)
+FS_DEFAULT_NORM = "max"  # a grid of theta / 1023 costs less than clipping the top percent (docs/fs.md)
+RATE_ONLY = {"bias_correction": "--bias-correction", "drain_steps": "--drain-steps", "neuron": "--neuron",
+             "tmax": "--tmax", "T": "--T"}
+
+
 def check_request(request: ConvertRequest, calib, save_calib) -> None:
     """Refuse what cannot be asked together, before any work."""
+    coding = Coding.parse(request.coding)
+    if coding is Coding.FS:
+        given = [flag for key, flag in RATE_ONLY.items() if getattr(request, key) is not None]
+        given += ["--weight-norm"] if request.weight_norm else []
+        if given:
+            raise Ann2SnnError(f"{', '.join(given)} do(es) not apply to --coding fs",
+                               "leave it out: an FS file runs as many steps as its layers need (--K sets the "
+                               "spikes per neuron)")
+    elif request.K is not None:
+        raise Ann2SnnError("--K applies to --coding fs only", "add --coding fs, or leave --K out")
     for name in request.skip_passes:
         if name not in PASSES:
             raise Ann2SnnError(f"unknown pass {name!r}", f"passes: {', '.join(PASSES)}")
@@ -149,12 +174,18 @@ def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(),
         if data is None:
             raise Ann2SnnError("--save-calib needs --data", "give the calibration samples to calibrate on")
         write_text_atomic(save_calib, calibration.to_json())
+    coding = Coding.parse(request.coding)
+    fs = coding is Coding.FS
+    if fs:
+        levels = 0  # a QCFS network's levels set the T of rate coding
+        T = DEFAULT_T
     neuron = Neuron.parse(request.neuron) if request.neuron else Neuron.SIGNED if levels else Neuron.IF
     drain = request.drain_steps if request.drain_steps is not None else T if levels and neuron is Neuron.SIGNED else 0
-    options = ConvertOptions(NormSpec.parse(request.norm or (calibration.method if calib else DEFAULT_NORM)),
-                             0.5 if request.phi is None else request.phi, T, request.skip_passes, neuron,
-                             request.tmax, request.weight_norm, bool(request.per_channel),
-                             Nonlinear.parse(request.nonlinear), request.ugo_size, request.allow_float, drain)
+    norm = request.norm or (calibration.method if calib else FS_DEFAULT_NORM if fs else DEFAULT_NORM)
+    options = ConvertOptions(NormSpec.parse(norm), 0.5 if request.phi is None else request.phi, T,
+                             request.skip_passes, neuron, request.tmax, request.weight_norm,
+                             bool(request.per_channel), Nonlinear.parse(request.nonlinear), request.ugo_size,
+                             request.allow_float, drain, coding=coding, fs_K=request.K or FS_DEFAULT_K)
     try:
         result = convert_model(ann, calibration, options, model_path, source, check=request.check,
                                source_fingerprint=source_fp)
@@ -166,7 +197,7 @@ def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(),
                                "calibrate on the fly, or --calib FILE made by `ann2snn calibrate`") from exc
     choices: list[LayerChoice] = []
     dataset = load_dataset(data, input_specs(ann), request.limit) if data is not None else None
-    if not request.tuning_given and tunable_layers(result.layers):
+    if not fs and not request.tuning_given and tunable_layers(result.layers):
         if dataset is None:
             notes.append("layers converted with the default rule, not chosen on data: give --data to measure "
                          "each layer's options")

@@ -45,6 +45,29 @@ class Nonlinear(enum.Enum):
             raise Ann2SnnError(f"invalid --nonlinear {text!r}", "use 'ugo' or 'exact'") from None
 
 
+class Coding(enum.Enum):
+    """How values travel between layers. DIRECT: rate coding, the analog input at every step and each
+    neuron's spike count over T carrying its value (decoded by the running mean). FS: few-spikes coding (seed
+    003), each neuron sends its value in at most K weighted spikes after the layers before it have finished
+    (decoded by the sum)."""
+
+    DIRECT = "direct"
+    FS = "fs"
+
+    @classmethod
+    def parse(cls, text: str) -> Coding:
+        name = text.strip().lower()
+        if name == "rate":
+            return cls.DIRECT
+        try:
+            return cls(name)
+        except ValueError:
+            raise Ann2SnnError(f"invalid --coding {text!r}", "use 'rate' or 'fs'") from None
+
+
+MAX_FS_K = 24  # float32 holds 2^-24 relative steps exactly
+
+
 class Norm(enum.Enum):
     MAX = "max"
     PERCENTILE = "percentile"
@@ -108,6 +131,12 @@ class ConvertOptions:
     allow_float: tuple[str, ...] = ()  # op types kept as exact float operators when nothing else maps them
     drain_steps: int = 0  # E: the drain steps the file is converted for (metadata ann2snn.drain_steps)
     layer_settings: dict[str, LayerSetting] = field(default_factory=dict)  # by ReLU node name
+    coding: Coding = Coding.DIRECT
+    fs_K: int = 10  # FS: firing steps per neuron (K)
+
+    @property
+    def fs(self) -> bool:
+        return self.coding is Coding.FS
 
     def setting(self, node: str) -> LayerSetting:
         """The conversion of ReLU layer `node`: its own setting, else the options'."""
@@ -127,6 +156,8 @@ class ConvertOptions:
             raise Ann2SnnError(f"invalid --neuron {self.neuron!r}", "use 'if' or 'signed'")
         if self.drain_steps < 0:
             raise Ann2SnnError(f"invalid --drain-steps {self.drain_steps}", "use 0 or more drain steps")
+        if not 1 <= self.fs_K <= MAX_FS_K:
+            raise Ann2SnnError(f"invalid --K {self.fs_K}", f"use 1 to {MAX_FS_K} firing steps per neuron")
         if self.ugo_size is not None and self.ugo_size < 1:
             raise Ann2SnnError(f"invalid --ugo-size {self.ugo_size}", "use at least 1 hidden neuron")
         if self.tmax is not None:

@@ -20,7 +20,7 @@ from rewrites.export import (SharedValues, export_spiking, graph_to_model, graph
 from ground.load import load_model, non_finite_constants, NonFinite
 from ground.protos import default_opset, fingerprint, with_inferred_types
 from rewrites.optable import classify_graph, Conversion, NodeConversion
-from rewrites.passes import KEPT, NORMALISE, SPIKING, PassContext, PassReport, converting_pass, run_passes
+from rewrites.passes import KEPT, NORMALISE, SPIKING, SPIKING_FS, PassContext, PassReport, converting_pass, run_passes
 from rewrites.passes import allow_float, batch_shapes, decoded_head, fold_constants, fuse_softmax, max_to_relu
 from ground.sessions import Session, WEIGHTS_AS_INPUTS_ABOVE
 from rewrites.shapes import DynamicInput, bind_input_shapes, dynamic_inputs, resolve_input_shapes
@@ -291,7 +291,7 @@ def convert_model(model: onnx.ModelProto, calibration: Calibration, options: Con
     graph, reports = normalise(model, options)
     error = self_check(model, graph, "normalising passes") if check else float("nan")
     ctx = PassContext(options, calibration)
-    reports += run_passes(graph, SPIKING, ctx)
+    reports += run_passes(graph, SPIKING_FS if options.fs else SPIKING, ctx)
     done = KEPT | {Conversion.FLOAT}  # float: kept exact by allow_float or by a pass
     remaining = [n for n in classify_graph(graph, frozenset(ctx.kept_float)) if n.conversion not in done]
     if remaining:
@@ -304,7 +304,7 @@ def convert_model(model: onnx.ModelProto, calibration: Calibration, options: Con
                                     f"run `ann2snn inspect` for the full table, or keep them as float operators "
                                     f"with --allow-float {ops}")
     layers = merge_layers(reports)
-    snn = export_spiking(graph, model, options, layers, fp)
+    snn = export_spiking(graph, model, options, layers, fp, ctx.fs_steps)
     ops_after = Counter(n.op_type for n in snn.graph.node)
     kept = [NodeConversion(n, "", Conversion.FLOAT) for n in ctx.kept_float]
     return ConversionResult(snn, reports, ops_before, ops_after, layers, error, kept, ugo_fits=ctx.ugo_fits)

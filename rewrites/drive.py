@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from snnfile import DOMAIN, DRIVE, is_state, next_name, state_name
-from snnfile.operators import SIGNED_IF_NEURON, STEP_COUNT, TIME_NORMALISED
+from ground.errors import ModelError
+from snnfile import DOMAIN, DRIVE, PRESENT, is_state, next_name, state_name
+from snnfile.operators import FIRST_STEP, SIGNED_IF_NEURON, STEP_COUNT, TIME_NORMALISED
 
 STEPS = "snn.steps"
 NO_COUNT_BOUND = 2.0 ** 24  # float32 counts stay exact below it
@@ -84,13 +85,29 @@ def gate(graph: gs.Graph, default_budget: bool) -> DriveGate:
             report.budget.append(neuron.name)
         return report
     drive = gs.Variable(DRIVE, np.float32, [])
+    _gate_terms(graph, drive, data, report)
+    if budgeted:
+        steps = gs.Variable(STEPS, np.float32, [1])
+        count = state_name(STEPS, STEP_COUNT.state[0])  # shape [1]
+        graph.nodes.append(gs.Node(STEP_COUNT.op_type, name=STEPS, domain=DOMAIN, inputs=[
+            drive, gs.Variable(count, np.float32, [1])], outputs=[steps, gs.Variable(next_name(count), np.float32, [1])]))
+        for neuron in budgeted:
+            neuron.inputs[4] = steps
+            report.budget.append(neuron.name)
+    report.drive = drive
+    return report
+
+
+def _gate_terms(graph: gs.Graph, drive: gs.Variable, data: list[gs.Variable], report: DriveGate) -> None:
+    """Multiply every constant additive term and every data input by `drive`."""
     signals = {x.name for x in data}
     gated: dict[str, gs.Variable] = {}
     for node in list(graph.nodes):
         for k in additive_terms(node, signals):
             const = node.inputs[k]
             if const.name not in gated:
-                out = gs.Variable(f"{const.name}.driven", np.float32, const.shape)
+                shape = list(np.broadcast_shapes(tuple(const.shape), tuple(drive.shape)))  # FS's clock is [1]
+                out = gs.Variable(f"{const.name}.driven", np.float32, shape)
                 graph.nodes.append(gs.Node("Mul", name=f"{const.name}.gate", inputs=[const, drive], outputs=[out]))
                 gated[const.name] = out
             node.inputs[k] = gated[const.name]
@@ -105,13 +122,22 @@ def gate(graph: gs.Graph, default_budget: bool) -> DriveGate:
                     reader.inputs[k] = out
         graph.nodes.append(gs.Node("Mul", name=f"{x.name}.gate", inputs=[x, drive], outputs=[out]))
         report.inputs.append(x.name)
-    if budgeted:
-        steps = gs.Variable(STEPS, np.float32, [1])
-        count = state_name(STEPS, STEP_COUNT.state[0])  # shape [1]
-        graph.nodes.append(gs.Node(STEP_COUNT.op_type, name=STEPS, domain=DOMAIN, inputs=[
-            drive, gs.Variable(count, np.float32, [1])], outputs=[steps, gs.Variable(next_name(count), np.float32, [1])]))
-        for neuron in budgeted:
-            neuron.inputs[4] = steps
-            report.budget.append(neuron.name)
-    report.drive = drive
+
+
+def first_step_gate(graph: gs.Graph) -> DriveGate:
+    """FS coding (docs/fs.md): the data inputs and every constant additive term enter at the first step only,
+    gated by a FirstStep clock (node and output PRESENT), so the sum of a layer's input over the steps is its
+    ANN input, once. The file has no snn.drive."""
+    data = [t for t in graph.inputs if not is_state(t.name)]
+    for x in data:
+        if x.dtype != np.float32:
+            raise ModelError(f"data input '{x.name}' is {np.dtype(x.dtype).name if x.dtype is not None else 'untyped'}"
+                             ", not float32: FS coding presents the input at the first step only, by a float gate",
+                             "convert it with rate coding (without --coding fs)")
+    report = DriveGate()
+    seen = state_name(PRESENT, FIRST_STEP.state[0])
+    clock = gs.Variable(PRESENT, np.float32, [1])
+    graph.nodes.append(gs.Node(FIRST_STEP.op_type, name=PRESENT, domain=DOMAIN, inputs=[
+        gs.Variable(seen, np.float32, [1])], outputs=[clock, gs.Variable(next_name(seen), np.float32, [1])]))
+    _gate_terms(graph, clock, data, report)
     return report

@@ -164,9 +164,10 @@ def _with_budget(layers: list[dict], gated: drive.DriveGate) -> list[dict]:
 
 
 def export_spiking(graph: gs.Graph, source: onnx.ModelProto, options: ConvertOptions,
-                   layers: list[dict], fingerprint: str) -> onnx.ModelProto:
+                   layers: list[dict], fingerprint: str, fs_steps: int = 0) -> onnx.ModelProto:
+    """`fs_steps`: under FS coding, the steps a runtime must run (the file's default T)."""
     graph.cleanup().toposort()
-    gated = drive.gate(graph, default_budget=options.tmax is None)
+    gated = drive.first_step_gate(graph) if options.fs else drive.gate(graph, default_budget=options.tmax is None)
     graph.toposort()
     used = {}
     for node in spiking_nodes(graph):
@@ -196,9 +197,9 @@ def export_spiking(graph: gs.Graph, source: onnx.ModelProto, options: ConvertOpt
     meta.update({
         Meta.VERSION: __version__,
         Meta.CONTRACT: CONTRACT,
-        Meta.CODING: "direct",
-        Meta.DECODING: "mean",
-        Meta.DEFAULT_T: str(options.default_T),
+        Meta.CODING: options.coding.value,
+        Meta.DECODING: "sum" if options.fs else "mean",
+        Meta.DEFAULT_T: str(fs_steps if options.fs else options.default_T),
         Meta.PHI: str(options.phi),
         Meta.NORM: str(options.norm),
         Meta.NONLINEAR: options.nonlinear.value,
@@ -208,6 +209,9 @@ def export_spiking(graph: gs.Graph, source: onnx.ModelProto, options: ConvertOpt
     })
     if gated.reason:
         meta[Meta.NO_DRAIN] = gated.reason
+    if options.fs:
+        meta[Meta.FS_K] = str(options.fs_K)
+        meta[Meta.NO_DRAIN] = "few-spikes coding: the input and the biases enter at the first step only"
     del model.metadata_props[:]
     for key in sorted(meta):
         model.metadata_props.add(key=key, value=meta[key])

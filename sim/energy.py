@@ -9,7 +9,8 @@ The path from a neuron to a weighted operator may pass through operators that on
 4.6 pJ per 32-bit float MAC and 0.9 pJ per accumulate.
 Spiking products (SpikeMatMul, SpikeMul) compute two products of their increment per step and are counted
 as dense MACs (2 x the ANN product's MACs per step); outputs of the estimate-and-correct operators are analog,
-so what they feed is dense too."""
+so what they feed is dense too. In a few-spikes file an analog stream (a product's increments) is non-zero
+only at the steps its inputs change, and the layer reading it costs its MACs at those steps only."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import onnx
 
 from sim.model import SpikingModel
 from snnfile import DOMAIN, is_state
-from snnfile.operators import Energy, OPERATORS
+from snnfile.operators import Energy, FS_SILENT_THRESHOLD, OPERATORS
 
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
@@ -132,11 +133,14 @@ def estimate(model: SpikingModel, spikes_per_neuron: dict[str, tuple[int, int]],
     synops = 0.0
     rows = []
     added = {layer["sum_node"] for layer in model.layers if "sum_node" in layer}  # UGO output sums
+    active = fs_active_steps(model, steps) if model.few_spikes else None
+    inputs = {n.name: n.input[0] for n in model.nodes}
     for layer in weighted_layers(model):
         if layer.node not in added:  # a UGO's output sum is no layer of the ANN
             ann_macs += layer.macs
         if layer.sources is None:
-            dense = layer.macs * steps * (2 if layer.op in PRODUCTS else 1)
+            busy = steps if active is None else len(active.get(inputs[layer.node], range(steps)))
+            dense = layer.macs * busy * (2 if layer.op in PRODUCTS else 1)
             snn_macs += dense
             rows.append({"node": layer.node, "op": layer.op, "macs": layer.macs, "input": "analog",
                          "snn_macs": dense, "synops": 0.0, "in_ann": layer.node not in added})
@@ -151,3 +155,28 @@ def estimate(model: SpikingModel, spikes_per_neuron: dict[str, tuple[int, int]],
                      "in_ann": layer.node not in added})
     return EnergyReport(ann_macs, snn_macs, synops, ann_macs * E_MAC_PJ * 1e-6,
                         (snn_macs * E_MAC_PJ + synops * E_AC_PJ) * 1e-6, rows)
+
+
+def fs_active_steps(model: SpikingModel, steps: int) -> dict[str, set[int]]:
+    """FS coding: for every tensor, the steps at which it is non-zero (a stream of spikes or increments) or
+    changes (a running sum and what is computed from it): the input at the first step, an FS neuron in its
+    firing steps (the rows of its tables that are not silent), any other operator when one of its inputs is
+    (a constant term enters at the first step too). A layer reading an analog stream costs its MACs only
+    at those steps."""
+    active: dict[str, set[int]] = {x.name: {0} for x in model.inputs}
+    everything = set(range(steps))
+    for node in model.nodes:
+        if node.domain == DOMAIN and node.op_type == "FSNeuron":
+            thresholds = np.asarray(model.constants[node.input[1]], np.float32)
+            rows = np.flatnonzero(~np.all(thresholds.reshape(len(thresholds), -1) == FS_SILENT_THRESHOLD, axis=1))
+            last = len(thresholds) - 1
+            out = {t for t in range(steps) if min(t, last) in set(rows.tolist())}
+        else:
+            out = set()
+            for name in node.input:
+                if not name or is_state(name):
+                    continue
+                out |= {0} if name in model.constants else active.get(name, everything)
+        for name in node.output:
+            active[name] = out
+    return active

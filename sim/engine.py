@@ -354,9 +354,9 @@ class NumpyEngine:
                 observe: int, block: int = 0, reuse_input: bool = False) -> list:
         args = [v.data if isinstance(v, Seq) else v
                 for name, v in zip(node.input, inputs) if not is_state(name)]
-        if not isinstance(inputs[0], Seq):
+        if args and not isinstance(inputs[0], Seq):
             args[0] = np.asarray(args[0])[None]
-        shape = args[0].shape[1:]
+        shape = args[0].shape[1:] if args else ()  # a clock (FirstStep) reads nothing
         if block and node.op_type in BLOCKED_NEURONS:  # elementwise: run on the memory order
             args = [blocked_view(args[0], block)] + [c if attrs.get("tmax_per_step") and k == 4
                                                      else blocked_constant(c, shape, block)

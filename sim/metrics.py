@@ -103,6 +103,7 @@ class SimulationReport:
     drain: bool = False
     notes: list[str] = field(default_factory=list)  # where the run departs from what the file was converted for
     engine_note: str = ""  # why the engine ran otherwise than by default (the Loop fell back to stepping)
+    coding: str = "direct"  # the file's ann2snn.coding; fs: input at step 1, the rest are steps without it
 
     @property
     def final_accuracy(self) -> float | None:
@@ -111,7 +112,7 @@ class SimulationReport:
     def to_dict(self) -> dict:
         return {
             "engine": self.engine, "engine_note": self.engine_note or None, "T": self.T, "extra_t": self.extra_t,
-            "drain": self.drain, "notes": self.notes,
+            "drain": self.drain, "notes": self.notes, "coding": self.coding,
             "samples": self.samples,
             "seconds": self.seconds, "ann_accuracy": self.ann_accuracy,
             "steps": self.steps, "accuracy": self.accuracy, "agreement": self.agreement,

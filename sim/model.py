@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from ground.data import input_specs, InputSpec
 from ground.errors import SpikingModelError
 from ground.load import load_model
-from snnfile import contract_version, DEFAULT_DOMAINS, DOMAIN, DRIVE, is_state, Meta, next_name, version_problem
+from snnfile import contract_version, DEFAULT_DOMAINS, DOMAIN, DRIVE, is_state, Meta, next_name, PRESENT, version_problem
 
 
 
@@ -41,6 +41,11 @@ class SpikingModel:
     def default_T(self) -> int | None:
         value = self.metadata.get(Meta.DEFAULT_T)
         return int(value) if value and value.isdigit() else None
+
+    @property
+    def few_spikes(self) -> bool:
+        """FS coding: the input enters at the first step and the decoded output is the sum of the steps'."""
+        return self.metadata.get(Meta.CODING) == "fs"
 
     @property
     def drain_steps(self) -> int:
@@ -109,18 +114,20 @@ def spiking_from_proto(model: onnx.ModelProto, path: Path) -> SpikingModel:
 
 
 def fold_drive(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, frozenset[tuple[int, int]]]:
-    """The file's step at drive 1 without its gates (every Mul by snn.drive of a constant or of a data input
-    is dropped and its readers read the operand), and the (node index, input index) pairs that read a gated
-    constant, indexed in the folded model. Other readers of snn.drive (the step count) keep reading it."""
+    """The file's step at drive 1 without its gates (every Mul by snn.drive, or by an FS file's first-step
+    clock snn.present, of a constant or of a data input is dropped and its readers read the operand), and the
+    (node index, input index) pairs that read a gated constant, indexed in the folded model. Other readers of
+    snn.drive (the step count) keep reading it. An FS file is then run as one input step and drain steps."""
     graph = proto.graph
-    if DRIVE not in {i.name for i in graph.input}:
+    drives = ({DRIVE} & {i.name for i in graph.input}) | ({PRESENT} & {o for n in graph.node for o in n.output})
+    if not drives:
         return proto, frozenset()
-    gates = {n.output[0]: next(x for x in n.input if x != DRIVE) for n in graph.node
-             if n.op_type == "Mul" and n.domain in DEFAULT_DOMAINS and DRIVE in n.input and len(n.input) == 2}
+    gates = {n.output[0]: next(x for x in n.input if x not in drives) for n in graph.node
+             if n.op_type == "Mul" and n.domain in DEFAULT_DOMAINS and drives & set(n.input) and len(n.input) == 2}
     constants = {t.name for t in graph.initializer}
     folded = onnx.ModelProto()
     folded.CopyFrom(proto)
-    if DRIVE not in constants:  # a file read after drain steps declares the input without a default
+    if DRIVE in drives and DRIVE not in constants:  # a file read after drain steps declares the input without a default
         folded.graph.initializer.append(onnx.helper.make_tensor(DRIVE, onnx.TensorProto.FLOAT, [], [1.0]))
     kept = [n for n in folded.graph.node if not (n.op_type == "Mul" and n.output[0] in gates)]
     gated = set()

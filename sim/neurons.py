@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sim.ops import KERNELS
+from snnfile.operators import FS_SILENT_THRESHOLD
 
 NeuronKernel = Callable[[list[np.ndarray], dict[str, Any], int], tuple[np.ndarray, np.ndarray | None]]
 
@@ -203,6 +204,46 @@ def step_count(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple
     return np.minimum(np.arange(1, T + 1), driven).astype(np.float32).reshape(T, 1), None
 
 
+def fs_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, np.ndarray]:
+    """Few-spikes neuron: row min(t, last) of the tables at step t; rows whose thresholds are all the largest
+    float32 (before and after the firing steps) only integrate."""
+    x = inputs[0]
+    thresholds, resets, weights = (np.asarray(a, np.float32) for a in inputs[1:4])
+    last = int(np.asarray(inputs[4]).reshape(-1)[0])
+    silent = np.float32(FS_SILENT_THRESHOLD)
+    out = np.zeros((T,) + x.shape[1:], np.float32)
+    v = np.zeros(x.shape[1:], np.float32)
+    fired = np.empty(v.shape, np.bool_)
+    taken = np.empty_like(v)
+    counts = _Counts(v.shape, T)
+    for t in range(T):
+        np.add(v, x[t if len(x) > 1 else 0], out=v)
+        row = min(t, last)
+        if np.all(thresholds[row] == silent):
+            continue
+        np.greater_equal(v, thresholds[row], out=fired)
+        np.multiply(fired, weights[row], out=out[t])
+        np.multiply(fired, resets[row], out=taken)
+        np.subtract(v, taken, out=v)
+        counts.add(fired)
+    return out, counts.total()
+
+
+def first_step(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, None]:
+    """1 at the first step, then 0, [T, 1]."""
+    out = np.zeros((T, 1), np.float32)
+    out[0] = 1.0
+    return out, None
+
+
+def running_sum_kernel(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, None]:
+    return running_sum(np.asarray(inputs[0], np.float32), T), None
+
+
+def increment(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, None]:
+    return _increments(np.ascontiguousarray(_over_window(np.asarray(inputs[0], np.float32), T))), None
+
+
 REUSING = frozenset({"IFNeuron", "SignedIFNeuron", "MaxPoolNeuron"})  # kernels that take reuse_input
 NEURON_KERNELS: dict[str, NeuronKernel] = {
     "IFNeuron": if_neuron,
@@ -217,4 +258,8 @@ NEURON_KERNELS: dict[str, NeuronKernel] = {
     "SpikeMin": _spike_max(np.minimum),
     "SpikeReduceMax": _spike_reduce(np.max),
     "SpikeReduceMin": _spike_reduce(np.min),
+    "FSNeuron": fs_neuron,
+    "FirstStep": first_step,
+    "RunningSum": running_sum_kernel,
+    "Increment": increment,
 }

@@ -20,6 +20,7 @@ from sim.metrics import Accumulator, SimulationReport, finish, report_steps
 from sim.model import load_spiking, SpikingModel
 from sim.ort import OrtEngine
 from ground.protos import add_outputs
+from snnfile import Meta
 
 ENGINES = {"numpy": NumpyEngine, "onnxruntime": OrtEngine}
 Progress = Callable[[int, int], None]
@@ -74,6 +75,10 @@ def window_for(model: SpikingModel, T: int | None, extra_t: int | None, drain: b
     converted for."""
     file_T = model.default_T
     steps = T or file_T or 32
+    if model.few_spikes:  # the input at the first step, then steps without it (folded: drain steps)
+        notes = [] if not file_T or steps >= file_T else [
+            f"the file's layers need {file_T} steps to pass their spikes on (FS coding); this run stops at {steps}"]
+        return Window(1, steps - 1, steps > 1, tuple(notes))
     drain_steps = model.drain_steps
     if extra_t is None:
         extra_t = drain_steps if drain is not False else 0
@@ -151,6 +156,7 @@ def run_dataset(runner, model: SpikingModel, dataset: Dataset, T: int, extra_t: 
     report.layer_error = errors.to_json() if errors else None
     report.until_silent = silent.to_json() if silent else None
     report.drain = drain
+    report.coding = model.metadata.get(Meta.CODING, "direct")
     if getattr(runner, "loop_reason", ""):
         report.engine_note = f"stepped the file from Python instead of running an ONNX Loop: {runner.loop_reason}"
     return report

@@ -10,11 +10,13 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 STATE_PREFIX = "state."
 NEXT_SUFFIX = ".next"
 DRIVE = "snn.drive"  # the optional scalar drain gate: 1 with input, 0 in a drain step
+PRESENT = "snn.present"  # FS coding: the FirstStep node and its output, 1 at the first step only
 BATCH_DIM = "N"  # the name of a state tensor's batch axis when the model's batch is not static
 
 CONTRACT = ("one time step per call; inputs state.* start at zero and take their .next outputs at the next "
             "step; the first non-state output is the step's value, decoded as the running mean over steps")
 DECODINGS = ("mean", "sum", "last")  # ann2snn.decoding: how the outputs of the steps give the result
+CODINGS = ("direct", "fs")  # ann2snn.coding: the analog input at every step, or few-spikes (input at step 1)
 
 
 def state_name(node: str, var: str) -> str:
@@ -47,6 +49,7 @@ class Meta:
     DRAIN_STEPS = "ann2snn.drain_steps"
     NO_DRAIN = "ann2snn.no_drain"
     INPUT_SHAPES = "ann2snn.input_shapes"
+    FS_K = "ann2snn.fs_K"  # FS coding: the firing steps per neuron (K) the file was converted with
 
 
 def contract_version(opset_imports) -> int | None:

@@ -147,6 +147,44 @@ def _reduce_max_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
     return _function(spec, nodes, opset)
 
 
+def _fs_neuron_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
+    nodes = [
+        _one(),
+        helper.make_node("Add", ["step", "one"], ["step_next"]),
+        helper.make_node("Min", ["step", "last"], ["at"]),
+        helper.make_node("Cast", ["at"], ["row"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["thresholds", "row"], ["threshold"], axis=0),
+        helper.make_node("Gather", ["resets", "row"], ["reset"], axis=0),
+        helper.make_node("Gather", ["weights", "row"], ["weight"], axis=0),
+        helper.make_node("Add", ["v", "X"], ["m"]),
+        *_at_least("m", "threshold", "fired", opset),
+        helper.make_node("Cast", ["fired"], ["z"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["z", "weight"], ["Y"]),
+        helper.make_node("Mul", ["z", "reset"], ["taken"]),
+        helper.make_node("Sub", ["m", "taken"], ["v_next"]),
+    ]
+    return _function(spec, nodes, opset)
+
+
+def _first_step_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
+    nodes = [
+        helper.make_node("Constant", [], ["ones"], value=helper.make_tensor("ones", TensorProto.FLOAT, [1], [1.0])),
+        helper.make_node("Sub", ["ones", "seen"], ["Y"]),
+        helper.make_node("Identity", ["ones"], ["seen_next"]),
+    ]
+    return _function(spec, nodes, opset)
+
+
+def _running_sum_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
+    nodes = [helper.make_node("Add", ["sum", "X"], ["Y"]), helper.make_node("Identity", ["Y"], ["sum_next"])]
+    return _function(spec, nodes, opset)
+
+
+def _increment_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
+    nodes = [helper.make_node("Sub", ["X", "prev"], ["Y"]), helper.make_node("Identity", ["X"], ["prev_next"])]
+    return _function(spec, nodes, opset)
+
+
 def _function(spec: OperatorSpec, nodes: list[onnx.NodeProto], opset: int) -> onnx.FunctionProto:
     return helper.make_function(
         DOMAIN, spec.op_type,
@@ -163,7 +201,8 @@ BODIES = {"IFNeuron": _if_neuron_body, "SignedIFNeuron": _signed_if_neuron_body,
            "MaxPoolNeuron": _maxpool_neuron_body, "RunningMean": _running_mean_body,
            "RateCorrect": _rate_correct_body, "SpikeMatMul": _product_body, "SpikeMul": _product_body,
            "StepCount": _step_count_body, "SpikeMax": _max_body, "SpikeMin": _max_body,
-           "SpikeReduceMax": _reduce_max_body, "SpikeReduceMin": _reduce_max_body}
+           "SpikeReduceMax": _reduce_max_body, "SpikeReduceMin": _reduce_max_body, "FSNeuron": _fs_neuron_body,
+           "FirstStep": _first_step_body, "RunningSum": _running_sum_body, "Increment": _increment_body}
 
 
 def function_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:

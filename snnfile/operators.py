@@ -168,9 +168,68 @@ def _product_spec(op: str, how: str) -> OperatorSpec:
 SPIKE_MATMUL = _product_spec("MatMul", "a matrix product")
 SPIKE_MUL = _product_spec("Mul", "elementwise")
 
+FS_SILENT_THRESHOLD = 3.4028234663852886e38  # float32's largest: an FSNeuron table row at which it does not fire
+
+FS_NEURON = OperatorSpec(
+    "FSNeuron",
+    inputs=("X", "thresholds", "resets", "weights", "last"),
+    state=("v", "step"),
+    attributes=(),
+    doc=(
+        "Few-spikes neuron (seed 003, Stoeckl & Maass 2021) on the file's step clock. The tables thresholds, "
+        "resets and weights hold one row per step (a row may broadcast per channel); row i is read at step i "
+        "(0-based) and the last row, index `last` (shape [1]), from then on. Rows outside the neuron's K firing "
+        "steps hold the largest float32 threshold: there it only integrates. i = Min(step, last); "
+        "m = v + X; z = m >= thresholds[i]; Y = z * weights[i]; v_next = m - z * resets[i]; "
+        "step_next = step + 1 (shape [1])."
+    ),
+    fires=True, time_normalised=False, energy=Energy.SPIKES,
+    nir="few-spikes neuron (time-varying threshold, reset and output weight): NIR has no such node",
+)
+
+FIRST_STEP = OperatorSpec(
+    "FirstStep",
+    inputs=(),
+    state=("seen",),
+    attributes=(),
+    doc=(
+        "1 at the first step, 0 after it (shape [1]): Y = 1 - seen; seen_next = 1. The gate of an FS file's "
+        "data inputs and constant terms: the input and the biases enter once, as the sum decoding needs."
+    ),
+    fires=False, time_normalised=False, energy=Energy.CONTROL,
+    nir="step clock of a few-spikes file: NIR has no such node",
+)
+
+RUNNING_SUM = OperatorSpec(
+    "RunningSum",
+    inputs=("X",),
+    state=("sum",),
+    attributes=(),
+    doc=(
+        "The sum of the input so far: the value a float operator reads in a file decoded by `sum` (FS coding). "
+        "Y = sum + X; sum_next = Y."
+    ),
+    fires=False, time_normalised=False, energy=Energy.ANALOG,
+    nir="float operator on running sums: NIR has no such node",
+)
+
+INCREMENT = OperatorSpec(
+    "Increment",
+    inputs=("X",),
+    state=("prev",),
+    attributes=(),
+    doc=(
+        "The increase of X since the last step, so that the outputs sum to the latest X: Y = X - prev; "
+        "prev_next = X. After a float operator on running sums (RunningSum) it makes the sum of what is emitted "
+        "equal f(sums)."
+    ),
+    fires=False, time_normalised=False, energy=Energy.ANALOG,
+    nir="float operator on running sums: NIR has no such node",
+)
+
 OPERATORS: dict[str, OperatorSpec] = {spec.op_type: spec for spec in (
     IF_NEURON, SIGNED_IF_NEURON, MAXPOOL_NEURON, RUNNING_MEAN, RATE_CORRECT, SPIKE_MATMUL, SPIKE_MUL, STEP_COUNT, SPIKE_MAX,
-    SPIKE_MIN, SPIKE_REDUCE_MAX, SPIKE_REDUCE_MIN)}
+    SPIKE_MIN, SPIKE_REDUCE_MAX, SPIKE_REDUCE_MIN, FS_NEURON, FIRST_STEP, RUNNING_SUM, INCREMENT)}
 TIME_NORMALISED = frozenset(op for op, spec in OPERATORS.items() if spec.time_normalised)
 FIRING = frozenset(op for op, spec in OPERATORS.items() if spec.fires)
 NON_FIRING = frozenset(OPERATORS) - FIRING

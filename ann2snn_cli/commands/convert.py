@@ -80,6 +80,12 @@ def command(
         "nothing else maps, as float operators with estimate-and-correct semantics, or as they are where "
         "they read only the presented input or non-float tensors (listed in the report). Without it such "
         "nodes make the conversion fail with the list.")] = None,
+    coding: Annotated[str, typer.Option(
+        "--coding", metavar="rate|fs", help="'rate': each neuron's spike count over T steps carries its value "
+        "(the default). 'fs': few-spikes neurons (Stoeckl and Maass 2021) send each value in at most --K "
+        "weighted spikes, layer after layer; the file runs as many steps as its layers need (docs/fs.md).")] = "rate",
+    fs_k: Annotated[Optional[int], typer.Option("--K", min=1, metavar="K", help="--coding fs: firing steps "
+                    "per neuron, so a value is sent on a grid of threshold / (2^K - 1) (default: 10).")] = None,
     skip_pass: Annotated[Optional[list[str]], typer.Option(
         "--skip-pass", metavar="NAME", help="Skip a normalising pass by name (repeatable; the names are in "
         "convert's Passes table).")] = None,
@@ -104,7 +110,7 @@ def command(
                     per_channel=per_channel, neuron=neuron, phi=phi, tmax=tmax, bias_correction=bias_correction,
                     drain_steps=drain_steps, weight_norm=weight_norm, nonlinear=nonlinear, ugo_size=ugo_size,
                     allow_float=parse_ops(allow_float), skip_passes=skip_pass or (), limit=limit, check=not no_check,
-                    input_shapes=parse_input_shapes(input_shape or ()))
+                    input_shapes=parse_input_shapes(input_shape or ()), coding=coding, K=fs_k)
         except UnsupportedNodesError as exc:  # the message lists 20 nodes; --json gets every one
             out.emit_json(exc.to_json())
             raise
@@ -167,6 +173,11 @@ def render(out: Output, converted, target: Path) -> None:
                     f"{c.default_error:.4f}"] for c in converted.choices],
                   legend=f"threshold p: percentile, /ch: per channel; error: mean squared gap of the rate at T = "
                   f"{options.default_T} to the ANN, relative; default: the same for the default options")
+    elif neurons and options.fs:
+        out.table(f"few-spikes neurons (K = {options.fs_K}, {options.norm}, phi {options.phi:g})",
+                  ["node", "from", "threshold", "fires at steps"],
+                  [[l["node"], l["from"], _threshold_text(l["threshold"]),
+                    f"{l['start'] + 1}..{l['start'] + l['K']}" if "start" in l else "-"] for l in neurons])
     elif neurons:
         kind = "signed IF neurons" if options.neuron.value == "signed" else "IF neurons"
         title = f"{kind} ({options.norm}, phi {options.phi:g}"
@@ -193,10 +204,19 @@ def render(out: Output, converted, target: Path) -> None:
                   ["node", "function", "input range", "hidden", "max |error|", "mean |error|"],
                   [[f["node"], f["op"], f"{f['range'][0]:.4g}..{f['range'][1]:.4g}", f["size"],
                     f"{f['max_error']:.3g}", f"{f['mean_error']:.3g}"] for f in result.ugo_fits])
+    fitted = [l for l in result.layers if l.get("nonlinear") == "fs"]
+    if fitted:
+        out.table("Fitted few-spikes neurons (on the calibrated input distribution)",
+                  ["node", "function", "input range", "K", "max |error|", "mean |error|"],
+                  [[f["node"], f["op"], f"{f['range'][0]:.4g}..{f['range'][1]:.4g}", f["K"],
+                    f"{f['max_error']:.3g}", f"{f['mean_error']:.3g}"] for f in fitted])
     head = {name for r in result.reports if r.name == "decoded_head" for name in r.converted}
     if head:
         out.print(f"head, exact on the decoded value of its input: {', '.join(sorted(head))}")
-    kept = [n.node for n in result.kept_float if n.node not in head]
+    products = {name for r in result.reports if r.name == "products_to_spiking" for name in r.converted}
+    if products and options.fs:
+        out.print(f"{len(products)} products of two signals, on the running sums of their operands")
+    kept = [n.node for n in result.kept_float if n.node not in head | products]
     if kept:
         out.print(f"kept as float operators (see allow_float in the passes): {', '.join(kept)}")
     out.print(f"normalising passes checked with onnxruntime: max relative error {result.normalise_error:.2e}")
@@ -208,4 +228,7 @@ def render(out: Output, converted, target: Path) -> None:
     if converted.step_memory:
         out.print(_memory_text(converted.step_memory, converted.ann_memory))
     drain = f", read after {options.drain_steps} drain steps" if options.drain_steps else ""
-    out.print(f"wrote {target} (T = {options.default_T}{drain})")
+    if options.fs:
+        out.print(f"wrote {target} (few-spikes coding: run it {converted.default_T} steps, decode by the sum)")
+    else:
+        out.print(f"wrote {target} (T = {options.default_T}{drain})")

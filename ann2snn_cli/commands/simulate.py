@@ -145,7 +145,7 @@ def render(out: Output, report) -> None:
         columns.append("relative error")
     rows = []
     for i, t in enumerate(report.steps):
-        row = [str(t) + (" (extra)" if t > report.T else "")]
+        row = [str(t) + (" (extra)" if t > report.T and report.coding != "fs" else "")]
         if report.accuracy is not None:
             row.append(percent(report.accuracy[i]))
         if report.agreement is not None:
@@ -155,6 +155,8 @@ def render(out: Output, report) -> None:
         rows.append(row)
     silent = " drain" if report.drain else " silent"
     title = f"{report.samples} samples, T = {report.T}" + (f" + {report.extra_t}{silent}" if report.extra_t else "")
+    if report.coding == "fs":
+        title = f"{report.samples} samples, few-spikes coding, {report.T + report.extra_t} steps"
     if report.ann_accuracy is not None:
         title += f", ANN accuracy {percent(report.ann_accuracy)}"
     out.table(title, columns, rows)

@@ -1,6 +1,7 @@
 """The rewrite passes and the default pipeline: one explicit ordered tuple, no discovery."""
 from rewrites.passes import (allow_float, batch_shapes, canonical_products, decoded_head, decompose_layernorm,
-                             eliminate_identity, fold_batchnorm, hard_activations, fold_constants, fuse_softmax, max_to_neuron, max_to_relu,
+                             eliminate_identity, fold_batchnorm, fs_schedule, hard_activations, fold_constants, fuse_softmax,
+                             max_to_neuron, max_to_relu, relu_to_fs,
                              maxpool_to_neuron, name_nodes,
                              nonlinear_to_spiking, products_to_spiking, qcfs_to_if, relu_to_if,
                              softmax_to_spiking, weight_norm)
@@ -30,6 +31,19 @@ SPIKING: tuple[Pass, ...] = (
     products_to_spiking.PASS,
     allow_float.PASS,
     weight_norm.PASS,  # does nothing unless options.weight_norm
+)
+# --coding fs: ReLUs become few-spikes neurons, other elementwise functions fitted ones, float operators and
+# products read running sums; no QCFS or weight-norm pass (rewrites/fs.py)
+SPIKING_FS: tuple[Pass, ...] = (
+    decoded_head.PASS,
+    softmax_to_spiking.PASS,
+    products_to_spiking.PASS,  # first: x * sigmoid(x) is a product of sums and a fitted sigmoid
+    relu_to_fs.PASS,  # before nonlinear_to_spiking: a clip is the exact ReLU neuron, not a fitted one
+    nonlinear_to_spiking.PASS,
+    maxpool_to_neuron.PASS,
+    max_to_neuron.PASS,
+    allow_float.PASS,
+    fs_schedule.PASS,  # last: every neuron in place
 )
 DEFAULT_PIPELINE: tuple[Pass, ...] = NORMALISE + SPIKING
 PASSES: dict[str, Pass] = {p.name: p for p in DEFAULT_PIPELINE}
@@ -69,5 +83,5 @@ def pass_list_markdown() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["NORMALISE", "SPIKING", "DEFAULT_PIPELINE", "PASSES", "KEPT", "Pass", "PassContext", "PassReport",
+__all__ = ["NORMALISE", "SPIKING", "SPIKING_FS", "DEFAULT_PIPELINE", "PASSES", "KEPT", "Pass", "PassContext", "PassReport",
            "converting_pass", "observed_tensors", "pass_list_markdown", "run_passes"]

@@ -79,9 +79,9 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
         graph.toposort()
         dynamic = dynamic_tensors(graph)
         streams = _streams(node, dynamic, presented_tensors(graph))
-        if not streams and node.name not in encoder and ctx.options.drain_steps:
-            # drain steps gate the input: a float function of it kept as is would see f(0) charge in; wrapped,
-            # the file has no drain gate and says why (rewrites/drive.py)
+        if not streams and node.name not in encoder and (ctx.options.drain_steps or ctx.options.fs):
+            # drain steps (and FS coding after its first step) gate the input: a float function of it kept as is
+            # would see f(0) charge in; wrapped, a drained file has no drain gate and says why (rewrites/drive.py)
             streams = _streams(node, dynamic, set())
         means = [t for t in streams if _is_float(t)]
         if not streams:
@@ -91,7 +91,7 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
             how = "as is: its input-dependent operands are not float32 (no running mean of bool or int)"
         else:
             outputs = [o for o in node.outputs if o.name and _is_float(o)]
-            wrap_exact(graph, node.name, [node], means, outputs)
+            wrap_exact(graph, node.name, [node], means, outputs, summed=ctx.options.fs)
             how = "estimate-and-correct" if len(outputs) == len([o for o in node.outputs if o.name]) \
                 else "on the running means; its non-float outputs as is"
         ctx.kept_float.append(node.name)

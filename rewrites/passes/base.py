@@ -33,6 +33,8 @@ class PassContext:
     distributions: dict = field(default_factory=dict)  # tensor made by a pass -> samples of its values
     kept_float: list[str] = field(default_factory=list)  # nodes kept as exact float operators
     ugo_fits: list[dict] = field(default_factory=list)  # one entry per UGO: function, range, size, errors
+    fs_steps: int = 0  # FS coding: the steps a runtime must run (fs_schedule)
+    fs_fits: list[dict] = field(default_factory=list)  # FS coding: one entry per fitted neuron
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
                    and not (t.inputs and id(t.inputs[0]) in members)}.values())
     outputs = [t for t in graph.outputs if t.inputs and id(t.inputs[0]) in members]
     name = "head." + nodes[-1].name
-    wrap_exact(graph, name, nodes, inputs, outputs)
+    wrap_exact(graph, name, nodes, inputs, outputs, summed=ctx.options.fs)
     ctx.kept_float.extend(n.name for n in nodes)
     report.converted.extend(n.name for n in nodes)
     for n in nodes:

@@ -13,11 +13,12 @@ import onnx_graphsurgeon as gs
 
 from rewrites.config import Nonlinear
 from ground.errors import CalibrationError, PassError
-from snnfile.operators import SIGNED_IF_NEURON
+from snnfile.operators import FS_NEURON, SIGNED_IF_NEURON
 from rewrites.emit import Emitter
 from rewrites.optable import Conversion, NodeConversion
 from rewrites.passes.base import Pass, PassContext, PassReport
-from rewrites.passes.spiking import shaped_like, spiking_node, wrap_exact
+from rewrites.fs import fit_tables, neuron_inputs
+from rewrites.passes.spiking import shaped_like, spiking_node, step_like, wrap_exact
 from rewrites.patterns.regions import find_regions, Region
 from ground.sessions import Session
 from rewrites.ugo import default_size, fit, samples_from_stats
@@ -84,6 +85,27 @@ def build_ugo(graph: gs.Graph, name: str, x: gs.Variable, y: gs.Variable, result
     return total.inputs[0].name
 
 
+FS_FIT_K = 12  # the reference's K for Sigmoid (Stoeckl & Maass 2021)
+_FS_FITS: dict[tuple, object] = {}  # (ops, K, range) -> FSFit: one fit per function and range per process
+
+
+def fitted_neuron(f, samples: np.ndarray, ops: list[str]):
+    """A few-spikes neuron fitted to the region's function on its calibrated inputs (rewrites/fs.py), cached by
+    function, K and the samples' range."""
+    key = (tuple(ops), FS_FIT_K, float(np.min(samples)), float(np.max(samples)), len(samples))
+    if key not in _FS_FITS:
+        _FS_FITS[key] = fit_tables(f, samples, FS_FIT_K)
+    return _FS_FITS[key]
+
+
+def build_fs(graph: gs.Graph, name: str, x: gs.Variable, y: gs.Variable, fitted) -> None:
+    """y = FSNeuron(x) + offset (the offset is a constant term: FS coding gates it to the first step)."""
+    sent = shaped_like(f"{name}.fs", y)
+    graph.nodes.append(spiking_node(FS_NEURON, name, [x] + neuron_inputs(name, fitted.tables), sent,
+                                    [y, step_like()]))
+    Emitter(graph, name)("Add", [sent, np.array(fitted.offset, np.float32)], "offset", out=y)
+
+
 def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     report = PassReport("nonlinear_to_spiking")
     exact = ctx.options.nonlinear is Nonlinear.EXACT
@@ -95,8 +117,22 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
         entry = {"node": region.name, "op": "+".join(dict.fromkeys(region.ops)), "input": x.name,
                  "nonlinear": "exact" if exact else "ugo"}
         if exact:
-            wrap_exact(graph, region.name, region.nodes, [x], region.outputs)
+            wrap_exact(graph, region.name, region.nodes, [x], region.outputs, summed=ctx.options.fs)
             ctx.kept_float.extend(n.name for n in region.nodes)
+        elif ctx.options.fs:
+            samples = _samples(region, ctx)
+            for k, y in enumerate(region.outputs):
+                name = region.name if len(region.outputs) == 1 else f"{region.name}.out{k}"
+                fitted = fitted_neuron(_function(region, y, graph.opset), samples, region.ops)
+                build_fs(graph, name, x, y, fitted)
+                fit_entry = {**entry, "node": name, "output": y.name, "nonlinear": "fs", "K": fitted.tables.K,
+                             "range": [fitted.lo, fitted.hi], "max_error": fitted.max_error,
+                             "mean_error": fitted.mean_error}
+                ctx.fs_fits.append(fit_entry)
+                report.layers.append(fit_entry)
+            for node in region.nodes:
+                node.inputs.clear()
+                node.outputs.clear()
         else:
             samples = _samples(region, ctx)
             for k, y in enumerate(region.outputs):

@@ -2,7 +2,8 @@
 
 The spiking product keeps the running sums of both operands and emits at each step what makes the running
 mean of its output equal the product of the operands' running means (snnfile/operators.py), computed from the
-increments. Needs no calibration. Products with a constant operand stay linear."""
+increments. Needs no calibration. Products with a constant operand stay linear. Under --coding fs (decoded by
+the sum) the product reads the operands' running sums and emits the increments of their product."""
 from __future__ import annotations
 
 import onnx_graphsurgeon as gs
@@ -12,7 +13,7 @@ from snnfile.operators import SPIKE_MATMUL, SPIKE_MUL
 from rewrites.patterns.tensors import dynamic_tensors
 from rewrites.passes.base import Pass, PassContext, PassReport
 from rewrites.optable import Conversion
-from rewrites.passes.spiking import replace_node, spiking_node, step_like
+from rewrites.passes.spiking import replace_node, spiking_node, step_like, wrap_exact
 
 SPECS = {"MatMul": SPIKE_MATMUL, "Mul": SPIKE_MUL}
 
@@ -30,6 +31,13 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
             if not t.shape or any(not isinstance(d, int) for d in list(t.shape)[1:]):
                 raise PassError(f"node '{node.name}': the shape of '{t.name}' is not static ({t.shape})",
                                 "export the model with static non-batch dimensions")
+        if ctx.options.fs:  # decoded by the sum: the product of the running sums, emitted as increments
+            wrap_exact(graph, node.name, [node], [a, b], [y], summed=True)
+            ctx.kept_float.append(node.name)
+            report.converted.append(node.name)
+            report.layers.append({"node": node.name, "op": node.op, "from": node.op, "inputs": [a.name, b.name],
+                                  "nonlinear": "product of running sums"})
+            continue
         spec = SPECS[node.op]
         replace_node(graph, node, spiking_node(spec, node.name, [a, b], y, [a, b, y, step_like()]))
         report.converted.append(node.name)

@@ -28,8 +28,8 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     report = PassReport("softmax_to_spiking")
     for node in [n for n in graph.nodes if n.op == "Softmax" and n.name not in ctx.kept_float]:
         x, y = node.inputs[0], node.outputs[0]
-        if ctx.options.nonlinear is Nonlinear.EXACT:
-            wrap_exact(graph, node.name, [node], [x], [y])
+        if ctx.options.nonlinear is Nonlinear.EXACT or ctx.options.fs:  # FS: no spiking Softmax yet
+            wrap_exact(graph, node.name, [node], [x], [y], summed=ctx.options.fs)
             ctx.kept_float.append(node.name)
             report.converted.append(node.name)
             report.layers.append({"node": node.name, "op": "Softmax", "nonlinear": "exact"})

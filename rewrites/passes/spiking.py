@@ -46,14 +46,17 @@ def shaped_like(name: str, like: gs.Tensor) -> gs.Variable:
 
 
 def wrap_exact(graph: gs.Graph, name: str, nodes: list[gs.Node], inputs: list[gs.Variable],
-               outputs: list[gs.Variable]) -> None:
+               outputs: list[gs.Variable], summed: bool = False) -> None:
     """Estimate-and-correct around float nodes: they read the running means of `inputs` and their `outputs`
-    are replaced, for every reader, by the corrected stream whose running mean is the float value."""
-    from snnfile.operators import RATE_CORRECT, RUNNING_MEAN
+    are replaced, for every reader, by the corrected stream whose running mean is the float value. `summed`
+    (a file decoded by the sum, FS coding): they read the running sums and emit their increments, so that
+    the outputs sum to the float value of the summed inputs."""
+    from snnfile.operators import INCREMENT, RATE_CORRECT, RUNNING_MEAN, RUNNING_SUM
     members = {id(n) for n in nodes}
     for k, x in enumerate(inputs):
-        mean = shaped_like(f"{name}.mean{k}", x)
-        graph.nodes.append(spiking_node(RUNNING_MEAN, f"{name}.mean{k}", [x], mean, [x, step_like()]))
+        mean = shaped_like(f"{name}.{'sum' if summed else 'mean'}{k}", x)
+        spec, state = (RUNNING_SUM, [x]) if summed else (RUNNING_MEAN, [x, step_like()])
+        graph.nodes.append(spiking_node(spec, mean.name, [x], mean, state))
         for n in nodes:
             replace_input(n, x, mean)
     for k, y in enumerate(outputs):
@@ -62,4 +65,6 @@ def wrap_exact(graph: gs.Graph, name: str, nodes: list[gs.Node], inputs: list[gs
         producer.outputs[producer.outputs.index(y)] = value
         for reader in [r for r in y.outputs if id(r) in members]:
             replace_input(reader, y, value)
-        graph.nodes.append(spiking_node(RATE_CORRECT, f"{name}.correct{k}", [value], y, [y, step_like()]))
+        spec, state = (INCREMENT, [y]) if summed else (RATE_CORRECT, [y, step_like()])
+        graph.nodes.append(spiking_node(spec, f"{name}.{'increment' if summed else 'correct'}{k}", [value], y,
+                                        state))

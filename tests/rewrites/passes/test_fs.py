@@ -1,0 +1,241 @@
+"""Few-spikes coding (convert --coding fs, rewrites/fs.py): the neuron against its closed form, its ONNX body
+against its kernel, and whole networks against onnxruntime running the ANN.
+
+Why the tolerances hold. A ReLU FS neuron with threshold theta sends round(x / q) q clipped to [0, theta],
+q = theta / (2^K - 1): within q / 2 of x wherever x <= theta. With max-norm thresholds the calibration data are
+never clipped, so each layer adds at most half a grid step, about 5e-4 of its range at K = 10, and the errors
+of a handful of layers add up to about 1e-3 of the output (measured 1.3e-3 to 2.5e-3 on the architectures
+below, 8.8e-3 on the two-input net whose test inputs exceed the calibrated maxima; 6.2e-3 on the
+EfficientNet-style net, whose sigmoids are fitted neurons, tests/rewrites/test_fs_fit.py). We require below 1.5e-2
+at K = 10; each extra bit halves the grid step, so from K = 5 to K = 10 the error must fall at least 4x where
+no clipping enters (ideal 32x; measured 9x to 20x from K = 6). The products and max operators are exact on
+running sums, so they add nothing."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from builders import small_cnn
+from conftest import run_ort
+from rewrites.calibration.collect import calibrate
+from rewrites.config import Coding, ConvertOptions, NormSpec
+from rewrites.convert import convert_model
+from rewrites.fs import FSTables, SILENT, neuron_inputs, relu_tables
+from rewrites.passes.nonlinear_to_spiking import FS_FIT_K
+from ground.save import save_model
+from sim.engine import NumpyEngine
+from sim.model import load_spiking
+from sim.neurons import fs_neuron
+from sim.ort import OrtEngine
+from snnfile.bodies import function_body
+from snnfile.operators import FS_NEURON
+from test_architectures import ARCHS, samples
+from test_cli import assert_bad_input, files, invoke, ok
+
+
+@pytest.mark.parametrize("K, phi", [(10, 0.5), (4, 0.5), (6, 0.0)])
+def test_relu_tables_quantise_to_the_grid(K, phi):
+    """round (phi = 1/2) or floor (phi = 0) of x / q, clipped to [0, 2^K - 1] steps of q = theta / (2^K - 1)."""
+    theta = 3.0
+    q = theta / (2 ** K - 1)
+    x = np.linspace(-1.0, 4.0, 20001)
+    want = np.clip(np.floor(x / q + phi), 0, 2 ** K - 1) * q
+    got = relu_tables(np.array(theta), K, phi).decode(x)
+    off_edges = np.abs(x / q + phi - np.round(x / q + phi)) > 1e-6  # not on a rounding edge
+    np.testing.assert_allclose(got[off_edges], want[off_edges], rtol=0, atol=1e-9)
+    assert got.max() == pytest.approx(theta)
+
+
+def _fs_body_model(tables, shape):
+    inputs = neuron_inputs("n", tables, start=2)
+    names = ["x", "thresholds", "resets", "weights", "last", "v", "step"]
+    node = helper.make_node("FSNeuron", names, ["y", "v_next", "step_next"], domain="ai.ann2snn")
+    inits = [onnx.numpy_helper.from_array(c.values, n) for c, n in zip(inputs, names[1:5])]
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in
+                                            (("x", shape), ("v", shape), ("step", [1]))],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in
+                               (("y", shape), ("v_next", shape), ("step_next", [1]))], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.ann2snn", 1)],
+                              functions=[function_body(FS_NEURON, 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model, [c.values for c in inputs]
+
+
+def test_fs_neuron_body_steps_like_the_kernel():
+    """Stepped by onnxruntime with a different input at each of the first steps (per-channel tables, firing
+    from step 3), the body emits the kernel's values bit for bit, fires only in its K steps, and sends what
+    the tables make of the summed input."""
+    shape = [2, 3, 4]
+    tables = relu_tables(np.array([1.0, 2.0, 0.5]).reshape(3, 1), 5)
+    model, constants = _fs_body_model(tables, shape)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    T = 10
+    xs = rng.normal(size=[T] + shape).astype(np.float32)
+    xs[3:] = 0.0  # the input is final when the neuron starts firing, as fs_schedule places it
+    v, step = np.zeros(shape, np.float32), np.zeros([1], np.float32)
+    stepped = []
+    for x in xs:
+        y, v, step = session.run(None, {"x": x, "v": v, "step": step})
+        stepped.append(y)
+    kernel, counts = fs_neuron([xs] + constants, {}, T)
+    np.testing.assert_array_equal(np.stack(stepped), kernel)
+    assert not kernel[:2].any() and not kernel[7:].any()
+    assert counts.max() <= 5
+    np.testing.assert_array_equal(counts, (kernel != 0).sum(0))
+    # the input summed over steps 1..3 is what the neuron holds when it starts firing
+    held = xs[:3].astype(np.float64).sum(0)
+    np.testing.assert_allclose(kernel.sum(0), tables.decode(held), atol=1e-5)
+
+
+def test_silent_rows_hold_the_largest_threshold():
+    c = neuron_inputs("n", relu_tables(np.array(1.0), 3), start=4)
+    thresholds = c[0].values
+    assert thresholds.shape == (8,) and np.all(thresholds[:4] == SILENT) and thresholds[-1] == SILENT
+    assert c[3].values.tolist() == [7.0]
+
+
+def _convert_fs(model, folder, K=10, norm="max"):
+    ann, data, snn = folder / "ann.onnx", folder / "calib.npz", folder / "ann.snn.onnx"
+    save_model(model, ann)
+    np.savez(data, **samples(model, 24, seed=0))
+    calibration = calibrate(ann, data, batch_size=8)
+    result = convert_model(model, calibration, ConvertOptions(NormSpec.parse(norm), 0.5, 8, coding=Coding.FS,
+                                                              fs_K=K), ann, data)
+    save_model(result.model, snn)
+    return snn, result
+
+
+def _decoded(snn, feeds, engine=NumpyEngine):
+    model = load_spiking(snn)
+    result = engine(model).run(feeds, 1, model.default_T - 1, drain=True)
+    return result, result.outputs[model.outputs[0]].sum(0, dtype=np.float64)
+
+
+def _relative(got, want):
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a.name)
+def test_fs_architectures_match_the_ann(tmp_path, arch):
+    model = arch.build(17)
+    snn, result = _convert_fs(model, tmp_path)
+    test = samples(model, 24, seed=1)
+    want = run_ort(model, test)[0]
+    numpy_run, got = _decoded(snn, test)
+    ort_run, got_ort = _decoded(snn, test, OrtEngine)
+    error = _relative(got, want)
+    assert error < 1.5e-2, error
+    assert np.mean(got.argmax(-1) == want.argmax(-1)) >= 0.95
+    np.testing.assert_allclose(got_ort, got, atol=1e-5 * np.abs(want).max())
+    K = max(10, FS_FIT_K)  # ReLU neurons fire at most 10 times, fitted ones (the efficientnet's) 12
+    for layer in numpy_run.spikes.values():
+        assert layer.op == "FSNeuron" and layer.spikes <= K * layer.neurons * 24
+
+
+@pytest.mark.parametrize("arch", ["resnet", "mobilenet_v2", "vgg_bn"])
+def test_fs_error_halves_with_each_bit(tmp_path, arch):
+    """Test inputs are the calibration inputs, so nothing is clipped and the grid step alone errs."""
+    model = {a.name: a for a in ARCHS}[arch].build(13)
+    x = samples(model, 24, seed=0)
+    want = run_ort(model, x)[0]
+    errors = []
+    for K in (5, 10):
+        folder = tmp_path / f"k{K}"
+        folder.mkdir()
+        snn, _ = _convert_fs(model, folder, K)
+        errors.append(_relative(_decoded(snn, x)[1], want))
+    assert errors[1] < errors[0] / 4, errors
+
+
+def test_fs_file_steps_by_the_contract_alone(tmp_path):
+    """A runtime that knows only the contract: zeros for state, .next fed back, default_T steps, the sum of the
+    outputs (ann2snn.decoding = sum). No snn.drive: the file gates its own input."""
+    model = small_cnn()
+    snn, _ = _convert_fs(model, tmp_path)
+    proto = onnx.load(snn)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert (meta["ann2snn.coding"], meta["ann2snn.decoding"], meta["ann2snn.fs_K"]) == ("fs", "sum", "10")
+    steps = int(meta["ann2snn.default_T"])
+    x = samples(model, 24, seed=1)
+    session = ort.InferenceSession(str(snn), providers=["CPUExecutionProvider"])
+    assert "snn.drive" not in {i.name for i in session.get_inputs()}
+    states = [i for i in session.get_inputs() if i.name.startswith("state.")]
+    state = {s.name: np.zeros([d if isinstance(d, int) else 24 for d in s.shape], np.float32) for s in states}
+    total = 0.0
+    for _ in range(steps + 5):  # steps past default_T add nothing
+        values = session.run(None, {**x, **state})
+        total = total + values[0].astype(np.float64)
+        state = {s.name: v for s, v in zip(states, values[1:])}
+    np.testing.assert_allclose(total, _decoded(snn, x)[1], rtol=0, atol=1e-5)
+    assert _relative(total, run_ort(model, x)[0]) < 1.5e-2
+
+
+def test_fs_products_and_heads_are_exact_on_sums(tmp_path):
+    """A squeeze-excite product, HardSwish (a clip neuron times its input) and a Softmax head: the only
+    error left is the FS neurons' grid."""
+    from test_architectures import Net
+    b = Net(seed=3, opset=17)
+    x = b.conv_bn_relu("x", 3, 8, act="none")
+    x = b.node("HardSwish", [x])
+    gate = b.node("HardSigmoid", [b.conv(b.node("Relu", [b.conv(b.node("GlobalAveragePool", [x]), 8, 4, k=1, pad=0)]),
+                                         4, 8, k=1, pad=0)])
+    x = b.node("Mul", [x, gate])
+    logits = b.classifier(x, 8)
+    model = b.build({"x": [3, 8, 8]}, [b.node("Softmax", [logits], axis=1)])
+    snn, result = _convert_fs(model, tmp_path)
+    ops = {n.op_type for n in onnx.load(snn).graph.node}
+    assert {"FSNeuron", "RunningSum", "Increment", "FirstStep"} <= ops and "SpikeMul" not in ops
+    test = samples(model, 24, seed=0)
+    want = run_ort(model, test)[0]
+    got = _decoded(snn, test)[1]
+    assert _relative(got, want) < 1.5e-2
+    np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)  # the Softmax of the summed logits
+
+
+def test_fs_convert_through_the_cli(tmp_path):
+    model = small_cnn()
+    ann, data, snn = tmp_path / "m.onnx", tmp_path / "d.npz", tmp_path / "m.snn.onnx"
+    onnx.save(model, ann)
+    x = samples(model, 24, seed=0)
+    np.savez(data, y=run_ort(model, x)[0].argmax(-1), **x)
+    report = json.loads(ok(invoke("convert", ann, "--data", data, "--coding", "fs", "--K", 8, "-o", snn,
+                                  "--json", "-")).stdout)
+    assert report["coding"] == "fs" and report["K"] == 8
+    steps = report["default_T"]
+    starts = [layer["start"] for layer in report["layers"] if layer["op"] == "FSNeuron"]
+    assert starts == sorted(starts) and steps == max(starts) + 8
+    sim = json.loads(ok(invoke("simulate", snn, "--data", data, "--ann", ann, "--json", "-")).stdout)
+    assert sim["coding"] == "fs" and sim["steps"][-1] == steps and sim["agreement"][-1] >= 0.95
+    short = invoke("simulate", snn, "--data", data, "--T", steps - 3)
+    assert short.exit_code == 0 and "need" in short.output
+
+
+@pytest.mark.parametrize("flags, names", [(["--coding", "fs", "--T", "8"], ["--T", "--coding fs"]),
+                                          (["--coding", "fs", "--neuron", "signed"], ["--neuron"]),
+                                          (["--K", "8"], ["--K", "--coding fs"]),
+                                          (["--coding", "fsx"], ["--coding"])])
+def test_fs_flags_that_do_not_go_together(tmp_path, flags, names):
+    model = small_cnn()
+    ann, data = tmp_path / "m.onnx", tmp_path / "d.npz"
+    onnx.save(model, ann)
+    np.savez(data, **samples(model, 4, seed=0))
+    before = files(tmp_path)
+    assert_bad_input(invoke("convert", ann, "--data", data, "-o", tmp_path / "o.onnx", *flags), before, tmp_path,
+                     names=names)
+
+
+def test_fs_tables_decode_is_the_kernel():
+    """FSTables.decode, the closed form used in the fits, is what the kernel sends for a held input."""
+    tables = FSTables(np.array([0.5, -0.25, 0.1]), np.array([0.6, 0.1, 0.2]), np.array([1.0, -2.0, 0.5]))
+    x = (np.linspace(-2, 2, 101) + 0.0137).astype(np.float32)  # off the thresholds' edges: float32 = float64
+    constants = [c.values for c in neuron_inputs("n", tables)]
+    held = np.zeros((4, 1, len(x)), np.float32)
+    held[0, 0] = x  # the input at the first step only
+    out, _ = fs_neuron([held] + constants, {}, 4)
+    np.testing.assert_allclose(out.sum(0)[0], tables.decode(x), atol=1e-6)
