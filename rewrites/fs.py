@@ -20,7 +20,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from snnfile import DOMAIN
-from snnfile.operators import FS_NEURON, FS_SILENT_THRESHOLD
+from snnfile.operators import FS_NEURON, FS_SILENT_THRESHOLD, RELEASE
 
 SILENT = np.float32(FS_SILENT_THRESHOLD)  # the threshold of a step at which the neuron does not fire
 
@@ -83,8 +83,9 @@ def firing_rows(neuron: gs.Node) -> tuple[int, int]:
 
 
 def schedule(graph: gs.Graph) -> tuple[dict[str, int], int]:
-    """Place every FS neuron's firing steps after the last step at which its input can change; returns the
-    first firing step of each neuron and the steps a runtime must run for the outputs to be final."""
+    """Place every FS neuron's firing steps after the last step at which its input can change, and every
+    Release at the step its input is final; returns the first firing step of each neuron and the steps a
+    runtime must run for the outputs to be final."""
     graph.toposort()
     ready: dict[str, int] = {t.name: 0 for t in graph.inputs}
     starts: dict[str, int] = {}
@@ -97,6 +98,8 @@ def schedule(graph: gs.Graph) -> tuple[dict[str, int], int]:
                 node.inputs[k] = constant
             starts[node.name] = latest
             latest += max(K, 1) - 1
+        elif node.domain == DOMAIN and node.op == RELEASE.op_type:
+            node.inputs[1] = gs.Constant(node.inputs[1].name, np.array([latest], np.float32))
         for t in node.outputs:
             ready[t.name] = latest
     return starts, max((ready.get(t.name, 0) for t in graph.outputs), default=0) + 1

@@ -9,7 +9,7 @@ The path from a neuron to a weighted operator may pass through operators that on
 4.6 pJ per 32-bit float MAC and 0.9 pJ per accumulate.
 Spiking products (SpikeMatMul, SpikeMul) compute two products of their increment per step and are counted
 as dense MACs (2 x the ANN product's MACs per step); outputs of the estimate-and-correct operators are analog,
-so what they feed is dense too. In a few-spikes file an analog stream (a product's increments) is non-zero
+so what they feed is dense too. In a few-spikes file an analog stream (a product released once) is non-zero
 only at the steps its inputs change, and the layer reading it costs its MACs at those steps only."""
 from __future__ import annotations
 
@@ -171,6 +171,8 @@ def fs_active_steps(model: SpikingModel, steps: int) -> dict[str, set[int]]:
             rows = np.flatnonzero(~np.all(thresholds.reshape(len(thresholds), -1) == FS_SILENT_THRESHOLD, axis=1))
             last = len(thresholds) - 1
             out = {t for t in range(steps) if min(t, last) in set(rows.tolist())}
+        elif node.domain == DOMAIN and node.op_type == "Release":
+            out = {int(np.asarray(model.constants[node.input[1]]).reshape(-1)[0])}
         else:
             out = set()
             for name in node.input:

@@ -240,8 +240,14 @@ def running_sum_kernel(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) 
     return running_sum(np.asarray(inputs[0], np.float32), T), None
 
 
-def increment(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, None]:
-    return _increments(np.ascontiguousarray(_over_window(np.asarray(inputs[0], np.float32), T))), None
+def release(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, None]:
+    """X at step `at` only."""
+    x = np.asarray(inputs[0], np.float32)
+    at = int(np.asarray(inputs[1]).reshape(-1)[0])
+    out = np.zeros((T,) + x.shape[1:], np.float32)
+    if 0 <= at < T:
+        out[at] = x[at if len(x) > 1 else 0] * np.float32(1.0)
+    return out, None
 
 
 REUSING = frozenset({"IFNeuron", "SignedIFNeuron", "MaxPoolNeuron"})  # kernels that take reuse_input
@@ -261,5 +267,5 @@ NEURON_KERNELS: dict[str, NeuronKernel] = {
     "FSNeuron": fs_neuron,
     "FirstStep": first_step,
     "RunningSum": running_sum_kernel,
-    "Increment": increment,
+    "Release": release,
 }

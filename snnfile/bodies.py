@@ -180,8 +180,14 @@ def _running_sum_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
     return _function(spec, nodes, opset)
 
 
-def _increment_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
-    nodes = [helper.make_node("Sub", ["X", "prev"], ["Y"]), helper.make_node("Identity", ["X"], ["prev_next"])]
+def _release_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
+    nodes = [
+        _one(),
+        helper.make_node("Add", ["step", "one"], ["step_next"]),
+        helper.make_node("Equal", ["step", "at"], ["now"]),
+        helper.make_node("Cast", ["now"], ["gate"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["X", "gate"], ["Y"]),
+    ]
     return _function(spec, nodes, opset)
 
 
@@ -202,7 +208,7 @@ BODIES = {"IFNeuron": _if_neuron_body, "SignedIFNeuron": _signed_if_neuron_body,
            "RateCorrect": _rate_correct_body, "SpikeMatMul": _product_body, "SpikeMul": _product_body,
            "StepCount": _step_count_body, "SpikeMax": _max_body, "SpikeMin": _max_body,
            "SpikeReduceMax": _reduce_max_body, "SpikeReduceMin": _reduce_max_body, "FSNeuron": _fs_neuron_body,
-           "FirstStep": _first_step_body, "RunningSum": _running_sum_body, "Increment": _increment_body}
+           "FirstStep": _first_step_body, "RunningSum": _running_sum_body, "Release": _release_body}
 
 
 def function_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:

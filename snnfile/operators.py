@@ -213,15 +213,15 @@ RUNNING_SUM = OperatorSpec(
     nir="float operator on running sums: NIR has no such node",
 )
 
-INCREMENT = OperatorSpec(
-    "Increment",
-    inputs=("X",),
-    state=("prev",),
+RELEASE = OperatorSpec(
+    "Release",
+    inputs=("X", "at"),
+    state=("step",),
     attributes=(),
     doc=(
-        "The increase of X since the last step, so that the outputs sum to the latest X: Y = X - prev; "
-        "prev_next = X. After a float operator on running sums (RunningSum) it makes the sum of what is emitted "
-        "equal f(sums)."
+        "X at step `at` (0-based, shape [1]), 0 at every other step: Y = X * (step == at); step_next = step + 1. "
+        "After a float operator on running sums (RunningSum) it emits f(sums) once, at the step its inputs are "
+        "final, so the outputs sum to f of the summed inputs."
     ),
     fires=False, time_normalised=False, energy=Energy.ANALOG,
     nir="float operator on running sums: NIR has no such node",
@@ -229,7 +229,7 @@ INCREMENT = OperatorSpec(
 
 OPERATORS: dict[str, OperatorSpec] = {spec.op_type: spec for spec in (
     IF_NEURON, SIGNED_IF_NEURON, MAXPOOL_NEURON, RUNNING_MEAN, RATE_CORRECT, SPIKE_MATMUL, SPIKE_MUL, STEP_COUNT, SPIKE_MAX,
-    SPIKE_MIN, SPIKE_REDUCE_MAX, SPIKE_REDUCE_MIN, FS_NEURON, FIRST_STEP, RUNNING_SUM, INCREMENT)}
+    SPIKE_MIN, SPIKE_REDUCE_MAX, SPIKE_REDUCE_MIN, FS_NEURON, FIRST_STEP, RUNNING_SUM, RELEASE)}
 TIME_NORMALISED = frozenset(op for op, spec in OPERATORS.items() if spec.time_normalised)
 FIRING = frozenset(op for op, spec in OPERATORS.items() if spec.fires)
 NON_FIRING = frozenset(OPERATORS) - FIRING

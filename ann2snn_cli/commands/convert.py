@@ -85,7 +85,7 @@ def command(
         "(the default). 'fs': few-spikes neurons (Stoeckl and Maass 2021) send each value in at most --K "
         "weighted spikes, layer after layer; the file runs as many steps as its layers need (docs/fs.md).")] = "rate",
     fs_k: Annotated[Optional[int], typer.Option("--K", min=1, metavar="K", help="--coding fs: firing steps "
-                    "per neuron, so a value is sent on a grid of threshold / (2^K - 1) (default: 10).")] = None,
+                    "per neuron, so a value is sent on a grid of threshold / (2^K - 1) (default: 8).")] = None,
     skip_pass: Annotated[Optional[list[str]], typer.Option(
         "--skip-pass", metavar="NAME", help="Skip a normalising pass by name (repeatable; the names are in "
         "convert's Passes table).")] = None,

@@ -49,9 +49,10 @@ def wrap_exact(graph: gs.Graph, name: str, nodes: list[gs.Node], inputs: list[gs
                outputs: list[gs.Variable], summed: bool = False) -> None:
     """Estimate-and-correct around float nodes: they read the running means of `inputs` and their `outputs`
     are replaced, for every reader, by the corrected stream whose running mean is the float value. `summed`
-    (a file decoded by the sum, FS coding): they read the running sums and emit their increments, so that
-    the outputs sum to the float value of the summed inputs."""
-    from snnfile.operators import INCREMENT, RATE_CORRECT, RUNNING_MEAN, RUNNING_SUM
+    (a file decoded by the sum, FS coding): they read the running sums and their value is emitted once, at
+    the step fs_schedule finds the inputs final, so that the outputs sum to the float value of the summed
+    inputs."""
+    from snnfile.operators import RATE_CORRECT, RELEASE, RUNNING_MEAN, RUNNING_SUM
     members = {id(n) for n in nodes}
     for k, x in enumerate(inputs):
         mean = shaped_like(f"{name}.{'sum' if summed else 'mean'}{k}", x)
@@ -65,6 +66,8 @@ def wrap_exact(graph: gs.Graph, name: str, nodes: list[gs.Node], inputs: list[gs
         producer.outputs[producer.outputs.index(y)] = value
         for reader in [r for r in y.outputs if id(r) in members]:
             replace_input(reader, y, value)
-        spec, state = (INCREMENT, [y]) if summed else (RATE_CORRECT, [y, step_like()])
-        graph.nodes.append(spiking_node(spec, f"{name}.{'increment' if summed else 'correct'}{k}", [value], y,
-                                        state))
+        if summed:  # released once, at the step fs_schedule finds its inputs final
+            graph.nodes.append(spiking_node(RELEASE, f"{name}.release{k}", [value, gs.Constant(
+                f"{name}.release{k}.at", np.zeros(1, np.float32))], y, [step_like()]))
+        else:
+            graph.nodes.append(spiking_node(RATE_CORRECT, f"{name}.correct{k}", [value], y, [y, step_like()]))

@@ -190,7 +190,7 @@ def test_fs_products_and_heads_are_exact_on_sums(tmp_path):
     model = b.build({"x": [3, 8, 8]}, [b.node("Softmax", [logits], axis=1)])
     snn, result = _convert_fs(model, tmp_path)
     ops = {n.op_type for n in onnx.load(snn).graph.node}
-    assert {"FSNeuron", "RunningSum", "Increment", "FirstStep"} <= ops and "SpikeMul" not in ops
+    assert {"FSNeuron", "RunningSum", "Release", "FirstStep"} <= ops and "SpikeMul" not in ops
     test = samples(model, 24, seed=0)
     want = run_ort(model, test)[0]
     got = _decoded(snn, test)[1]
@@ -239,3 +239,41 @@ def test_fs_tables_decode_is_the_kernel():
     held[0, 0] = x  # the input at the first step only
     out, _ = fs_neuron([held] + constants, {}, 4)
     np.testing.assert_allclose(out.sum(0)[0], tables.decode(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["paddle", "keras", "jax_cnn"])
+def test_fs_on_other_producers_graphs(tmp_path, name):
+    """paddle2onnx's Constant weights, tf2onnx's NHWC input and softmax head with its -inf max, jax's Max(x, 0),
+    MaxPool and GlobalMaxPool (a spiking max of running sums, exact under the sum). K = 10 and max-norm
+    thresholds as above; the calibration and test images differ, so a little clipping adds to the grid."""
+    from test_producers import write
+    ann, calib, test = write(tmp_path, name)
+    snn = tmp_path / "m.snn.onnx"
+    ok(invoke("convert", ann, "--data", calib, "--coding", "fs", "--K", 10, "-o", snn))
+    x = dict(np.load(test))
+    model = onnx.load(ann)
+    want = run_ort(model, {model.graph.input[0].name: x["x"]})[0]
+    got = _decoded(snn, {model.graph.input[0].name: x["x"]})[1]
+    assert _relative(got, want) < 3e-2
+    assert np.mean(got.argmax(-1) == want.argmax(-1)) >= 0.95
+
+
+def test_fs_refuses_int_inputs_clearly(tmp_path):
+    """FS coding presents the input once through a float gate: token ids cannot be gated."""
+    from test_producers import write
+    ann, calib, _ = write(tmp_path, "jax")
+    before = files(tmp_path)
+    assert_bad_input(invoke("convert", ann, "--data", calib, "--coding", "fs", "-o", tmp_path / "o.onnx"), before,
+                     tmp_path, names=["ids"], mentions=["float32", "FS coding"])
+
+
+def test_fs_per_channel_thresholds(tmp_path):
+    model = small_cnn()
+    ann, data, snn = tmp_path / "m.onnx", tmp_path / "d.npz", tmp_path / "m.snn.onnx"
+    onnx.save(model, ann)
+    x = samples(model, 24, seed=0)
+    np.savez(data, **x)
+    ok(invoke("convert", ann, "--data", data, "--coding", "fs", "--K", 10, "--per-channel", "-o", snn))
+    tables = [t for t in onnx.load(snn).graph.initializer if t.name.endswith(".thresholds")]
+    assert tables and all(len(t.dims) == 4 and t.dims[1] == 8 for t in tables)
+    assert _relative(_decoded(snn, x)[1], run_ort(model, x)[0]) < 1.5e-2
