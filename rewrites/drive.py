@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 
 from ground.errors import ModelError
 from snnfile import DOMAIN, DRIVE, PRESENT, is_state, next_name, state_name
-from snnfile.operators import FIRST_STEP, SIGNED_IF_NEURON, STEP_COUNT, TIME_NORMALISED
+from snnfile.operators import FIRST_STEP, RELEASE, RUNNING_SUM, SIGNED_IF_NEURON, STEP_COUNT, TIME_NORMALISED
 
 STEPS = "snn.steps"
 NO_COUNT_BOUND = 2.0 ** 24  # float32 counts stay exact below it
@@ -70,6 +70,23 @@ def additive_terms(node: gs.Node, signals: set[str]) -> tuple[int, ...]:
     return ()
 
 
+def _is_static_float(t, signals: set[str]) -> bool:
+    """A float tensor the input does not reach: a constant, or computed from constants and shapes."""
+    return t.name not in signals and t.dtype is not None and np.dtype(t.dtype).kind == "f" and (
+        isinstance(t, gs.Constant) or bool(t.inputs))
+
+
+def static_terms(node: gs.Node, signals: set[str]) -> tuple[int, ...]:
+    """FS coding: besides additive_terms, the float operands of an Add, Sub, Sum or Concat that the input does
+    not reach but that are computed in the graph (a ViT's class token, Expand-ed to the batch): each is a
+    value that must enter once."""
+    ins = node.inputs
+    if node.domain not in (None, "", "ai.onnx") or node.op not in ("Add", "Sub", "Sum", "Concat") or not any(
+            t.name in signals for t in ins):
+        return ()
+    return tuple(k for k, t in enumerate(ins) if not isinstance(t, gs.Constant) and _is_static_float(t, signals))
+
+
 def gate(graph: gs.Graph, default_budget: bool) -> DriveGate:
     """Add the drive gate to the spiking graph (before export), or say why it cannot have one. The caller
     declares `drive` as the graph's last input, with an initializer of 1.0 in the exported model.
@@ -98,21 +115,26 @@ def gate(graph: gs.Graph, default_budget: bool) -> DriveGate:
     return report
 
 
-def _gate_terms(graph: gs.Graph, drive: gs.Variable, data: list[gs.Variable], report: DriveGate) -> None:
-    """Multiply every constant additive term and every data input by `drive`."""
+def _gate_terms(graph: gs.Graph, drive: gs.Variable, data: list[gs.Variable], report: DriveGate,
+                few_spikes: bool = False) -> None:
+    """Multiply every constant additive term and every data input by `drive`. The operators between a
+    RunningSum and its Release (FS coding) read levels, not streams: their constants are left alone."""
     signals = {x.name for x in data}
     gated: dict[str, gs.Variable] = {}
     for node in list(graph.nodes):
-        for k in additive_terms(node, signals):
+        terms = additive_terms(node, signals) + (static_terms(node, signals) if few_spikes else ())
+        for k in sorted(set(terms)):
             const = node.inputs[k]
             if const.name not in gated:
-                shape = list(np.broadcast_shapes(tuple(const.shape), tuple(drive.shape)))  # FS's clock is [1]
+                shape = list(const.shape or ()) or list(drive.shape)  # a scalar times FS's clock [1] is [1]
                 out = gs.Variable(f"{const.name}.driven", np.float32, shape)
                 graph.nodes.append(gs.Node("Mul", name=f"{const.name}.gate", inputs=[const, drive], outputs=[out]))
                 gated[const.name] = out
             node.inputs[k] = gated[const.name]
             report.gated.append(f"{node.name}.{k}")
-        if any(t.name in signals for t in node.inputs):
+        if node.domain == DOMAIN and node.op == RUNNING_SUM.op_type or few_spikes and node.op in ("Shape", "Size"):
+            continue  # a running sum is a level, read by float operators at every step; a shape is no charge
+        if any(t.name in signals for t in node.inputs) or (node.domain == DOMAIN and node.op == RELEASE.op_type):
             signals.update(t.name for t in node.outputs)
     for x in data:
         out = gs.Variable(f"{x.name}.driven", np.float32, x.shape)
@@ -124,20 +146,39 @@ def _gate_terms(graph: gs.Graph, drive: gs.Variable, data: list[gs.Variable], re
         report.inputs.append(x.name)
 
 
+def _first_float(x: gs.Variable) -> list[gs.Variable]:
+    """The first float32 tensors computed from a data input that is not float (token ids -> their embedding,
+    a mask -> its Cast): FS coding gates those, as it gates a float input."""
+    found, frontier, seen = [], [x], set()
+    while frontier:
+        t = frontier.pop()
+        for reader in t.outputs:
+            for out in reader.outputs:
+                if out.name in seen or is_state(out.name):
+                    continue
+                seen.add(out.name)
+                if out.dtype is not None and np.dtype(out.dtype) == np.float32:
+                    found.append(out)
+                elif out.dtype is not None and np.dtype(out.dtype).kind == "f":
+                    raise ModelError(f"tensor '{out.name}' computed from input '{x.name}' is "
+                                     f"{np.dtype(out.dtype).name}, not float32: FS coding cannot gate it",
+                                     "convert it without --coding fs")
+                else:
+                    frontier.append(out)
+    return found
+
+
 def first_step_gate(graph: gs.Graph) -> DriveGate:
     """FS coding (docs/fs.md): the data inputs and every constant additive term enter at the first step only,
     gated by a FirstStep clock (node and output PRESENT), so the sum of a layer's input over the steps is its
     ANN input, once. The file has no snn.drive."""
-    data = [t for t in graph.inputs if not is_state(t.name)]
-    for x in data:
-        if x.dtype != np.float32:
-            raise ModelError(f"data input '{x.name}' is {np.dtype(x.dtype).name if x.dtype is not None else 'untyped'}"
-                             ", not float32: FS coding presents the input at the first step only, by a float gate",
-                             "convert it with rate coding (without --coding fs)")
+    data = []
+    for x in [t for t in graph.inputs if not is_state(t.name)]:
+        data += [x] if x.dtype == np.float32 else _first_float(x)
     report = DriveGate()
     seen = state_name(PRESENT, FIRST_STEP.state[0])
     clock = gs.Variable(PRESENT, np.float32, [1])
     graph.nodes.append(gs.Node(FIRST_STEP.op_type, name=PRESENT, domain=DOMAIN, inputs=[
         gs.Variable(seen, np.float32, [1])], outputs=[clock, gs.Variable(next_name(seen), np.float32, [1])]))
-    _gate_terms(graph, clock, data, report)
+    _gate_terms(graph, clock, data, report, few_spikes=True)
     return report

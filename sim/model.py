@@ -122,9 +122,12 @@ def fold_drive(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, frozenset[tuple
     drives = ({DRIVE} & {i.name for i in graph.input}) | ({PRESENT} & {o for n in graph.node for o in n.output})
     if not drives:
         return proto, frozenset()
-    gates = {n.output[0]: next(x for x in n.input if x not in drives) for n in graph.node
-             if n.op_type == "Mul" and n.domain in DEFAULT_DOMAINS and drives & set(n.input) and len(n.input) == 2}
     constants = {t.name for t in graph.initializer}
+    data = {i.name for i in graph.input} - constants
+    # a gate on a tensor computed in the graph (an FS file's class token) stays: the engines step it
+    gates = {n.output[0]: operand for n in graph.node
+             if n.op_type == "Mul" and n.domain in DEFAULT_DOMAINS and drives & set(n.input) and len(n.input) == 2
+             and (operand := next(x for x in n.input if x not in drives)) in constants | data}
     folded = onnx.ModelProto()
     folded.CopyFrom(proto)
     if DRIVE in drives and DRIVE not in constants:  # a file read after drain steps declares the input without a default
