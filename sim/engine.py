@@ -398,6 +398,8 @@ class NumpyEngine:
             target = kernel([x[0], inputs[1]], attrs)[0].shape
             return [Seq(x.reshape((x.shape[0],) + tuple(target)))]
         if _foldable(op, attrs, inputs):
+            if self.model.few_spikes:
+                return _folded_where_active(kernel, attrs, inputs, steps)
             return self._folded(kernel, attrs, inputs, steps)
         return self._stepwise(kernel, attrs, inputs, steps)
 
@@ -569,6 +571,33 @@ def _cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+SPARSE_BELOW = 0.75  # run a folded op on the steps its input is active only when they are fewer than this share
+
+
+def _folded_where_active(kernel, attrs: dict, inputs: list, steps: int) -> list:
+    """`NumpyEngine._folded` for an FS file, whose layers are active in a few of its steps: the op runs on
+    the steps where its one sequence input holds a non-zero value and on one zero step, whose result (the
+    op of zero: a bias, or zero) fills the others. Exact: the op treats every step alike."""
+    seqs = [k for k, v in enumerate(inputs) if isinstance(v, Seq)]
+    x = inputs[seqs[0]].data if len(seqs) == 1 else None
+    if x is None or len(x) != steps or x.dtype.kind != "f":
+        return NumpyEngine._folded(kernel, attrs, inputs, steps)
+    active = np.flatnonzero(x.reshape(steps, -1).any(axis=1))
+    if len(active) >= SPARSE_BELOW * steps:
+        return NumpyEngine._folded(kernel, attrs, inputs, steps)
+    picked = np.concatenate([x[active], np.zeros((1,) + x.shape[1:], x.dtype)])
+    part = list(inputs)
+    part[seqs[0]] = Seq(picked)
+    outs = NumpyEngine._folded(kernel, attrs, part, len(picked))
+    full = []
+    for out in outs:
+        data = np.empty((steps,) + out.data.shape[1:], out.data.dtype)
+        data[:] = out.data[-1]
+        data[active] = out.data[:-1]
+        full.append(Seq(data))
+    return full
 
 
 def _broadcasts_over_time(inputs: list) -> bool:

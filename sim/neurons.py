@@ -210,7 +210,7 @@ def fs_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[
     x = inputs[0]
     thresholds, resets, weights = (np.asarray(a, np.float32) for a in inputs[1:4])
     last = int(np.asarray(inputs[4]).reshape(-1)[0])
-    silent = np.float32(FS_SILENT_THRESHOLD)
+    firing = ~np.all(thresholds.reshape(len(thresholds), -1) == np.float32(FS_SILENT_THRESHOLD), axis=1)
     out = np.zeros((T,) + x.shape[1:], np.float32)
     v = np.zeros(x.shape[1:], np.float32)
     fired = np.empty(v.shape, np.bool_)
@@ -219,7 +219,7 @@ def fs_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[
     for t in range(T):
         np.add(v, x[t if len(x) > 1 else 0], out=v)
         row = min(t, last)
-        if np.all(thresholds[row] == silent):
+        if not firing[row]:
             continue
         np.greater_equal(v, thresholds[row], out=fired)
         np.multiply(fired, weights[row], out=out[t])

@@ -303,3 +303,17 @@ def test_fs_per_channel_thresholds(tmp_path):
     tables = [t for t in onnx.load(snn).graph.initializer if t.name.endswith(".thresholds")]
     assert tables and all(len(t.dims) == 4 and t.dims[1] == 8 for t in tables)
     assert _relative(_decoded(snn, x)[1], run_ort(model, x)[0]) < 1.5e-2
+
+
+def test_numpy_engine_runs_only_the_active_steps_of_an_fs_file_exactly(tmp_path, monkeypatch):
+    """The engine runs a folded op of an FS file on the steps its input is active (and one zero step);
+    the outputs are those of running it on every step, bit for bit."""
+    import sim.engine
+    model = {a.name: a for a in ARCHS}["resnet"].build(17)
+    snn, _ = _convert_fs(model, tmp_path)
+    x = samples(model, 8, seed=1)
+    sparse = _decoded(snn, x)[0].outputs
+    monkeypatch.setattr(sim.engine, "SPARSE_BELOW", 0.0)
+    dense = _decoded(snn, x)[0].outputs
+    for name in dense:
+        np.testing.assert_array_equal(sparse[name], dense[name])
