@@ -50,6 +50,7 @@ class ConvertRequest:
     input_shapes: dict | None = None  # --input-shape: {input: (None, d1, ...)} for dynamic dims (rewrites/shapes.py)
     coding: str = "rate"  # or "fs": few-spikes neurons (rewrites/fs.py)
     K: int | None = None  # FS: firing steps per neuron; None: FS_DEFAULT_K
+    overlap: int = 0  # FS: steps a layer starts before its input is final
 
     @property
     def tuning_given(self) -> bool:
@@ -90,6 +91,7 @@ class Converted:
         return {
             "calibration": self.calibration, "norm": str(options.norm), "phi": options.phi,
             "coding": options.coding.value, "K": options.fs_K if options.fs else None,
+            "overlap": options.fs_overlap if options.fs else None,
             "default_T": self.default_T, "drain_steps": options.drain_steps,
             "neuron": options.neuron.value, "tmax": options.tmax,
             "weight_norm": options.weight_norm, "per_channel": options.per_channel,
@@ -127,8 +129,9 @@ def check_request(request: ConvertRequest, calib, save_calib) -> None:
             raise Ann2SnnError(f"{', '.join(given)} do(es) not apply to --coding fs",
                                "leave it out: an FS file runs as many steps as its layers need (--K sets the "
                                "spikes per neuron)")
-    elif request.K is not None:
-        raise Ann2SnnError("--K applies to --coding fs only", "add --coding fs, or leave --K out")
+    elif request.K is not None or request.overlap:
+        flag = "--K" if request.K is not None else "--overlap"
+        raise Ann2SnnError(f"{flag} applies to --coding fs only", f"add --coding fs, or leave {flag} out")
     for name in request.skip_passes:
         if name not in PASSES:
             raise Ann2SnnError(f"unknown pass {name!r}", f"passes: {', '.join(PASSES)}")
@@ -185,7 +188,8 @@ def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(),
     options = ConvertOptions(NormSpec.parse(norm), 0.5 if request.phi is None else request.phi, T,
                              request.skip_passes, neuron, request.tmax, request.weight_norm,
                              bool(request.per_channel), Nonlinear.parse(request.nonlinear), request.ugo_size,
-                             request.allow_float, drain, coding=coding, fs_K=request.K or FS_DEFAULT_K)
+                             request.allow_float, drain, coding=coding, fs_K=request.K or FS_DEFAULT_K,
+                             fs_overlap=request.overlap)
     try:
         result = convert_model(ann, calibration, options, model_path, source, check=request.check,
                                source_fingerprint=source_fp)

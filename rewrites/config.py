@@ -133,6 +133,7 @@ class ConvertOptions:
     layer_settings: dict[str, LayerSetting] = field(default_factory=dict)  # by ReLU node name
     coding: Coding = Coding.DIRECT
     fs_K: int = 10  # FS: firing steps per neuron (K)
+    fs_overlap: int = 0  # FS: steps a layer starts firing before its input is final (0: none; at most K - 1)
 
     @property
     def fs(self) -> bool:
@@ -158,6 +159,9 @@ class ConvertOptions:
             raise Ann2SnnError(f"invalid --drain-steps {self.drain_steps}", "use 0 or more drain steps")
         if not 1 <= self.fs_K <= MAX_FS_K:
             raise Ann2SnnError(f"invalid --K {self.fs_K}", f"use 1 to {MAX_FS_K} firing steps per neuron")
+        if not 0 <= self.fs_overlap < self.fs_K:
+            raise Ann2SnnError(f"invalid --overlap {self.fs_overlap} for --K {self.fs_K}",
+                               "a layer may start at most K - 1 steps before its input is final")
         if self.ugo_size is not None and self.ugo_size < 1:
             raise Ann2SnnError(f"invalid --ugo-size {self.ugo_size}", "use at least 1 hidden neuron")
         if self.tmax is not None:

@@ -82,10 +82,12 @@ def firing_rows(neuron: gs.Node) -> tuple[int, int]:
     return (int(firing[0]), int(firing[-1] - firing[0] + 1)) if len(firing) else (0, 0)
 
 
-def schedule(graph: gs.Graph) -> tuple[dict[str, int], int]:
+def schedule(graph: gs.Graph, overlap: int = 0) -> tuple[dict[str, int], int]:
     """Place every FS neuron's firing steps after the last step at which its input can change, and every
     Release at the step its input is final; returns the first firing step of each neuron and the steps a
-    runtime must run for the outputs to be final."""
+    runtime must run for the outputs to be final. `overlap` > 0 starts each neuron that many steps earlier:
+    the input's last spikes, the smallest, then arrive while it fires and reach only its later, smaller
+    spikes (an approximation; fewer steps)."""
     graph.toposort()
     ready: dict[str, int] = {t.name: 0 for t in graph.inputs}
     starts: dict[str, int] = {}
@@ -94,10 +96,11 @@ def schedule(graph: gs.Graph) -> tuple[dict[str, int], int]:
         if node.domain == DOMAIN and node.op == FS_NEURON.op_type:
             start, K = firing_rows(node)
             tables = _tables_of(node, start, K)
-            for k, constant in enumerate(neuron_inputs(node.name, tables, latest), start=1):
+            start = max(latest - overlap, 0)
+            for k, constant in enumerate(neuron_inputs(node.name, tables, start), start=1):
                 node.inputs[k] = constant
-            starts[node.name] = latest
-            latest += max(K, 1) - 1
+            starts[node.name] = start
+            latest = start + max(K, 1) - 1
         elif node.domain == DOMAIN and node.op == RELEASE.op_type:
             node.inputs[1] = gs.Constant(node.inputs[1].name, np.array([latest], np.float32))
         for t in node.outputs:

@@ -86,6 +86,9 @@ def command(
         "weighted spikes, layer after layer; the file runs as many steps as its layers need (docs/fs.md).")] = "rate",
     fs_k: Annotated[Optional[int], typer.Option("--K", min=1, metavar="K", help="--coding fs: firing steps "
                     "per neuron, so a value is sent on a grid of threshold / (2^K - 1) (default: 8).")] = None,
+    overlap: Annotated[int, typer.Option("--overlap", min=0, metavar="N", help="--coding fs: start each layer N "
+                       "steps before its input is final (fewer steps; the last, smallest spikes of the layer "
+                       "before then reach only its later spikes). Default: 0.")] = 0,
     skip_pass: Annotated[Optional[list[str]], typer.Option(
         "--skip-pass", metavar="NAME", help="Skip a normalising pass by name (repeatable; the names are in "
         "convert's Passes table).")] = None,
@@ -110,7 +113,7 @@ def command(
                     per_channel=per_channel, neuron=neuron, phi=phi, tmax=tmax, bias_correction=bias_correction,
                     drain_steps=drain_steps, weight_norm=weight_norm, nonlinear=nonlinear, ugo_size=ugo_size,
                     allow_float=parse_ops(allow_float), skip_passes=skip_pass or (), limit=limit, check=not no_check,
-                    input_shapes=parse_input_shapes(input_shape or ()), coding=coding, K=fs_k)
+                    input_shapes=parse_input_shapes(input_shape or ()), coding=coding, K=fs_k, overlap=overlap)
         except UnsupportedNodesError as exc:  # the message lists 20 nodes; --json gets every one
             out.emit_json(exc.to_json())
             raise

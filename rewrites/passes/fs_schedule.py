@@ -12,7 +12,7 @@ from rewrites.passes.base import Pass, PassContext, PassReport
 
 def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     report = PassReport("fs_schedule")
-    starts, steps = schedule(graph)
+    starts, steps = schedule(graph, ctx.options.fs_overlap)
     ctx.fs_steps = steps
     for node, start in starts.items():
         report.layers.append({"node": node, "start": start})
