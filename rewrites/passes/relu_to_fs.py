@@ -6,14 +6,13 @@ most, on a grid of theta / (2^K - 1), rounded (phi = 1/2) or floored (phi = 0). 
 by fs_schedule."""
 from __future__ import annotations
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from ground.errors import CalibrationError
 from rewrites.fs import neuron_inputs, relu_tables
 from rewrites.optable import Conversion
 from rewrites.passes.base import Pass, PassContext, PassReport, inputs_of
-from rewrites.passes.relu_to_if import layer_threshold
+from rewrites.passes.relu_to_if import layer_entry, layer_threshold
 from rewrites.passes.spiking import replace_node, spiking_node, step_like
 from rewrites.patterns.tensors import clip_bounds, is_relu_like
 from snnfile.operators import FS_NEURON
@@ -36,11 +35,7 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
         neuron = spiking_node(FS_NEURON, node.name, [x] + neuron_inputs(node.name, tables), y, [y, step_like()])
         replace_node(graph, node, neuron)
         report.converted.append(node.name)
-        report.layers.append({"node": node.name, "op": FS_NEURON.op_type, "from": node.op, "K": K,
-                              "threshold": float(theta) if theta.ndim == 0 else theta.reshape(-1).tolist(),
-                              "phi": setting.phi, "norm": str(setting.norm), "per_channel": setting.per_channel,
-                              "input": x.name, "calibrated_max": stats.maximum, "cap": cap,
-                              "dead": bool(np.all(dead))})
+        report.layers.append(layer_entry(node, x, FS_NEURON.op_type, {"K": K}, theta, setting, stats, cap, dead))
     return report
 
 

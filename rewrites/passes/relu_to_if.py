@@ -79,13 +79,19 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
                               [y] * len(spec.state))
         replace_node(graph, node, neuron)
         report.converted.append(node.name)
-        report.layers.append({"node": node.name, "op": spec.op_type, "from": node.op,
-                              "neuron": setting.neuron.value, "tmax": tmax,
-                              "threshold": float(theta) if theta.ndim == 0 else theta.reshape(-1).tolist(),
-                              "phi": setting.phi, "norm": str(setting.norm), "per_channel": setting.per_channel,
-                              "input": x.name, "calibrated_max": stats.maximum, "cap": cap,
-                              "dead": bool(np.all(dead))})
+        report.layers.append(layer_entry(node, x, spec.op_type, {"neuron": setting.neuron.value, "tmax": tmax},
+                                         theta, setting, stats, cap, dead))
     return report
+
+
+def layer_entry(node: gs.Node, x: gs.Tensor, op: str, kind: dict, theta: np.ndarray, setting: LayerSetting,
+                stats: TensorStats, cap: float | None, dead: np.ndarray) -> dict:
+    """The `ann2snn.layers` entry of a neuron made from a ReLU-like node (`kind`: what its neuron adds)."""
+    return {"node": node.name, "op": op, "from": node.op, **kind,
+            "threshold": float(theta) if theta.ndim == 0 else theta.reshape(-1).tolist(),
+            "phi": setting.phi, "norm": str(setting.norm), "per_channel": setting.per_channel,
+            "input": x.name, "calibrated_max": stats.maximum, "cap": cap,
+            "dead": bool(np.all(dead))}
 
 
 PASS = Pass("relu_to_if", run, spiking=True, doc="ReLU / Clip(0, a) -> IF neuron (or signed IF neuron).",
