@@ -11,7 +11,7 @@ from ann2snn.tune import LayerChoice, apply_charges, settings_of, tunable_layers
 from rewrites.calibration.collect import calibrate
 from ground.data import array_shapes, input_specs, load_dataset
 from rewrites.calibration.stats import Calibration
-from rewrites.config import DEFAULT_NORM, Coding, ConvertOptions, Neuron, Nonlinear, NormSpec
+from rewrites.config import DEFAULT_NORM, FS_DEFAULT_K, Coding, ConvertOptions, Neuron, Nonlinear, NormSpec
 from rewrites.convert import ConversionResult, convert_model, normalise, refuse_masks
 from ground.errors import Ann2SnnError, CalibrationError
 from rewrites.footprint import Footprint, footprint
@@ -113,7 +113,6 @@ class Converted:
         }
 
 
-FS_DEFAULT_K = 8  # within 0.5 point of the ANN at 1.4-1.5 spikes per neuron on two CNNs; the reference uses 10 (docs/fs.md)
 FS_DEFAULT_NORM = "max"  # a grid of theta / 1023 costs less than clipping the top percent (docs/fs.md)
 RATE_ONLY = {"bias_correction": "--bias-correction", "drain_steps": "--drain-steps", "neuron": "--neuron",
              "tmax": "--tmax", "T": "--T"}

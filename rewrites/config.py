@@ -66,6 +66,8 @@ class Coding(enum.Enum):
 
 
 MAX_FS_K = 24  # float32 holds 2^-24 relative steps exactly
+# within 0.5 point of the ANN at 1.4-1.5 spikes per neuron on two CNNs; the reference uses 10 (docs/fs.md)
+FS_DEFAULT_K = 8
 
 
 class Norm(enum.Enum):
@@ -132,7 +134,7 @@ class ConvertOptions:
     drain_steps: int = 0  # E: the drain steps the file is converted for (metadata ann2snn.drain_steps)
     layer_settings: dict[str, LayerSetting] = field(default_factory=dict)  # by ReLU node name
     coding: Coding = Coding.DIRECT
-    fs_K: int = 10  # FS: firing steps per neuron (K)
+    fs_K: int = FS_DEFAULT_K  # FS: firing steps per neuron (K)
     fs_overlap: int = 0  # FS: steps a layer starts firing before its input is final (0: none; at most K - 1)
 
     @property

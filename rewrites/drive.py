@@ -126,7 +126,8 @@ def _gate_terms(graph: gs.Graph, drive: gs.Variable, data: list[gs.Variable], re
         for k in sorted(set(terms)):
             const = node.inputs[k]
             if const.name not in gated:
-                shape = list(const.shape or ()) or list(drive.shape)  # a scalar times FS's clock [1] is [1]
+                # a scalar times FS's clock [1] is [1]; a computed tensor of unknown shape stays unknown
+                shape = None if const.shape is None else list(const.shape) or list(drive.shape)
                 out = gs.Variable(f"{const.name}.driven", np.float32, shape)
                 graph.nodes.append(gs.Node("Mul", name=f"{const.name}.gate", inputs=[const, drive], outputs=[out]))
                 gated[const.name] = out
@@ -169,9 +170,10 @@ def _first_float(x: gs.Variable) -> list[gs.Variable]:
 
 
 def first_step_gate(graph: gs.Graph) -> DriveGate:
-    """FS coding (docs/fs.md): the data inputs and every constant additive term enter at the first step only,
-    gated by a FirstStep clock (node and output PRESENT), so the sum of a layer's input over the steps is its
-    ANN input, once. The file has no snn.drive."""
+    """FS coding (docs/fs.md): the data inputs (for an int input, the first float tensors computed from it),
+    every constant additive term and every float operand the input does not reach (static_terms) enter at
+    the first step only, gated by a FirstStep clock (node and output PRESENT), so the sum of a layer's input
+    over the steps is its ANN input, once. The file has no snn.drive."""
     data = []
     for x in [t for t in graph.inputs if not is_state(t.name)]:
         data += [x] if x.dtype == np.float32 else _first_float(x)

@@ -134,7 +134,7 @@ def estimate(model: SpikingModel, spikes_per_neuron: dict[str, tuple[int, int]],
     rows = []
     added = {layer["sum_node"] for layer in model.layers if "sum_node" in layer}  # UGO output sums
     active = fs_active_steps(model, steps) if model.few_spikes else None
-    inputs = {n.name: n.input[0] for n in model.nodes}
+    inputs = {n.name: n.input[0] for n in model.nodes if n.input}
     for layer in weighted_layers(model):
         if layer.node not in added:  # a UGO's output sum is no layer of the ANN
             ann_macs += layer.macs
@@ -168,9 +168,10 @@ def fs_active_steps(model: SpikingModel, steps: int) -> dict[str, set[int]]:
     for node in model.nodes:
         if node.domain == DOMAIN and node.op_type == "FSNeuron":
             thresholds = np.asarray(model.constants[node.input[1]], np.float32)
-            rows = np.flatnonzero(~np.all(thresholds.reshape(len(thresholds), -1) == FS_SILENT_THRESHOLD, axis=1))
+            rows = set(np.flatnonzero(~np.all(thresholds.reshape(len(thresholds), -1) == FS_SILENT_THRESHOLD,
+                                              axis=1)).tolist())
             last = len(thresholds) - 1
-            out = {t for t in range(steps) if min(t, last) in set(rows.tolist())}
+            out = {t for t in range(steps) if min(t, last) in rows}
         elif node.domain == DOMAIN and node.op_type == "Release":
             out = {int(np.asarray(model.constants[node.input[1]]).reshape(-1)[0])}
         else:
