@@ -8,6 +8,8 @@ signed neurons take back spikes fired early, so their rates follow clip(mean z, 
 of the input. Runs before relu_to_if: a ReLU-like node inside a region is part of its function."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -86,13 +88,15 @@ def build_ugo(graph: gs.Graph, name: str, x: gs.Variable, y: gs.Variable, result
 
 
 FS_FIT_K = 12  # the reference's K for Sigmoid (Stoeckl & Maass 2021)
-_FS_FITS: dict[tuple, object] = {}  # (ops, K, range) -> FSFit: one fit per function and range per process
+_FS_FITS: dict[tuple, object] = {}  # one fit per function and samples per process
 
 
 def fitted_neuron(f, samples: np.ndarray, ops: list[str]):
     """A few-spikes neuron fitted to the region's function on its calibrated inputs (rewrites/fs.py), cached by
-    function, K and the samples' range."""
-    key = (tuple(ops), FS_FIT_K, float(np.min(samples)), float(np.max(samples)), len(samples))
+    the function (its ops and its values on a probe grid of the range), K and the samples."""
+    samples = np.ascontiguousarray(samples, np.float64)
+    probe = np.asarray(f(np.linspace(samples.min(), samples.max(), 17)), np.float64)
+    key = (tuple(ops), FS_FIT_K, hashlib.sha256(samples.tobytes()).hexdigest(), probe.tobytes())
     if key not in _FS_FITS:
         _FS_FITS[key] = fit_tables(f, samples, FS_FIT_K)
     return _FS_FITS[key]
