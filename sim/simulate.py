@@ -78,6 +78,9 @@ def window_for(model: SpikingModel, T: int | None, extra_t: int | None, drain: b
     if model.few_spikes:  # the input at the first step, then steps without it (folded: drain steps)
         notes = [] if not file_T or steps >= file_T else [
             f"the file's layers need {file_T} steps to pass their spikes on (FS coding); this run stops at {steps}"]
+        if extra_t or drain:
+            notes.append("extra and drain steps do not apply to an FS file: its input enters at the first step "
+                         f"and every later step is without it; this run has {steps} steps in all")
         return Window(1, steps - 1, steps > 1, tuple(notes))
     drain_steps = model.drain_steps
     if extra_t is None:
