@@ -178,8 +178,12 @@ def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(),
         write_text_atomic(save_calib, calibration.to_json())
     coding = Coding.parse(request.coding)
     fs = coding is Coding.FS
+    if fs and levels:
+        raise Ann2SnnError(f"{model_path}: a network trained with QCFS activations ({levels} levels) converts with "
+                           "rate coding only: its clip-floor chains have no few-spikes form yet",
+                           "leave out --coding fs: `ann2snn convert MODEL` reads its thresholds from the graph "
+                           "and is exact at T = L with L drain steps")
     if fs:
-        levels = 0  # a QCFS network's levels set the T of rate coding
         T = DEFAULT_T
     neuron = Neuron.parse(request.neuron) if request.neuron else Neuron.SIGNED if levels else Neuron.IF
     drain = request.drain_steps if request.drain_steps is not None else T if levels and neuron is Neuron.SIGNED else 0

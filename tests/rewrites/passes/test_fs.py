@@ -355,3 +355,14 @@ def test_overlap_must_leave_a_step_of_the_window(tmp_path):
                             tmp_path / "o.onnx"), before, tmp_path, names=["--overlap"])
     assert_bad_input(invoke("convert", ann, "--data", data, "--overlap", 2, "-o", tmp_path / "o.onnx"), before,
                      tmp_path, names=["--overlap", "--coding fs"])
+
+
+def test_fs_refuses_a_qcfs_network_naming_rate_coding(tmp_path):
+    """Its clip-floor chains have no FS form: one error line that says what converts it, not a calibration
+    error that asks to recalibrate."""
+    model = Path(__file__).parents[3] / "examples" / "fmnist_qcfs_L4" / "model.onnx"
+    data = Path(__file__).parents[3] / "examples" / "fmnist_cnn" / "calib.npz"
+    before = files(tmp_path)
+    assert_bad_input(invoke("convert", model, "--data", data, "--coding", "fs", "--limit", 8, "-o",
+                            tmp_path / "q.snn.onnx"), before, tmp_path, names=["QCFS", "--coding fs"],
+                     mentions=["rate coding"])
