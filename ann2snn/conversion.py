@@ -7,7 +7,8 @@ from pathlib import Path
 
 import onnx
 
-from ann2snn.tune import LayerChoice, apply_charges, settings_of, tunable_layers, tune, tuned
+from ann2snn.refit import Refit
+from ann2snn.tune import LayerChoice, apply_charges, apply_refits, settings_of, tunable_layers, tune, tuned
 from rewrites.calibration.collect import calibrate
 from ground.data import array_shapes, input_specs, load_dataset
 from rewrites.calibration.stats import Calibration
@@ -51,6 +52,7 @@ class ConvertRequest:
     coding: str = "rate"  # or "fs": few-spikes neurons (rewrites/fs.py)
     K: int | None = None  # FS: firing steps per neuron; None: FS_DEFAULT_K
     overlap: int = 0  # FS: steps a layer starts before its input is final
+    refit: bool = True  # with the per-layer search: refit the linear layers' weights (ann2snn/refit.py)
 
     @property
     def tuning_given(self) -> bool:
@@ -65,6 +67,7 @@ class Converted:
     options: ConvertOptions
     calibration: str  # where the thresholds came from: the file, the data, or "the graph"
     choices: list[LayerChoice] = field(default_factory=list)  # per layer, when chosen on the data
+    refits: list[Refit] = field(default_factory=list)  # per linear layer, when the search refitted
     notes: list[str] = field(default_factory=list)
     input_shapes: dict[str, list] = field(default_factory=dict)  # what dynamic inputs were bound to, batch 'N'
     step_memory: Footprint | None = None  # per sample, one call of the exported file
@@ -96,6 +99,7 @@ class Converted:
             "neuron": options.neuron.value, "tmax": options.tmax,
             "weight_norm": options.weight_norm, "per_channel": options.per_channel,
             "chosen": {c.node: c.to_json() for c in self.choices},
+            "refits": [r.to_json() for r in self.refits],
             "bias_correction": [vars(c) for c in result.corrections],
             "normalise_max_error": result.normalise_error,
             "ops_before": dict(sorted(result.ops_before.items())),
@@ -203,25 +207,27 @@ def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(),
                                f"({exc.message})", "pass --data CALIB.npz (samples of the model's input) to "
                                "calibrate on the fly, or --calib FILE made by `ann2snn calibrate`") from exc
     choices: list[LayerChoice] = []
+    refits: list[Refit] = []
     dataset = load_dataset(data, input_specs(ann), request.limit) if data is not None else None
     if not fs and not request.tuning_given and tunable_layers(result.layers):
         if dataset is None:
             notes.append("layers converted with the default rule, not chosen on data: give --data to measure "
                          "each layer's options")
         else:
-            choices = tune(model_path, ann, calibration, options, dataset)
+            choices, refits, refitted = tune(model_path, ann, calibration, options, dataset, refit=request.refit)
             options = ConvertOptions(**{**vars(options), "layer_settings": settings_of(choices)})
             checked = result.normalise_error
             result = convert_model(ann, calibration, options, model_path, source, check=False,
                                    source_fingerprint=source_fp)
             result.normalise_error = checked  # the same normalising passes, checked above
             apply_charges(result.model, choices)
-            result = tuned(result, choices)
+            apply_refits(result.model, refitted)
+            result = tuned(result, choices, refits)
     if request.bias_correction:
         if dataset is None:
             raise Ann2SnnError("--bias-correction needs --data", "give the calibration data")
         from sim.bias_correction import correct_biases
         result.model, result.corrections = correct_biases(result.model, model_path.with_suffix(".snn.onnx"),
                                                           model_path, dataset, T)
-    return Converted(result, options, source, choices, notes, recorded_shapes(bound), footprint(result.model),
+    return Converted(result, options, source, choices, refits, notes, recorded_shapes(bound), footprint(result.model),
                      footprint(ann))

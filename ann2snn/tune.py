@@ -33,6 +33,7 @@ from rewrites.calibration.stats import Calibration
 from rewrites.config import ConvertOptions, LayerSetting, Neuron, NormSpec
 from rewrites.convert import ConversionResult, convert_model
 from rewrites.passes.relu_to_if import layer_threshold
+from ann2snn.refit import WINDOWS, Linear, Refit, linear_layers, refit as fit_linear
 from sim.engine import NumpyEngine, PausedRun
 from ground.errors import SpikingModelError
 from sim.ort import OrtEngine
@@ -72,29 +73,63 @@ def tunable_layers(layers: list[dict]) -> list[dict]:
 
 
 def tune(ann_path: str | Path, ann: onnx.ModelProto, calibration: Calibration, options: ConvertOptions,
-         data: Dataset, samples: int = SAMPLES, progress: Progress | None = None) -> list[LayerChoice]:
-    """Choose every ReLU layer's conversion (module docstring). `options` give T and what is not searched."""
+         data: Dataset, samples: int = SAMPLES, progress: Progress | None = None, refit: bool = True
+         ) -> tuple[list[LayerChoice], list[Refit], dict[str, np.ndarray]]:
+    """Choose every ReLU layer's conversion (module docstring) and, with `refit`, refit the linear layers
+    (ann2snn/refit.py) in the same pass, each before the neurons it feeds are chosen. `options` give T and what
+    is not searched. Returns the choices, the refits and the refitted initializers by name."""
     T = options.default_T
     probe = replace(options, neuron=Neuron.SIGNED, tmax=None, layer_settings={})
     # the calibration was checked against the file by the caller; `ann` may be it with its input dims bound
     proto = convert_model(ann, calibration, probe, check=False, source_fingerprint=calibration.fingerprint).model
-    layers = tunable_layers(_layers(proto))
+    layers = _with_outputs(proto, tunable_layers(_layers(proto)))
+    linears = linear_layers(proto, ann) if refit else []
+    steps = T * max(WINDOWS) if linears else T
     feeds = next(data.batches(samples))
-    reference = AnnReference(ann_path, spiking_from_proto(proto, Path(ann_path)), [l["node_output"] for l in
-                                                                                   _with_outputs(proto, layers)])
+    reference = AnnReference(ann_path, spiking_from_proto(proto, Path(ann_path)),
+                             [l["node_output"] for l in layers] + [x.input for x in linears])
     _, activations = reference(feeds)
-    choices = []
-    paused = _paused_run(proto, feeds, T, layers)
+    linears = [x for x in linears if x.input in activations]
+    stops = {l["node"]: l for l in layers} | {x.node: x for x in linears}
+    paused = _paused_run(proto, feeds, steps, list(stops))
+    if paused is None:
+        order = [n.name for n in proto.graph.node if n.name in stops]
+    else:
+        order = [paused.names[i] for i in paused.stops]
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    choices, refits, refitted = [], [], {}
+    done = 0
     try:
-        for k, layer in enumerate(layers):
+        for name in order:
             if paused is not None:
                 paused.advance()
-                current = paused.tensor(layer["input"])
+            item = stops[name]
+            if isinstance(item, Linear):
+                if paused is not None:
+                    rates = paused.means(item.input, tuple(T * w for w in WINDOWS))
+                else:
+                    seq = _input_current(proto, item.input, feeds, steps).astype(np.float64)
+                    rates = None if np.all(seq == seq[:1]) else [seq[:T * w].mean(axis=0) for w in WINDOWS]
+                if rates is None:  # it reads the presented input as it is: nothing to fit
+                    continue
+                record, values = fit_linear(item, inits, rates, activations[item.input])
+                refits.append(record)
+                if values:
+                    inits.update(values)
+                    refitted.update(values)
+                    _set_initializers(proto, values)
+                    if paused is not None:
+                        paused.set(values)
+                continue
+            layer = item
+            if paused is not None:
+                current = paused.tensor(layer["input"], T)
                 if len(current) != T:
                     current = np.ascontiguousarray(np.broadcast_to(current, (T,) + current.shape[1:]))
             else:
                 current = _input_current(proto, layer["input"], feeds, T)
             target = activations.get(layer["node_output"])
+            done += 1
             if target is None:
                 continue
             stats = calibration.stats(layer["input"], layer["node"])
@@ -104,23 +139,37 @@ def tune(ann_path: str | Path, ann: onnx.ModelProto, calibration: Calibration, o
                 paused.set(values)
             choices.append(choice)
             if progress:
-                progress(k + 1, len(layers))
+                progress(done, len(layers))
     finally:
         if paused is not None:
             paused.close()
-    return choices
+    return choices, refits, refitted
 
 
-def _paused_run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], T: int, layers: list[dict]) -> PausedRun | None:
-    """The search's one pass over the network, stopping before each layer; None where the NumPy engine cannot
-    run the model (then each layer's input is recorded by a run of its own under onnxruntime)."""
+def _paused_run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], T: int, stops: list[str]) -> PausedRun | None:
+    """The search's one pass over the network, stopping before each of `stops` (node names); None where the
+    NumPy engine cannot run the model (then each input is recorded by a run of its own under onnxruntime)."""
     try:
         engine = NumpyEngine(spiking_from_proto(proto, Path("probe")))
     except SpikingModelError:
         return None
     order = {n.name: i for i, n in enumerate(engine.nodes)}
-    layers.sort(key=lambda l: order[l["node"]])
-    return PausedRun(engine, feeds, T, [l["node"] for l in layers])
+    return PausedRun(engine, feeds, T, sorted(stops, key=order.__getitem__))
+
+
+def _set_initializers(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> None:
+    for init in model.graph.initializer:
+        if init.name in values:
+            init.CopyFrom(numpy_helper.from_array(values[init.name], init.name))
+
+
+def apply_refits(model: onnx.ModelProto, refitted: dict[str, np.ndarray]) -> None:
+    """Give the final file the refitted weights and biases (the same initializer names as the search's)."""
+    names = {t.name for t in model.graph.initializer}
+    missing = set(refitted) - names
+    if missing:
+        raise RuntimeError(f"refitted initializers {sorted(missing)} are not in the converted file")
+    _set_initializers(model, refitted)
 
 
 def settings_of(choices: list[LayerChoice]) -> dict[str, LayerSetting]:
@@ -298,9 +347,9 @@ def _shape_of(proto: onnx.ModelProto, name: str) -> list:
     raise KeyError(name)
 
 
-def tuned(result: ConversionResult, choices: list[LayerChoice]) -> ConversionResult:
+def tuned(result: ConversionResult, choices: list[LayerChoice], refits: list[Refit] = ()) -> ConversionResult:
     """The final conversion with the search's measurements in its layer entries, in the report and in the
-    file's ann2snn.layers."""
+    file's ann2snn.layers, and the refits in its ann2snn.refits."""
     by_node = {c.node: c.to_json() for c in choices}
     for layer in result.layers:
         if layer["node"] in by_node:
@@ -308,4 +357,7 @@ def tuned(result: ConversionResult, choices: list[LayerChoice]) -> ConversionRes
     entry = next(p for p in result.model.metadata_props if p.key == Meta.LAYERS)
     entry.value = json.dumps([{**l, "chosen": by_node[l["node"]]} if l["node"] in by_node else l
                               for l in json.loads(entry.value)])
+    if refits:
+        onnx.helper.set_model_props(result.model, {**{p.key: p.value for p in result.model.metadata_props},
+                                                   Meta.REFITS: json.dumps([r.to_json() for r in refits])})
     return result

@@ -5,7 +5,7 @@ MODEL_DIR holds model.onnx, calib.npz and test.npz (benchmarks/make_lenet.py wri
 examples/fmnist_cnn holds them for the bundled Fashion-MNIST CNN). Rows:
 
 - defaults: `ann2snn convert model.onnx --data calib.npz` and nothing else, stepped at every T; the same
-  with `--T T`, one file per T, each stepped at its own T; and the two-step form with no option,
+  with `--no-refit` (the linear layers keep the ANN's weights); the same with `--T T`, one file per T, each stepped at its own T; and the two-step form with no option,
   `ann2snn calibrate` then `convert --calib C`, stepped at every T.
 - best: `ann2snn calibrate`, then `convert --calib ... --neuron signed --norm mmse --per-channel
   --bias-correction --data calib.npz --T T`, one file per T.
@@ -116,6 +116,8 @@ def ours(args, model_dir: Path, work: Path, steps: list[int], shown: list[str]) 
     if "defaults" in args.rows:
         plans += [("defaults", "calibrate; convert --calib C", [("two_step", ["--calib", "C"], steps)]),
                   ("defaults", "convert --data calib.npz", [("defaults", ["--data", calib], steps)]),
+                  ("defaults", "convert --data calib.npz --no-refit",
+                   [("no_refit", ["--data", calib, "--no-refit"], steps)]),
                   ("defaults", "convert --data calib.npz --T T",
                    [(f"defaults_T{t}", ["--data", calib, "--T", str(t)], [t]) for t in steps])]
     if "best" in args.rows:

@@ -195,6 +195,7 @@ class NumpyEngine:
         self.blocked_pools = {i: partial(maxpool_neuron, pool=pool) for i in self.pools
                               if self.blocked_convs and (pool := blocked_pool(self.nodes[i], threads, "MaxPool"))}
         self.drain_terms: dict[int, BiasTerm] | None = None
+        self.threads, self.opsets = threads, opsets
         self.sample_bytes = 4 * max([_per_sample_size(vi) for vi in list(model.proto.graph.input)
                                      + list(model.proto.graph.value_info)] + [1])
 
@@ -239,6 +240,20 @@ class NumpyEngine:
                 next(evaluation)
             except StopIteration as done:
                 return done.value
+
+    def replace_constants(self, values: dict[str, np.ndarray]) -> None:
+        """New values for constants: the onnxruntime kernels that baked them in are built again."""
+        self.model.constants.update(values)
+        for i, node in enumerate(self.nodes):
+            if not values.keys() & set(node.input):
+                continue
+            if i in self.delegated:
+                self.delegated[i] = OrtNode(self.model, node, self.threads)
+            if i in self.blocked_convs:
+                conv = blocked_conv(node, self.model.constants, self.opsets, self.threads)
+                if conv is None:  # the same shapes block the same way
+                    raise RuntimeError(f"node '{node.name}' no longer blocks with its new constants")
+                self.blocked_convs[i] = conv
 
     def _evaluate(self, feeds: dict[str, np.ndarray], T: int, extra_t: int, observe: int,
                   drained: dict[int, BiasTerm] | None, pauses: frozenset[int]):
@@ -442,6 +457,7 @@ class PausedRun:
             else None
         self.envs: list[dict] = []
         self.names = [n.name for n in engine.nodes]
+        self.engine = engine
 
     def advance(self) -> str:
         """Run every slice up to the next stop; the name of the node it stopped before."""
@@ -449,14 +465,24 @@ class PausedRun:
         self.envs = [env for _, env in paused]
         return self.names[paused[0][0]]
 
-    def tensor(self, name: str) -> np.ndarray:
-        """A tensor at the stop, [T or 1, batch, ...], a copy in the plain layout."""
-        return np.concatenate([_plain(env[name]).data for env in self.envs], axis=1)
+    def tensor(self, name: str, steps: int | None = None) -> np.ndarray:
+        """A tensor at the stop, [T or 1, batch, ...] (its first `steps` steps only), a copy in the plain
+        layout."""
+        return np.concatenate([_plain(env[name]).data[:steps] for env in self.envs], axis=1)
+
+    def means(self, name: str, counts: tuple[int, ...]) -> list[np.ndarray] | None:
+        """A tensor's mean over its first k steps for each k of `counts`, [batch, ...] float64; None where it
+        does not change from step to step."""
+        data = [_plain(env[name]).data for env in self.envs]
+        if len(data[0]) == 1:
+            return None
+        return [np.concatenate([np.add.reduce(d[:k], axis=0, dtype=np.float64) / k for d in data]) for k in counts]
 
     def set(self, values: dict[str, np.ndarray]) -> None:
-        """Replace constants (initializer names) for the rest of the run."""
+        """Replace constants (initializer names) for the rest of the run, in the kernels that hold them too."""
         for env in self.envs:
             env.update(values)
+        self.engine.replace_constants(values)
 
     def close(self) -> None:
         for run in self.runs:

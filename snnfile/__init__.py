@@ -49,6 +49,7 @@ class Meta:
     DRAIN_STEPS = "ann2snn.drain_steps"
     NO_DRAIN = "ann2snn.no_drain"
     INPUT_SHAPES = "ann2snn.input_shapes"
+    REFITS = "ann2snn.refits"  # the linear layers' weight refits (ann2snn/refit.py), JSON
     FS_K = "ann2snn.fs_K"  # FS coding: the firing steps per neuron (K) the file was converted with
 
 

@@ -92,6 +92,10 @@ def command(
     skip_pass: Annotated[Optional[list[str]], typer.Option(
         "--skip-pass", metavar="NAME", help="Skip a normalising pass by name (repeatable; the names are in "
         "convert's Passes table).")] = None,
+    no_refit: Annotated[bool, typer.Option("--no-refit", help="Keep the ANN's weights in every linear layer. "
+                         "By default the per-layer search refits each Conv, Gemm and MatMul by least squares so that "
+                         "the spiking layers before it deliver the ANN's current at T and 4T steps, and keeps a fit "
+                         "only where it lowers the error on held-out samples (docs/cli.md).")] = False,
     no_check: Annotated[bool, typer.Option("--no-check", help="Skip the onnxruntime self-check of the "
                                            "normalising passes.")] = False,
     json_out: JsonOpt = None,
@@ -113,7 +117,8 @@ def command(
                     per_channel=per_channel, neuron=neuron, phi=phi, tmax=tmax, bias_correction=bias_correction,
                     drain_steps=drain_steps, weight_norm=weight_norm, nonlinear=nonlinear, ugo_size=ugo_size,
                     allow_float=parse_ops(allow_float), skip_passes=skip_pass or (), limit=limit, check=not no_check,
-                    input_shapes=parse_input_shapes(input_shape or ()), coding=coding, K=fs_k, overlap=overlap)
+                    input_shapes=parse_input_shapes(input_shape or ()), coding=coding, K=fs_k, overlap=overlap,
+                    refit=not no_refit)
         except UnsupportedNodesError as exc:  # the message lists 20 nodes; --json gets every one
             out.emit_json(exc.to_json())
             raise
@@ -199,6 +204,14 @@ def render(out: Output, converted, target: Path) -> None:
                 row.append("folded (threshold 1)" if l.get("weight_norm") else
                            f"kept: {l.get('weight_norm_skipped', 'not reached')}")
         out.table(title, columns, rows, legend=legend)
+    if converted.refits:
+        out.table(f"Linear layers refitted on {converted.calibration}",
+                  ["node", "inputs", "lambda", "before", "after"],
+                  [[r.node, r.features, r.skipped or (f"{r.lam:g}" if r.refitted else "kept"),
+                    "-" if r.skipped else f"{r.error_before:.4f}", f"{r.error_after:.4f}" if r.refitted else "-"]
+                   for r in converted.refits],
+                  legend="inputs: per output, bias included; before / after: squared gap of the layer's current "
+                  "to the ANN's on held-out samples, relative, with the ANN's weights / refitted")
     dead = [l["node"] for l in neurons if l.get("dead")]
     if dead:
         out.print(f"note: never active during calibration (threshold set to 1): {', '.join(dead)}")

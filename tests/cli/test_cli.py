@@ -161,6 +161,27 @@ def test_convert_json_and_valid_onnx(tmp_path, art):
     assert report["ann_memory_per_sample"]["tensor_bytes"] < memory["tensor_bytes"]
 
 
+def test_convert_refits_the_linear_layers_unless_told_not_to(tmp_path, art):
+    """With --data and no tuning flag the search refits the linear layers: --json lists each under `refits`,
+    the file records them and holds other weights than the --no-refit file where they were refitted."""
+    from onnx import numpy_helper
+    runs = {}
+    for flags in ((), ("--no-refit",)):
+        target, summary = tmp_path / f"s{len(flags)}.onnx", tmp_path / f"s{len(flags)}.json"
+        ok(invoke("convert", art.model, "--data", art.data, "-o", target, "--json", summary, *flags))
+        snn = onnx.load(str(target))
+        runs[flags] = (json.loads(summary.read_text())["refits"], {p.key for p in snn.metadata_props},
+                       {t.name: numpy_helper.to_array(t) for t in snn.graph.initializer}, snn)
+    refits, keys, weights, snn = runs[()]
+    plain_refits, plain_keys, plain_weights, _ = runs[("--no-refit",)]
+    assert plain_refits == [] and "ann2snn.refits" not in plain_keys and "ann2snn.refits" in keys
+    refitted = {r["node"] for r in refits if r["refitted"]}
+    assert refitted
+    changed = {name for name, value in weights.items() if not np.array_equal(value, plain_weights.get(name))}
+    nodes = {n.name: n for n in snn.graph.node}
+    assert {nodes[name].input[1] for name in refitted} <= changed
+
+
 def test_convert_default_output(tmp_path, art):
     model = tmp_path / "net.onnx"
     model.write_bytes(art.model.read_bytes())
