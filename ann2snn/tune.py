@@ -87,7 +87,7 @@ def tune(ann_path: str | Path, ann: onnx.ModelProto, calibration: Calibration, o
     steps = T * max(WINDOWS) if linears else T
     feeds = next(data.batches(samples))
     reference = AnnReference(ann_path, spiking_from_proto(proto, Path(ann_path)),
-                             [l["node_output"] for l in layers] + [x.input for x in linears])
+                             list(dict.fromkeys([l["node_output"] for l in layers] + [x.input for x in linears])))
     _, activations = reference(feeds)
     linears = [x for x in linears if x.input in activations]
     stops = {l["node"]: l for l in layers} | {x.node: x for x in linears}
@@ -96,11 +96,15 @@ def tune(ann_path: str | Path, ann: onnx.ModelProto, calibration: Calibration, o
         order = [n.name for n in proto.graph.node if n.name in stops]
     else:
         order = [paused.names[i] for i in paused.stops]
+    last_use = {(stops[name].input if isinstance(stops[name], Linear) else stops[name]["node_output"]): k
+                for k, name in enumerate(order)}
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     choices, refits, refitted = [], [], {}
     done = 0
     try:
-        for name in order:
+        for k, name in enumerate(order):
+            for tensor in [t for t, last in last_use.items() if last < k and t in activations]:
+                del activations[tensor]  # the ANN's tensors no later stop reads
             if paused is not None:
                 paused.advance()
             item = stops[name]
