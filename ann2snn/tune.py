@@ -338,9 +338,7 @@ def _apply(proto: onnx.ModelProto, layer: dict, choice: LayerChoice, stats, T: i
         fire, unfire = fire - offset, unfire - offset
     values = {node.input[1]: theta, node.input[2]: fire, node.input[3]: unfire}
     values = {name: np.asarray(v, np.float32) for name, v in values.items()}
-    for init in proto.graph.initializer:
-        if init.name in values:
-            init.CopyFrom(numpy_helper.from_array(values[init.name], init.name))
+    _set_initializers(proto, values)
     return values
 
 
