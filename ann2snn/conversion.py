@@ -16,6 +16,7 @@ from rewrites.config import DEFAULT_NORM, FS_DEFAULT_K, Coding, ConvertOptions, 
 from rewrites.convert import ConversionResult, convert_model, normalise, refuse_masks
 from ground.errors import Ann2SnnError, CalibrationError
 from rewrites.footprint import Footprint, footprint
+from rewrites.layer_error import LayerErrors, layer_errors
 from ground.load import load_model, non_finite_constants
 from ground.protos import fingerprint
 from ground.save import save_model, write_text_atomic
@@ -53,6 +54,7 @@ class ConvertRequest:
     K: int | None = None  # FS: firing steps per neuron; None: FS_DEFAULT_K
     overlap: int = 0  # FS: steps a layer starts before its input is final
     refit: bool = True  # with the per-layer search: refit the linear layers' weights (ann2snn/refit.py)
+    layer_error: bool = False  # measure each UGO subnet's share of the output error (rewrites/layer_error.py)
 
     @property
     def tuning_given(self) -> bool:
@@ -72,6 +74,7 @@ class Converted:
     input_shapes: dict[str, list] = field(default_factory=dict)  # what dynamic inputs were bound to, batch 'N'
     step_memory: Footprint | None = None  # per sample, one call of the exported file
     ann_memory: Footprint | None = None  # per sample, one inference of the ANN at the same shapes
+    layer_errors: LayerErrors | None = None  # with layer_error: each UGO subnet's error at the output
 
     @property
     def proto(self) -> onnx.ModelProto:
@@ -114,6 +117,7 @@ class Converted:
             "layers": result.layers,
             "step_memory_per_sample": self.step_memory.to_json() if self.step_memory else None,
             "ann_memory_per_sample": self.ann_memory.to_json() if self.ann_memory else None,
+            "layer_errors": self.layer_errors.to_dict() if self.layer_errors else None,
         }
 
 
@@ -229,5 +233,15 @@ def convert(model_path: str | Path, request: ConvertRequest = ConvertRequest(),
         from sim.bias_correction import correct_biases
         result.model, result.corrections = correct_biases(result.model, model_path.with_suffix(".snn.onnx"),
                                                           model_path, dataset, T)
+    errors = None
+    if request.layer_error:
+        if fs:
+            raise Ann2SnnError("--layer-error measures UGO subnets, which --coding fs does not write",
+                               "leave out --coding fs, or --layer-error")
+        if dataset is None:
+            raise Ann2SnnError("--layer-error needs --data", "give the samples to measure the output error on")
+        errors = layer_errors(ann, calibration, options, dataset)
+        if errors is None:
+            notes.append("--layer-error: the model has no UGO subnet to measure")
     return Converted(result, options, source, choices, refits, notes, recorded_shapes(bound), footprint(result.model),
-                     footprint(ann))
+                     footprint(ann), errors)

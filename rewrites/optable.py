@@ -27,6 +27,7 @@ class Conversion(enum.Enum):
     PRODUCT = "variable x variable product: spiking product (TCSA)"
     NORMALIZATION = "softmax: exp and reciprocal UGO subnets, spiking product"
     LAYERNORM = "LayerNorm: decomposed, then a 1/sqrt UGO and spiking products"
+    L2 = "L2 norm / sum of squares: decomposed, a spiking product, a sum and a sqrt UGO"
     FLOAT = "kept float (estimate-and-correct)"
     HEAD = "head: exact on the decoded value"
     UNSUPPORTED = "unsupported"
@@ -98,12 +99,25 @@ def classify(node: gs.Node, dynamic: set[str]) -> NodeConversion:
         if op == "Pow" and not (len(ins) > 1 and not is_dynamic[1]):
             return result(Conversion.UNSUPPORTED, "Pow with an exponent that depends on the input")
         return result(Conversion.UGO, "elementwise nonlinearity")
+    if op in ("ReduceL2", "ReduceSumSquare"):
+        return _l2_conversion(node, ins, is_dynamic, result)
     if op in NORMALIZATION_OPS:
         if op == "LayerNormalization" and len([o for o in node.outputs if o.name]) > 1:
             return result(Conversion.UNSUPPORTED, "LayerNormalization with its Mean / InvStdDev outputs used")
         return result(Conversion.LAYERNORM if op == "LayerNormalization" else Conversion.NORMALIZATION,
                       "normalisation over features")
     return result(Conversion.UNSUPPORTED, f"no conversion of {op} on input-dependent tensors")
+
+
+def _l2_conversion(node: gs.Node, ins: list, is_dynamic: list[bool], result) -> NodeConversion:
+    """The verdict of decompose_l2: constant axes that leave the batch axis alone."""
+    if len(ins) > 1 and not isinstance(ins[1], gs.Constant):
+        return result(Conversion.UNSUPPORTED, "reduction axes that are not constant")
+    axes = np.asarray(ins[1].values).reshape(-1).tolist() if len(ins) > 1 else list(node.attrs.get("axes", []))
+    rank = len(ins[0].shape) if ins[0].shape is not None else None
+    if rank is not None and (not axes or 0 in [int(a) % rank for a in axes]):
+        return result(Conversion.UNSUPPORTED, f"{node.op} over the batch axis")
+    return result(Conversion.L2, "norm over features")
 
 
 def _max_conversion(node: gs.Node, ins: list, is_dynamic: list[bool], result) -> NodeConversion:

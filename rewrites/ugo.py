@@ -76,7 +76,10 @@ def _kinks(grid: np.ndarray, fg: np.ndarray) -> np.ndarray | None:
     exactly by intersecting the straight pieces on either side."""
     slope = np.diff(fg) / np.diff(grid)
     scale = max(float(np.abs(slope).max()), 1e-12)
-    bends = np.flatnonzero(np.abs(np.diff(slope)) > 1e-5 * scale)  # between slope i and i + 1
+    # f is evaluated in float32 (onnxruntime): rounding alone moves each slope by up to eps (|f_i| + |f_i+1|) / dx
+    magnitude = np.abs(fg)
+    noise = float(np.finfo(np.float32).eps) * (magnitude[1:] + magnitude[:-1]) / np.diff(grid)
+    bends = np.flatnonzero(np.abs(np.diff(slope)) > np.maximum(1e-5 * scale, 4 * (noise[1:] + noise[:-1])))
     if len(bends) == 0:
         return np.array([])
     if len(bends) > GRID // 100:
@@ -107,7 +110,7 @@ def _relative(fg: np.ndarray) -> bool:
     """Fit for relative error when f keeps one sign and spans more than two decades (exp, 1/x, 1/sqrt):
     what follows multiplies it, so its small values matter as much as its large ones."""
     magnitude = np.abs(fg)
-    return bool((np.all(fg > 0) or np.all(fg < 0)) and magnitude.max() > 100 * magnitude.min())
+    return bool((np.all(fg > 0) or np.all(fg < 0)) and magnitude.max() > 10 * magnitude.min())
 
 
 def _density_knots(grid, fg, samples, count, relative) -> np.ndarray:
@@ -134,7 +137,30 @@ def _density_knots(grid, fg, samples, count, relative) -> np.ndarray:
     return np.interp(np.linspace(0.0, 1.0, count), cdf, grid)
 
 
-DYNAMIC_RANGE = 1e12  # relative fits ignore where |f| is below this fraction of its largest value
+DYNAMIC_RANGE = 1e12  # fits ignore where |f| of one sign is below this fraction of its largest value
+
+
+def _significant(f, lo: float, hi: float) -> tuple[float, float]:
+    """[lo, hi] narrowed to where |f| >= max |f| / DYNAMIC_RANGE, and one grid point beyond on each side where
+    it fades, for f of one sign that fades over part of it (exp of an attention score masked with -3.4e38):
+    the UGO holds the faded end value, about 0, beyond. The grid narrows around the significant part until
+    that part fills a quarter of it."""
+    for attempt in range(64):
+        grid = _grid(lo, hi)
+        magnitude = np.abs(np.asarray(f(grid), np.float64))
+        keep = np.flatnonzero(magnitude >= magnitude.max() / DYNAMIC_RANGE)
+        first, last = max(keep[0] - 1, 0), min(keep[-1] + 1, GRID - 1)
+        if attempt == 0 and last - first >= GRID // 4 and magnitude.min() == 0:
+            return lo, hi  # a flat zero piece on a fair range (ReLU, HardSigmoid): its kink is a knot
+        if last - first >= GRID // 4 or (grid[first], grid[last]) == (lo, hi):
+            return float(grid[first]), float(grid[last])
+        lo, hi = float(grid[first]), float(grid[last])
+    return lo, hi
+
+
+def _fades(fg: np.ndarray) -> bool:
+    magnitude = np.abs(fg)
+    return bool((np.all(fg >= 0) or np.all(fg <= 0)) and magnitude.max() > DYNAMIC_RANGE * magnitude.min())
 
 
 def fit(f: Callable[[np.ndarray], np.ndarray], samples: np.ndarray, size: int,
@@ -147,13 +173,12 @@ def fit(f: Callable[[np.ndarray], np.ndarray], samples: np.ndarray, size: int,
         hi = lo + max(abs(lo), 1.0) * 1e-3
     grid = _grid(lo, hi)
     fg = np.asarray(f(grid), np.float64)
-    kinks = _kinks(grid, fg)
-    relative = kinks is None and _relative(fg)
-    if relative and np.abs(fg).max() > DYNAMIC_RANGE * np.abs(fg).min():
-        keep = np.flatnonzero(np.abs(fg) >= np.abs(fg).max() / DYNAMIC_RANGE)
-        lo, hi = float(grid[keep[0]]), float(grid[keep[-1]])
+    if _fades(fg):
+        lo, hi = _significant(f, lo, hi)
         grid = _grid(lo, hi)
         fg = np.asarray(f(grid), np.float64)
+    kinks = _kinks(grid, fg)
+    relative = kinks is None and _relative(fg)
     if kinks is not None and len(kinks) <= size - 1:
         knots = np.unique(np.concatenate([[lo, hi], kinks]))
         extra = size + 1 - len(knots)

@@ -96,6 +96,10 @@ def command(
                          "By default the per-layer search refits each Conv, Gemm and MatMul by least squares so that "
                          "the spiking layers before it deliver the ANN's current at T and 4T steps, and keeps a fit "
                          "only where it lowers the error on held-out samples (docs/cli.md).")] = False,
+    layer_error: Annotated[bool, typer.Option("--layer-error", help="Measure, on the first 32 samples of --data, "
+                           "how much of the output error each UGO subnet (GELU, exp, 1/x, 1/sqrt, ...) causes once "
+                           "time has done its part: the output with that subnet's fit alone in place of its function, "
+                           "and with all of them, against the ANN.")] = False,
     no_check: Annotated[bool, typer.Option("--no-check", help="Skip the onnxruntime self-check of the "
                                            "normalising passes.")] = False,
     json_out: JsonOpt = None,
@@ -104,12 +108,15 @@ def command(
         import ann2snn
         from ground.data import data_source
         from ground.errors import Ann2SnnError, UnsupportedNodesError
+        from ground.save import writable_target
         from rewrites.shapes import parse_input_shapes
         if data is None and (mean is not None or std is not None):
             raise Ann2SnnError("--mean / --std need --data DIR", "give the folder of images they apply to")
         source = data_source(data, mean, std) if data is not None else None
         out = Output(json_out)
-        target = output or model.with_name(model.stem + ".snn.onnx")
+        target = writable_target(output or model.with_name(model.stem + ".snn.onnx"))  # refused before the work
+        if save_calib is not None:
+            writable_target(save_calib)
         try:
             with out.progress("converting", 0):
                 converted = ann2snn.convert(
@@ -118,7 +125,7 @@ def command(
                     drain_steps=drain_steps, weight_norm=weight_norm, nonlinear=nonlinear, ugo_size=ugo_size,
                     allow_float=parse_ops(allow_float), skip_passes=skip_pass or (), limit=limit, check=not no_check,
                     input_shapes=parse_input_shapes(input_shape or ()), coding=coding, K=fs_k, overlap=overlap,
-                    refit=not no_refit)
+                    refit=not no_refit, layer_error=layer_error)
         except UnsupportedNodesError as exc:  # the message lists 20 nodes; --json gets every one
             out.emit_json(exc.to_json())
             raise
@@ -220,6 +227,15 @@ def render(out: Output, converted, target: Path) -> None:
                   ["node", "function", "input range", "hidden", "max |error|", "mean |error|"],
                   [[f["node"], f["op"], f"{f['range'][0]:.4g}..{f['range'][1]:.4g}", f["size"],
                     f"{f['max_error']:.3g}", f"{f['mean_error']:.3g}"] for f in result.ugo_fits])
+    errors = converted.layer_errors
+    if errors:
+        out.table(f"Output error of each UGO subnet, in the limit of many steps ({errors.samples} samples)",
+                  ["node", "function", "hidden", "fit error", "output error", "share"],
+                  [[e.node, e.function, e.size, f"{e.fit_error:.2%}", f"{e.output_error:.2e}",
+                    f"{errors.share(e):.0%}"] for e in errors.subnets],
+                  legend=f"every subnet in place: output error {errors.together:.2e}. fit error: max over the "
+                  "calibrated inputs, relative to |f| (exp, 1/x, 1/sqrt) or to f's range; output error: relative "
+                  "error of the output's input-dependent part with this subnet alone in place of its function")
     fitted = [l for l in result.layers if l.get("nonlinear") == "fs"]
     if fitted:
         out.table("Fitted few-spikes neurons (on the calibrated input distribution)",

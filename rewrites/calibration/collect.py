@@ -24,24 +24,23 @@ from rewrites.export import graph_weights, large_constants, weights_to_inputs
 from ground.load import load_model
 from ground.protos import add_outputs, fingerprint
 from rewrites.passes import observed_tensors
-from rewrites.emit import Emitter, reduce
-from rewrites.patterns.softmax import centred, CENTRED_SUFFIX, LSE_SUFFIX, rank_of, softmax_axes
+from rewrites.emit import Emitter
+from rewrites.patterns.softmax import exp_sum, rank_of, shifted, SHIFTED_SUFFIX, softmax_axes, SUM_SUFFIX
 from ground.sessions import Session, WEIGHTS_AS_INPUTS_ABOVE
 from rewrites.shapes import bind_input_shapes, recorded_shapes, resolve_input_shapes
 
 Progress = Callable[[int, int], None]  # (samples done, samples total)
 FOLD_THREADS = max(1, min(4, os.cpu_count() or 1))  # tensors of a batch folded at once
 
-def add_logsumexp(graph) -> None:
-    """Expose, for every Softmax, its input centred on the mean over the Softmax axes (`<node>.centred`) and
-    ReduceLogSumExp of that (`<node>.logsumexp`): the ranges of its exp and of its sum."""
+def add_softmax_terms(graph) -> None:
+    """Expose, for every Softmax, its input minus its max over the Softmax axes (`<node>.shifted`) and the sum
+    of exp of that (`<node>.exp_sum`): the inputs of its exp and of its reciprocal."""
     for node in [n for n in graph.nodes if n.op == "Softmax"]:
         x = node.inputs[0]
         emit = Emitter(graph, node.name)
         axes = softmax_axes(node, rank_of(x), graph.opset)
-        u = centred(emit, x, axes, graph.opset, gs.Variable(node.name + CENTRED_SUFFIX, dtype=np.float32))
-        reduce(emit, "ReduceLogSumExp", u, axes, "lse", graph.opset,
-               out=gs.Variable(node.name + LSE_SUFFIX, dtype=np.float32))
+        u = shifted(emit, x, axes, graph.opset, gs.Variable(node.name + SHIFTED_SUFFIX, dtype=np.float32))
+        exp_sum(emit, u, axes, graph.opset, out=gs.Variable(node.name + SUM_SUFFIX, dtype=np.float32))
 
 
 def calibrate(model_path: str | Path, data_path: str | Path, batch_size: int = 64, limit: int | None = None,
@@ -63,7 +62,7 @@ def calibrate(model_path: str | Path, data_path: str | Path, batch_size: int = 6
     dataset = load_dataset(data_path, input_specs(model), limit)
     graph, _ = normalise(model)
     tensors = observed_tensors(graph)
-    add_logsumexp(graph)
+    add_softmax_terms(graph)
     plan = observe(graph, tensors, batch_size, bins)
     session = calibration_session(graph, model, [o for p in plan for o in p.outputs], str(model_path))
     del graph, model

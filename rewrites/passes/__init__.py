@@ -1,5 +1,5 @@
 """The rewrite passes and the default pipeline: one explicit ordered tuple, no discovery."""
-from rewrites.passes import (allow_float, batch_shapes, canonical_products, decoded_head, decompose_layernorm,
+from rewrites.passes import (allow_float, batch_shapes, canonical_products, decoded_head, decompose_l2, decompose_layernorm,
                              eliminate_identity, fold_batchnorm, fs_schedule, hard_activations, fold_constants, fuse_softmax,
                              max_to_neuron, max_to_relu, relu_to_fs,
                              maxpool_to_neuron, name_nodes,
@@ -18,6 +18,7 @@ NORMALISE: tuple[Pass, ...] = (
     fold_batchnorm.PASS,
     fuse_softmax.PASS,  # before canonical_products rewrites its Div
     decompose_layernorm.PASS,
+    decompose_l2.PASS,  # before canonical_products rewrites the Div of an L2 normalisation
     canonical_products.PASS,
 )
 SPIKING: tuple[Pass, ...] = (

@@ -16,7 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from rewrites.optable import classify_graph, Conversion
-from rewrites.patterns.tensors import dynamic_tensors
+from rewrites.patterns.tensors import SHAPE_ONLY_OPS, dynamic_tensors
 from rewrites.passes.base import Pass, PassContext, PassReport
 from rewrites.passes.spiking import wrap_exact
 
@@ -25,12 +25,13 @@ ALL = "all"  # --allow-float all: every op type nothing else maps
 
 def presented_tensors(graph: gs.Graph) -> set[str]:
     """Tensors computed from the graph inputs and constants by standard-domain nodes only: the same at every
-    step, since the input is presented unchanged. The graph must be topologically sorted."""
+    step, since the input is presented unchanged (Shape and Size read only the shape, which never changes).
+    The graph must be topologically sorted."""
     presented = {t.name for t in graph.inputs}
     for node in graph.nodes:
         if node.domain not in (None, "", "ai.onnx"):
             continue
-        if all(isinstance(t, gs.Constant) or not t.name or t.name in presented for t in node.inputs):
+        if node.op in SHAPE_ONLY_OPS or all(isinstance(t, gs.Constant) or not t.name or t.name in presented for t in node.inputs):
             presented.update(o.name for o in node.outputs if o.name)
     return presented
 

@@ -63,6 +63,13 @@ def _fit(f, samples: np.ndarray, region: Region, ctx: PassContext):
     return result
 
 
+def fit_region(region: Region, opset: int, ctx: PassContext) -> list[tuple[str, gs.Variable, object]]:
+    """(name, output, fit) for each output of the region: the UGOs the pass writes, deterministic."""
+    samples = _samples(region, ctx)
+    return [(region.name if len(region.outputs) == 1 else f"{region.name}.out{k}", y,
+             _fit(_function(region, y, opset), samples, region, ctx)) for k, y in enumerate(region.outputs)]
+
+
 def _unsqueeze_last(emit: Emitter, x: gs.Tensor, opset: int) -> gs.Variable:
     shape = list(x.shape) + [1]
     if opset >= 13:
@@ -138,10 +145,7 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
                 node.inputs.clear()
                 node.outputs.clear()
         else:
-            samples = _samples(region, ctx)
-            for k, y in enumerate(region.outputs):
-                result = _fit(_function(region, y, graph.opset), samples, region, ctx)
-                name = region.name if len(region.outputs) == 1 else f"{region.name}.out{k}"
+            for name, y, result in fit_region(region, graph.opset, ctx):
                 sum_node = build_ugo(graph, name, x, y, result)
                 fit_entry = {**entry, "node": name, "output": y.name, "sum_node": sum_node, "size": result.size,
                              "range": [float(result.knots[0]), float(result.knots[-1])],

@@ -1,4 +1,5 @@
-"""A Softmax's axes and its centred input: what the softmax pass rewrites and what calibration observes for it."""
+"""A Softmax's axes and its input shifted by its max: what the softmax pass rewrites and what calibration observes
+for it."""
 from __future__ import annotations
 
 import onnx_graphsurgeon as gs
@@ -7,8 +8,8 @@ from ground.errors import ModelError
 from rewrites.emit import Emitter, reduce
 
 
-CENTRED_SUFFIX = ".centred"  # calibration tensor: the Softmax input minus its mean over the axes
-LSE_SUFFIX = ".logsumexp"  # calibration tensor: ReduceLogSumExp of the centred input over the axes
+SHIFTED_SUFFIX = ".shifted"  # calibration tensor: the Softmax input minus its max over the axes (at most 0)
+SUM_SUFFIX = ".exp_sum"  # calibration tensor: the sum of exp of that over the axes (1 to the row's length)
 
 
 def softmax_axes(node: gs.Node, rank: int | None, opset: int) -> list[int]:
@@ -27,6 +28,13 @@ def rank_of(tensor: gs.Tensor) -> int | None:
     return None if tensor.shape is None else len(tensor.shape)
 
 
-def centred(emit: Emitter, x: gs.Tensor, axes: list[int], opset: int, out: gs.Variable) -> gs.Variable:
-    """x minus its mean over the softmax axes (written to `out`)."""
-    return emit("Sub", [x, reduce(emit, "ReduceMean", x, axes, "row_mean", opset)], "centre", out=out)
+def shifted(emit: Emitter, x: gs.Tensor, axes: list[int], opset: int, out: gs.Variable) -> gs.Variable:
+    """x minus its max over the softmax axes (written to `out`)."""
+    return emit("Sub", [x, reduce(emit, "ReduceMax", x, axes, "row_max", opset)], "shift", out=out)
+
+
+def exp_sum(emit: Emitter, u: gs.Tensor, axes: list[int], opset: int, out: gs.Variable | None = None,
+            shape: list | None = None) -> tuple[gs.Variable, gs.Variable]:
+    """exp(u) and its sum over the softmax axes (the sum written to `out`)."""
+    e = emit("Exp", [u], "exp", shape=shape)
+    return e, reduce(emit, "ReduceSum", e, axes, "sum", opset, out=out)

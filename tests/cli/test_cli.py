@@ -189,6 +189,16 @@ def test_convert_default_output(tmp_path, art):
     assert (tmp_path / "net.snn.onnx").exists()
 
 
+@pytest.mark.parametrize("flag", ["-o", "--save-calib"])
+def test_convert_refuses_a_missing_output_folder_before_the_work(tmp_path, art, monkeypatch, flag):
+    import ann2snn
+    monkeypatch.setattr(ann2snn, "convert", lambda *a, **k: pytest.fail("converted before checking the output"))
+    missing = tmp_path / "no such folder" / "out.file"
+    before = files(tmp_path)
+    result = invoke("convert", art.model, "--data", art.data, flag, missing)
+    assert_bad_input(result, before, tmp_path, names=[missing.parent])
+
+
 def _simulate(art, *extra):
     result = ok(invoke("simulate", art.snn, "--data", art.data, "--ann", art.model, "--json", "-", *extra))
     return json.loads(result.stdout)  # nothing else on stdout

@@ -33,11 +33,31 @@ def _convert_json(folder, *extra):
 def test_ugo_report_lists_every_fit(bert):
     report = _convert_json(bert, "--ugo-size", "16")
     assert report["nonlinear"] == "ugo" and report["kept_float"] == []
-    assert {u["op"] for u in report["ugo"]} == {"Add+Sqrt+Reciprocal", "Sub+Exp", "Reciprocal", "Div+Erf+Add+Mul"}
+    assert {u["op"] for u in report["ugo"]} == {"Add+Sqrt+Reciprocal", "Exp", "Reciprocal", "Div+Erf+Add+Mul"}
     assert all(u["size"] <= 16 and u["max_error"] >= u["mean_error"] >= 0 for u in report["ugo"])
     simulated = bert / "sim.json"
     ok(invoke("simulate", bert / "s.onnx", "--data", bert / "bert.npz", "--T", "4", "--json", simulated))
     assert json.loads(simulated.read_text())["energy"]["synops"] > 0  # the UGO hidden neurons fire
+
+
+def test_layer_error_reports_each_subnets_share_of_the_output_error(bert):
+    out = bert / "errors.json"
+    result = invoke("convert", bert / "bert.onnx", "--data", bert / "bert.npz", "-o", bert / "e.onnx",
+                    "--layer-error", "--json", out)
+    ok(result)
+    report = json.loads(out.read_text())
+    errors = report["layer_errors"]
+    assert [e["node"] for e in errors["subnets"]] == [u["node"] for u in report["ugo"]]
+    assert errors["samples"] == 32 and errors["together"] > 0
+    assert sum(e["share"] for e in errors["subnets"]) == pytest.approx(1.0)
+    assert "Output error of each UGO subnet" in result.stdout
+
+
+def test_layer_error_without_data_is_refused(bert):
+    before = files(bert)
+    result = invoke("convert", bert / "bert.onnx", "--calib", bert / "bert.calib.json", "-o", bert / "n.onnx",
+                    "--layer-error")
+    assert_bad_input(result, before, bert, names=["--layer-error", "--data"], targets=[bert / "n.onnx"])
 
 
 def test_exact_mode_keeps_the_functions_float(bert):

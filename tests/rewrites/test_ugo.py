@@ -123,3 +123,14 @@ def test_ugo_output_sum_counts_as_synops_not_as_ann_macs(tmp_path):
     assert report.ann_macs == 16 * 16 + 16 * 4
     (row,) = [r for r in report.layers if r["node"] == fit["sum_node"]]
     assert not row["in_ann"] and row["input"] == "spikes" and row["synops"] > 0
+
+
+def test_exp_of_masked_scores_is_fitted_where_it_does_not_vanish():
+    """An additive attention mask puts -3.4e38 among the scores: spread over that range the 64 knots would
+    miss every real score. Below exp = 1e-12 of its peak (x < -27.6) the fit holds about 0 instead."""
+    rng = np.random.default_rng(4)
+    samples = np.concatenate([rng.uniform(-10.0, 0.0, 5000), np.full(500, -3.4e38), [0.0]])
+    fit = ugo.fit(np.exp, samples, 64)
+    assert -28.0 < fit.knots[0] < -27.0 and fit.knots[-1] == 0.0
+    assert fit.max_relative_error < 0.05
+    assert fit(np.array([-3.4e38]))[0] < 1e-11

@@ -92,12 +92,12 @@ def test_the_calibration_plan_is_what_the_passes_declare(monkeypatch):
     import dataclasses
     import rewrites.passes as registry
     from rewrites.convert import normalise
-    from rewrites.patterns.softmax import CENTRED_SUFFIX, LSE_SUFFIX
+    from rewrites.patterns.softmax import SHIFTED_SUFFIX, SUM_SUFFIX
     graph, _ = normalise(mixed_graph())
-    assert registry.observed_tensors(graph) == ["x", "r", "f", "s", "soft" + CENTRED_SUFFIX, "soft" + LSE_SUFFIX]
+    assert registry.observed_tensors(graph) == ["x", "r", "f", "s", "soft" + SHIFTED_SUFFIX, "soft" + SUM_SUFFIX]
     blind = tuple(dataclasses.replace(p, observes=None) if p.name == "relu_to_if" else p for p in SPIKING)
     monkeypatch.setattr(registry, "SPIKING", blind)
-    assert registry.observed_tensors(graph) == ["r", "f", "s", "soft" + CENTRED_SUFFIX, "soft" + LSE_SUFFIX]
+    assert registry.observed_tensors(graph) == ["r", "f", "s", "soft" + SHIFTED_SUFFIX, "soft" + SUM_SUFFIX]
 
 
 def test_inspect_names_the_pass_of_each_verdict():
