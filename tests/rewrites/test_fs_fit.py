@@ -2,8 +2,9 @@
 errors docs/fs.md states, over the calibrated range.
 
 The bounds are the figures of docs/fs.md's fit table (K = 12, 5,000 normal samples clipped to the range,
-seed 0) rounded up to the next half percent of the function's range over the interval: the fit is
-deterministic, so a change of the fitter that loses accuracy fails here."""
+seed 0), the worse of the two machines it was measured on, rounded up to the next half percent of the
+function's range over the interval: the fit is deterministic on a machine (its minimum differs from one CPU
+to another), so a change of the fitter that loses accuracy fails here."""
 from __future__ import annotations
 
 from math import erf
@@ -14,13 +15,13 @@ import pytest
 from rewrites.fs import fit_tables
 
 OPS = {  # function, range, max error and mean error as fractions of the function's range there
-    "Sigmoid": (lambda x: 1 / (1 + np.exp(-x)), (-8, 8), 0.025, 0.01),
+    "Sigmoid": (lambda x: 1 / (1 + np.exp(-x)), (-8, 8), 0.03, 0.01),
     "Tanh": (np.tanh, (-4, 4), 0.03, 0.01),
     "Erf": (np.vectorize(erf), (-3, 3), 0.02, 0.005),
-    "Exp": (np.exp, (-6, 0), 0.06, 0.01),
-    "Softplus": (lambda x: np.log1p(np.exp(x)), (-4, 4), 0.035, 0.01),
-    "Reciprocal": (lambda x: 1 / x, (0.5, 8), 0.075, 0.01),
-    "Sqrt": (np.sqrt, (0.1, 4), 0.04, 0.005),
+    "Exp": (np.exp, (-6, 0), 0.07, 0.01),
+    "Softplus": (lambda x: np.log1p(np.exp(x)), (-4, 4), 0.04, 0.01),
+    "Reciprocal": (lambda x: 1 / x, (0.5, 8), 0.1, 0.01),
+    "Sqrt": (np.sqrt, (0.1, 4), 0.05, 0.01),
 }
 
 

@@ -134,7 +134,7 @@ def test_fs_architectures_match_the_ann(tmp_path, arch):
     assert error < 1.5e-2, error
     assert np.mean(got.argmax(-1) == want.argmax(-1)) >= 0.95
     np.testing.assert_allclose(got_ort, got, atol=1e-5 * np.abs(want).max())
-    K = max(10, FS_FIT_K)  # ReLU neurons fire at most 10 times, fitted ones (the efficientnet's) 12
+    K = max(10, FS_FIT_K)  # ReLU neurons fire at most 10 times, fitted ones (the efficientnet's) FS_FIT_K
     for layer in numpy_run.spikes.values():
         assert layer.op == "FSNeuron" and layer.spikes <= K * layer.neurons * 24
 
