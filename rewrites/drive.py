@@ -11,7 +11,8 @@ decodes by the file's rule (the mean divides by T).
 
 The spike budget of the signed neurons whose --tmax was not given is the number of steps with drive so far
 (a StepCount node): it never binds in input steps (a neuron fires at most once a step) and holds the count
-at T in drain steps, whatever the T a runtime picks. A file cannot drain when it holds an operator that
+at T in drain steps, whatever the T a runtime picks. The UGO hidden layers read the same count (their knots
+charge once per step with drive); in a file without the gate it counts every step. A file cannot drain when it holds an operator that
 divides by the step count, or a data input that is not float32; its signed neurons then have no budget, and
 the metadata says why it has no gate."""
 from __future__ import annotations
@@ -87,6 +88,23 @@ def static_terms(node: gs.Node, signals: set[str]) -> tuple[int, ...]:
     return tuple(k for k, t in enumerate(ins) if not isinstance(t, gs.Constant) and _is_static_float(t, signals))
 
 
+def _step_count(graph: gs.Graph) -> gs.Node | None:
+    return next((n for n in graph.nodes if n.name == STEPS and n.op == STEP_COUNT.op_type), None)
+
+
+def step_counter(graph: gs.Graph) -> gs.Variable:
+    """The output of the file's StepCount (made once, fed 1 until `gate` feeds it the drive): the steps with
+    drive so far, shape [1]."""
+    node = _step_count(graph)
+    if node is None:
+        count = state_name(STEPS, STEP_COUNT.state[0])
+        node = gs.Node(STEP_COUNT.op_type, name=STEPS, domain=DOMAIN, inputs=[
+            gs.Constant(f"{STEPS}.every_step", np.ones(1, np.float32)), gs.Variable(count, np.float32, [1])],
+            outputs=[gs.Variable(STEPS, np.float32, [1]), gs.Variable(next_name(count), np.float32, [1])])
+        graph.nodes.append(node)
+    return node.outputs[0]
+
+
 def gate(graph: gs.Graph, default_budget: bool) -> DriveGate:
     """Add the drive gate to the spiking graph (before export), or say why it cannot have one. The caller
     declares `drive` as the graph's last input, with an initializer of 1.0 in the exported model.
@@ -103,11 +121,9 @@ def gate(graph: gs.Graph, default_budget: bool) -> DriveGate:
         return report
     drive = gs.Variable(DRIVE, np.float32, [])
     _gate_terms(graph, drive, data, report)
-    if budgeted:
-        steps = gs.Variable(STEPS, np.float32, [1])
-        count = state_name(STEPS, STEP_COUNT.state[0])  # shape [1]
-        graph.nodes.append(gs.Node(STEP_COUNT.op_type, name=STEPS, domain=DOMAIN, inputs=[
-            drive, gs.Variable(count, np.float32, [1])], outputs=[steps, gs.Variable(next_name(count), np.float32, [1])]))
+    if budgeted or _step_count(graph) is not None:
+        steps = step_counter(graph)
+        _step_count(graph).inputs[0] = drive
         for neuron in budgeted:
             neuron.inputs[4] = steps
             report.budget.append(neuron.name)

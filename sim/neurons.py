@@ -81,6 +81,40 @@ def signed_if_neuron(inputs: list[np.ndarray], attrs: dict[str, Any], T: int,
     return out, count.astype(np.int32) + 2 * taken_back.total()
 
 
+def ugo_hidden(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple[np.ndarray, np.ndarray]:
+    """The hidden layer of a UGO subnet from the sum of its shared input: counts n(sum, steps) at each step,
+    output the change times the threshold. A step whose count changes is one (graded) spike."""
+    x = inputs[0]
+    threshold, fire_level, knots = (np.asarray(a, np.float32) for a in inputs[1:4])
+    steps = np.broadcast_to(np.asarray(inputs[4], np.float32).reshape(-1), (T,))  # a StepCount's [T, 1]
+    lift = threshold - fire_level
+    zero = np.float32(0.0)
+
+    def count(total: np.ndarray, t: np.float32) -> np.ndarray:
+        n = total - t * knots
+        n += lift
+        n /= threshold
+        np.floor(n, out=n)
+        np.maximum(n, zero, out=n)
+        return np.minimum(n, t, out=n)
+
+    total = np.zeros(x.shape[1:], np.float32)
+    before = count(total, zero)
+    shape = (T,) + np.broadcast_shapes(total.shape, knots.shape)
+    out = np.empty(shape, np.float32)
+    fired = np.empty(shape[1:], np.bool_)
+    events = _Counts(shape[1:], T)
+    for t in range(T):
+        np.add(total, x[t if len(x) > 1 else 0], out=total)
+        now = count(total, np.float32(steps[t]))
+        np.subtract(now, before, out=out[t])
+        np.not_equal(out[t], zero, out=fired)
+        out[t] *= threshold
+        events.add(fired)
+        before = now
+    return out, events.total()
+
+
 class _Counts:
     """Per-neuron event counts over a window, added from boolean masks: in uint8 (a quarter of int32's memory
     traffic) while the window is under 256 steps."""
@@ -254,6 +288,7 @@ REUSING = frozenset({"IFNeuron", "SignedIFNeuron", "MaxPoolNeuron"})  # kernels 
 NEURON_KERNELS: dict[str, NeuronKernel] = {
     "IFNeuron": if_neuron,
     "SignedIFNeuron": signed_if_neuron,
+    "UGOHidden": ugo_hidden,
     "MaxPoolNeuron": maxpool_neuron,
     "RunningMean": running_mean,
     "RateCorrect": rate_correct,

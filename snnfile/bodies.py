@@ -55,6 +55,38 @@ def _signed_if_neuron_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto
     return _function(spec, nodes, opset)
 
 
+def _ugo_count(s: str, t: str, out: str) -> list[onnx.NodeProto]:
+    """out = Min(Max(Floor((s - t * knots + lift) / threshold), 0), t), lift = threshold - fire_level."""
+    return [
+        helper.make_node("Mul", [t, "knots"], [out + "_offset"]),
+        helper.make_node("Sub", [s, out + "_offset"], [out + "_charge"]),
+        helper.make_node("Add", [out + "_charge", "lift"], [out + "_membrane"]),
+        helper.make_node("Div", [out + "_membrane", "threshold"], [out + "_level"]),
+        helper.make_node("Floor", [out + "_level"], [out + "_floor"]),
+        helper.make_node("Max", [out + "_floor", "zero"], [out + "_held"]),
+        helper.make_node("Min", [out + "_held", t], [out]),
+    ]
+
+
+def _ugo_hidden_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    nodes = [
+        helper.make_node("Constant", [], ["zero"], value=zero),
+        helper.make_node("Sub", ["threshold", "fire_level"], ["lift"]),
+        helper.make_node("Add", ["sum", "X"], ["sum_next"]),
+        *_ugo_count("sum_next", "steps", "count"),
+        # sum + 0 * X is sum: it makes the counts before wait for X, so that a runtime does not compute (and
+        # hold) every subnet's [.., N] counts before at the start of the step
+        helper.make_node("Mul", ["X", "zero"], ["no_charge"]),
+        helper.make_node("Add", ["sum", "no_charge"], ["sum_before"]),
+        *_ugo_count("sum_before", "step", "count_before"),
+        helper.make_node("Sub", ["count", "count_before"], ["spikes"]),
+        helper.make_node("Mul", ["spikes", "threshold"], ["Y"]),
+        helper.make_node("Identity", ["steps"], ["step_next"]),
+    ]
+    return _function(spec, nodes, opset)
+
+
 def _maxpool_neuron_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
     pool = helper.make_node("MaxPool", ["acc_next"], ["M"])
     for name in spec.attributes:
@@ -203,7 +235,7 @@ def _function(spec: OperatorSpec, nodes: list[onnx.NodeProto], opset: int) -> on
     )
 
 
-BODIES = {"IFNeuron": _if_neuron_body, "SignedIFNeuron": _signed_if_neuron_body,
+BODIES = {"IFNeuron": _if_neuron_body, "SignedIFNeuron": _signed_if_neuron_body, "UGOHidden": _ugo_hidden_body,
            "MaxPoolNeuron": _maxpool_neuron_body, "RunningMean": _running_mean_body,
            "RateCorrect": _rate_correct_body, "SpikeMatMul": _product_body, "SpikeMul": _product_body,
            "StepCount": _step_count_body, "SpikeMax": _max_body, "SpikeMin": _max_body,

@@ -70,6 +70,26 @@ SIGNED_IF_NEURON = OperatorSpec(
     nir="signed IF neuron (negative spikes, a spike budget): NIR's IF fires positive spikes only",
 )
 
+UGO_HIDDEN = OperatorSpec(
+    "UGOHidden",
+    inputs=("X", "threshold", "fire_level", "knots", "steps"),
+    state=("sum", "step"),
+    attributes=(),
+    doc=(
+        "The hidden layer of a UGO subnet: along a last axis of size N (X has size 1 there), N signed IF "
+        "neurons j fed X - knots[j], with threshold[j], initial membrane threshold[j] - fire_level[j], soft "
+        "reset and a net count in [0, t], t = steps (the steps with drive so far, shape [1]). They share their "
+        "input, so their state is its sum: a neuron's net count after the input sums to s is "
+        "n(s, t) = Min(Max(Floor((s - t * knots + threshold - fire_level) / threshold), 0), t), the count of a "
+        "signed IF neuron that may fire several spikes in one step (a graded spike of n(s', t) - n(s, step) "
+        "threshold units). sum_next = sum + X; Y = (n(sum_next, steps) - n(sum, step)) * threshold; "
+        "step_next = steps. The outputs sum to n * threshold, whose mean over t steps is "
+        "clip(mean X - knots, 0, threshold) to within threshold / t."
+    ),
+    fires=True, time_normalised=False, energy=Energy.SPIKES,
+    nir="UGO hidden layer (signed, graded spikes): NIR's IF fires positive spikes only",
+)
+
 MAXPOOL_NEURON = OperatorSpec(
     "MaxPoolNeuron",
     inputs=("X",),
@@ -228,7 +248,7 @@ RELEASE = OperatorSpec(
 )
 
 OPERATORS: dict[str, OperatorSpec] = {spec.op_type: spec for spec in (
-    IF_NEURON, SIGNED_IF_NEURON, MAXPOOL_NEURON, RUNNING_MEAN, RATE_CORRECT, SPIKE_MATMUL, SPIKE_MUL, STEP_COUNT, SPIKE_MAX,
+    IF_NEURON, SIGNED_IF_NEURON, UGO_HIDDEN, MAXPOOL_NEURON, RUNNING_MEAN, RATE_CORRECT, SPIKE_MATMUL, SPIKE_MUL, STEP_COUNT, SPIKE_MAX,
     SPIKE_MIN, SPIKE_REDUCE_MAX, SPIKE_REDUCE_MIN, FS_NEURON, FIRST_STEP, RUNNING_SUM, RELEASE)}
 TIME_NORMALISED = frozenset(op for op, spec in OPERATORS.items() if spec.time_normalised)
 FIRING = frozenset(op for op, spec in OPERATORS.items() if spec.fires)

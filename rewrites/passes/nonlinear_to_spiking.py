@@ -1,11 +1,13 @@
 """nonlinear_to_spiking: every elementwise function of one signal (rewrites/patterns/regions.py) -> a UGO subnet of
 signed IF neurons (--nonlinear ugo), or one exact float operator with estimate-and-correct (--nonlinear exact).
 
-UGO for y = f(x), fitted by rewrites/ugo.py on the calibrated distribution of x: z = x - k (the N left knots,
-a new last axis), h = SignedIFNeuron(z) with thresholds k_{j+1} - k_j, initial membrane theta/2 and no count
-bound but the step count (a hidden unit is a ReLU clipped at its threshold), y = h @ slopes + f(k_0). The
-signed neurons take back spikes fired early, so their rates follow clip(mean z, 0, theta) whatever the order
-of the input. Runs before relu_to_if: a ReLU-like node inside a region is part of its function."""
+UGO for y = f(x), fitted by rewrites/ugo.py on the calibrated distribution of x: h = UGOHidden(x), N signed
+IF neurons per element fed x - k_j (the N left knots, a new last axis) with thresholds k_{j+1} - k_j, initial
+membrane theta/2 and a count within [0, t] (a hidden unit is a ReLU clipped at its threshold), y = h @ slopes
++ f(k_0). The neurons share their input, so the state is its sum and the step count, not N membranes: a
+neuron's count is a function of them (snnfile/operators.py). Taking back spikes fired early, and firing as
+many as the membrane holds, their rates follow clip(mean x - k_j, 0, theta_j) whatever the order and size of
+the input. Runs before relu_to_if: a ReLU-like node inside a region is part of its function."""
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +17,8 @@ import onnx_graphsurgeon as gs
 
 from rewrites.config import Nonlinear
 from ground.errors import CalibrationError, PassError
-from snnfile.operators import FS_NEURON, SIGNED_IF_NEURON
+from snnfile.operators import FS_NEURON, UGO_HIDDEN
+from rewrites.drive import step_counter
 from rewrites.emit import Emitter
 from rewrites.optable import Conversion, NodeConversion
 from rewrites.passes.base import Pass, PassContext, PassReport
@@ -26,7 +29,6 @@ from ground.sessions import Session
 from rewrites.ugo import default_size, fit, samples_from_stats
 
 SAMPLES = 20000
-NO_COUNT_BOUND = 2.0 ** 24  # float32 counts stay exact below it
 PHI = 0.5
 
 
@@ -80,15 +82,13 @@ def _unsqueeze_last(emit: Emitter, x: gs.Tensor, opset: int) -> gs.Variable:
 def build_ugo(graph: gs.Graph, name: str, x: gs.Variable, y: gs.Variable, result) -> str:
     """Write the UGO of `result` from x to y; returns the name of its output sum (a MatMul fed by spikes)."""
     emit = Emitter(graph, name)
-    hidden_shape = list(x.shape) + [result.size]
-    z = emit("Sub", [_unsqueeze_last(emit, x, graph.opset), result.knots[:-1].astype(np.float32)], "hidden_input",
-             shape=hidden_shape)
+    column = _unsqueeze_last(emit, x, graph.opset)
     theta = result.thresholds
-    h = shaped_like(f"{name}.hidden.out", z)
-    neuron_inputs = [z] + [gs.Constant(f"{name}.hidden.{k}", np.asarray(v, np.float32)) for k, v in (
-        ("threshold", theta), ("fire_level", theta * (1 - PHI)), ("unfire_level", -theta * PHI),
-        ("tmax", np.array(NO_COUNT_BOUND)))]
-    graph.nodes.append(spiking_node(SIGNED_IF_NEURON, f"{name}.hidden", neuron_inputs, h, [z, z]))
+    h = gs.Variable(f"{name}.hidden.out", np.float32, list(x.shape) + [result.size])
+    neuron_inputs = [column] + [gs.Constant(f"{name}.hidden.{k}", np.asarray(v, np.float32)) for k, v in (
+        ("threshold", theta), ("fire_level", theta * (1 - PHI)), ("knots", result.knots[:-1]))]
+    graph.nodes.append(spiking_node(UGO_HIDDEN, f"{name}.hidden", neuron_inputs + [step_counter(graph)], h,
+                                    [column, step_like()]))
     total = emit("MatMul", [h, result.slopes.astype(np.float32)], "output", shape=list(x.shape))
     emit("Add", [total, np.array(result.values[0], np.float32)], "offset", out=y)
     return total.inputs[0].name

@@ -50,7 +50,9 @@ def _ugo_from_file(snn: onnx.ModelProto, name: str):
             return values[tensor]
         return next(values[i] for i in producers[tensor].input if i in values and i != "snn.drive")
 
-    return tuple(constant(nodes[f"{name}.{label}"].input[1]) for label in ("hidden_input", "hidden", "output", "offset"))
+    hidden = nodes[f"{name}.hidden"]  # UGOHidden: X, threshold, fire_level, knots, steps
+    return (constant(hidden.input[3]), constant(hidden.input[1]), constant(nodes[f"{name}.output"].input[1]),
+            constant(nodes[f"{name}.offset"].input[1]))
 
 
 def test_a_subnets_own_error_is_its_fit_carried_to_the_output(tmp_path):

@@ -249,3 +249,26 @@ def test_drain_refuses_operators_that_divide_by_the_step_count(tmp_path):
     assert "SpikeMul" in result.stderr and "divides by the step count" in result.stderr
     assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) <= 2
     assert cli("simulate", snn, "--data", tmp_path / "data.npz", "--extra-t", 4).exit_code == 0
+
+
+def test_ugo_subnets_drain_by_the_step_count(tmp_path):
+    """input -> Gemm -> Tanh -> Gemm -> Sigmoid -> Gemm: two UGO subnets in a file that drains. Their knots
+    charge through the file's StepCount, which drain steps hold at T, so the two engines and a runtime
+    stepping the file by the contract alone agree through the drain steps. A UGO hidden neuron's count is a
+    function of its input's sum and the step count, so it is settled at every step: with no other neuron in
+    the file, drain steps change nothing (a SignedIFNeuron would still fire on what its membrane holds)."""
+    b = ModelBuilder(4)
+    h = b.node("Sigmoid", [b.gemm(b.node("Tanh", [b.gemm("input", 6, 12)]), 12, 12)])
+    model = b.build({"input": [6]}, [b.gemm(h, 12, 3)])
+    x = np.random.default_rng(2).normal(0, 1.0, (48, 6)).astype(np.float32)
+    (ann,) = run_ort(model, {"input": x})
+    snn, result = convert_with_data(model, x, tmp_path, T=8)
+    assert len(result.ugo_fits) == 2
+    assert "UGOHidden" in {n.op_type for n in onnx.load(str(snn)).graph.node}
+    T, extra = 8, 8
+    numpy_run, ort_run, name = both_engines(snn, x, T, extra, drain=True)
+    np.testing.assert_allclose(numpy_run.outputs[name], ort_run.outputs[name], atol=1e-5)
+    drained = step_by_contract(snn, {"input": x}, T, extra)
+    np.testing.assert_allclose(running_mean(numpy_run.outputs[name], input_steps=T)[-1], drained, atol=1e-5)
+    np.testing.assert_array_equal(drained, step_by_contract(snn, {"input": x}, T))
+    assert np.abs(drained - ann).max() < 0.05 * np.abs(ann).max()  # the fits' error and T = 8's
