@@ -12,9 +12,9 @@ decodes by the file's rule (the mean divides by T).
 The spike budget of the signed neurons whose --tmax was not given is the number of steps with drive so far
 (a StepCount node): it never binds in input steps (a neuron fires at most once a step) and holds the count
 at T in drain steps, whatever the T a runtime picks. The UGO hidden layers read the same count (their knots
-charge once per step with drive); in a file without the gate it counts every step. A file cannot drain when it holds an operator that
-divides by the step count, or a data input that is not float32; its signed neurons then have no budget, and
-the metadata says why it has no gate."""
+charge once per step with drive); in a file without the gate it counts every step. A file cannot drain when
+it holds an operator that divides by the step count, or a data input that is not float32; its signed
+neurons then have no budget, and the metadata says why it has no gate."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -123,7 +123,7 @@ def gate(graph: gs.Graph, default_budget: bool) -> DriveGate:
     _gate_terms(graph, drive, data, report)
     if budgeted or _step_count(graph) is not None:
         steps = step_counter(graph)
-        _step_count(graph).inputs[0] = drive
+        steps.inputs[0].inputs[0] = drive  # the StepCount counts the steps with drive
         for neuron in budgeted:
             neuron.inputs[4] = steps
             report.budget.append(neuron.name)
