@@ -6,7 +6,7 @@
     report = ann2snn.simulate("model.snn.onnx", "test.npz", T=8, ann="model.onnx")
     print(report.to_dict()["accuracy"])
 """
-from ann2snn.api import calibrate, convert, inspect, simulate
+from ann2snn.api import calibrate, convert, inspect, simulate, sweep_extra_t
 from ann2snn.conversion import DEFAULT_T, ConvertRequest, Converted
 from ground.errors import Ann2SnnError
 from ground.load import load_model
@@ -14,8 +14,9 @@ from ground.save import save_model
 from rewrites import __version__
 from rewrites.calibration.stats import Calibration
 from sim.metrics import SimulationReport
+from sim.plot import plot_reports
 from sim.to_nir import export_nir, to_nir
 
 __all__ = ["DEFAULT_T", "Ann2SnnError", "Calibration", "ConvertRequest", "Converted", "SimulationReport",
-           "__version__", "calibrate", "convert", "export_nir", "inspect", "load_model", "save_model", "simulate",
-           "to_nir"]
+           "__version__", "calibrate", "convert", "export_nir", "inspect", "load_model", "plot_reports", "save_model",
+           "simulate", "sweep_extra_t", "to_nir"]

@@ -10,7 +10,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -23,21 +23,25 @@ from rewrites.calibration.collect import calibrate as collect_calibration
 from rewrites.calibration.stats import Calibration
 from rewrites.config import DEFAULT_NORM
 from rewrites.convert import ModelSummary, inspect_model
+from rewrites.shapes import parse_input_shapes
+from sim.metrics import report_steps
 from sim.model import SpikingModel, load_spiking, spiking_from_proto
-from sim.simulate import Analyses, SimulationReport, simulate as run_simulation
+from sim.simulate import Analyses, SimulationReport, simulate as run_simulation, sweep_extra_t as sweep_table, window_for
 
 Progress = Callable[[int, int], None]
+InputShapes = dict | Sequence[str] | None  # {name: dims}, or the CLI's NAME:d0,d1,... texts
 IN_MEMORY = Path("(converted in memory)")
 
 
 def calibrate(model: str | Path | onnx.ModelProto, data, *, batch_size: int = 64, limit: int | None = None,
-              norm: str = DEFAULT_NORM, input_shapes: dict | None = None,
+              norm: str | None = None, input_shapes: InputShapes = None,
               progress: Progress | None = None) -> Calibration:
     """Per-tensor statistics of every tensor a rewrite needs, over the data (`ann2snn calibrate`); `norm` is
-    recorded as the default threshold rule. `.to_json()` is the calibration file's text."""
+    recorded as the default threshold rule (None: the default, percentile:99). `.to_json()` is the
+    calibration file's text."""
     with _model_file(model) as path:
-        return collect_calibration(path, _data(data), batch_size, limit, method=norm, progress=progress,
-                                   input_shapes=input_shapes)
+        return collect_calibration(path, _data(data), batch_size, limit, method=norm or DEFAULT_NORM,
+                                   progress=progress, input_shapes=_input_shapes(input_shapes))
 
 
 def convert(model: str | Path | onnx.ModelProto, calibration: Calibration | str | Path | None = None, data=None,
@@ -50,6 +54,8 @@ def convert(model: str | Path | onnx.ModelProto, calibration: Calibration | str 
     if unknown:
         raise TypeError(f"convert() got unknown option(s) {', '.join(unknown)}; options: {', '.join(sorted(known))}")
     options = {k: tuple(v) if k in ("allow_float", "skip_passes") else v for k, v in options.items()}
+    if "input_shapes" in options:
+        options["input_shapes"] = _input_shapes(options["input_shapes"])
     with _model_file(model) as path:
         return conversion.convert(path, ConvertRequest(**options), calibration,
                                   _data(data) if data is not None else None, save_calibration)
@@ -71,10 +77,27 @@ def simulate(snn: str | Path | Converted | SpikingModel, data, T: int | None = N
                               memory_budget, Analyses(layer_error, until_silent), drain)
 
 
-def inspect(model: str | Path | onnx.ModelProto, input_shapes: dict | None = None) -> ModelSummary:
+def sweep_extra_t(snn: str | Path, data, extra_t: int, T: int | None = None, *, drain: bool | None = None,
+                  engine: str = "numpy", batch_size: int = 128, limit: int | None = None,
+                  memory_budget: int | None = None) -> dict:
+    """`ann2snn simulate --sweep-extra-t`: the accuracy after t steps with input and then 0..extra_t steps
+    without, for t = 1..T (1, 2, 4, .. T when T > 16); T left out follows the file."""
+    window = window_for(load_spiking(snn), T, 0, drain)
+    ts = list(range(1, window.T + 1)) if window.T <= 16 else report_steps(window.T)
+    return sweep_table(snn, _data(data), ts, extra_t, engine, batch_size, limit, memory_budget, bool(drain))
+
+
+def inspect(model: str | Path | onnx.ModelProto, input_shapes: InputShapes = None) -> ModelSummary:
     """How each node converts, the inputs and the suggested T (`ann2snn inspect`)."""
     with _model_file(model) as path:
-        return inspect_model(path, input_shapes)
+        return inspect_model(path, _input_shapes(input_shapes))
+
+
+def _input_shapes(shapes: InputShapes) -> dict | None:
+    """Shapes for the dynamic inputs: a dict as given, NAME:d0,d1,... texts parsed (an empty list: none)."""
+    if shapes is None or isinstance(shapes, dict):
+        return shapes
+    return parse_input_shapes(tuple(shapes))
 
 
 @contextmanager

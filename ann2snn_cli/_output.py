@@ -164,5 +164,9 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def mib(n: int) -> str:
+    return f"{n / 2 ** 20:.3g} MiB"
+
+
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"

@@ -19,8 +19,9 @@ from rewrites.export import (SharedValues, export_spiking, graph_to_model, graph
                              weights_to_inputs)
 from ground.load import load_model, non_finite_constants, NonFinite
 from ground.protos import default_opset, fingerprint, with_inferred_types
-from rewrites.optable import classify_graph, Conversion, NodeConversion
-from rewrites.passes import KEPT, NORMALISE, SPIKING, SPIKING_FS, PassContext, PassReport, converting_pass, run_passes
+from rewrites.optable import Conversion, NodeConversion
+from rewrites.passes import (CLAIMS, KEPT, NORMALISE, SPIKING, SPIKING_FS, PassContext, PassReport, converting_pass,
+                             run_passes, verdicts)
 from rewrites.passes import allow_float, batch_shapes, decoded_head, fold_constants, fuse_softmax, max_to_relu
 from ground.sessions import Session, WEIGHTS_AS_INPUTS_ABOVE
 from rewrites.shapes import DynamicInput, bind_input_shapes, dynamic_inputs, resolve_input_shapes
@@ -189,7 +190,7 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
     # become constants; the exp/sum/divide softmax loses its ReduceMax guard
     run_passes(graph, (fold_constants.PASS, max_to_relu.PASS, batch_shapes.PASS, fuse_softmax.PASS), PassContext())
     return ModelSummary(_io([i for i in model.graph.input if i.name not in inits]), _io(model.graph.output),
-                        params, _with_encoder(graph, classify_graph(graph), model), default_opset(model),
+                        params, _with_encoder(graph, verdicts(graph), model), default_opset(model),
                         non_finite_constants(model), dynamic_inputs(model))
 
 
@@ -290,10 +291,10 @@ def convert_model(model: onnx.ModelProto, calibration: Calibration, options: Con
     ops_before = Counter(n.op_type for n in model.graph.node)
     graph, reports = normalise(model, options)
     error = self_check(model, graph, "normalising passes") if check else float("nan")
-    ctx = PassContext(options, calibration)
+    ctx = PassContext(options, calibration, claims=CLAIMS)
     reports += run_passes(graph, SPIKING_FS if options.fs else SPIKING, ctx)
     done = KEPT | {Conversion.FLOAT}  # float: kept exact by allow_float or by a pass
-    remaining = [n for n in classify_graph(graph, frozenset(ctx.kept_float)) if n.conversion not in done]
+    remaining = [n for n in verdicts(graph, frozenset(ctx.kept_float)) if n.conversion not in done]
     if remaining:
         unsupported = unsupported_nodes(graph, remaining)
         listing = "; ".join(n.describe() for n in unsupported[:20])

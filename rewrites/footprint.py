@@ -79,7 +79,3 @@ def _with_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, list]) ->
             else:
                 d.dim_param = str(want)
     return bound
-
-
-def mib(n: int) -> str:
-    return f"{n / 2 ** 20:.3g} MiB"

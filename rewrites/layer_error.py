@@ -17,7 +17,7 @@ from ground.sessions import Session
 from rewrites.config import ConvertOptions
 from rewrites.convert import normalise, to_model
 from rewrites.emit import Emitter
-from rewrites.passes import SPIKING, nonlinear_to_spiking, softmax_to_spiking
+from rewrites.passes import CLAIMS, SPIKING, nonlinear_to_spiking, softmax_to_spiking
 from rewrites.passes.base import PassContext
 from rewrites.patterns.regions import find_regions
 
@@ -66,7 +66,7 @@ def _claimed_before(graph: gs.Graph, ctx: PassContext) -> list[str]:
     claimed: list[str] = []
     for p in SPIKING[:SPIKING.index(nonlinear_to_spiking.PASS)]:
         if p is not softmax_to_spiking.PASS:
-            claimed += p.run(graph.copy(), PassContext(ctx.options, ctx.calibration)).converted
+            claimed += p.run(graph.copy(), PassContext(ctx.options, ctx.calibration, claims=CLAIMS)).converted
     return claimed
 
 
@@ -129,7 +129,7 @@ def _named_outputs(region) -> list[tuple[str, gs.Variable]]:
 
 def _prepared(model: onnx.ModelProto, calibration, options: ConvertOptions) -> tuple[gs.Graph, PassContext]:
     graph, _ = normalise(model, options)
-    ctx = PassContext(options, calibration)
+    ctx = PassContext(options, calibration, claims=CLAIMS)
     ctx.kept_float.extend(_claimed_before(graph, ctx))
     softmax_to_spiking.run(graph, ctx)
     return graph, ctx

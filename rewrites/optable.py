@@ -1,17 +1,19 @@
 """How each node of an ANN converts: kept as a linear operator, replaced by a spiking operator, left to a
-later pass, or unsupported. Shared by `inspect` (the table users read first) and `convert` (the final check
+later pass, or unsupported. The verdicts a pass carries out are its own claims (`Pass.claims`); what is kept
+as it is is decided here. Shared by `inspect` (the table users read first) and `convert` (the final check
 that nothing stays silently unconverted)."""
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Callable
 
 import onnx_graphsurgeon as gs
 import numpy as np
 
 from rewrites.patterns.qcfs import find_chains
 from rewrites.patterns.regions import find_regions
-from rewrites.patterns.tensors import SHAPE_ONLY_OPS, dynamic_tensors, is_relu_like
+from rewrites.patterns.tensors import SHAPE_ONLY_OPS, dynamic_tensors
 from snnfile import DOMAIN
 
 
@@ -45,12 +47,6 @@ LINEAR_OPS = frozenset({
 })
 # Linear when at most one operand depends on the input (and, for Div, the divisor does not).
 BILINEAR_OPS = frozenset({"MatMul", "Mul", "Div", "Einsum"})
-UGO_OPS = frozenset({
-    "Gelu", "Erf", "Exp", "Sigmoid", "Tanh", "Softplus", "Elu", "Selu", "LeakyRelu", "PRelu", "HardSigmoid",
-    "HardSwish", "Abs", "Reciprocal", "Sqrt", "Pow", "Log", "Mish", "Sin", "Cos", "Celu", "ThresholdedRelu",
-})
-NORMALIZATION_OPS = frozenset({"Softmax", "LayerNormalization"})  # decomposed by passes
-MAX_OPS = frozenset({"Max", "Min", "ReduceMax", "ReduceMin", "GlobalMaxPool"})  # max_to_neuron
 
 
 @dataclass(frozen=True)
@@ -61,7 +57,15 @@ class NodeConversion:
     reason: str = ""
 
 
-def classify(node: gs.Node, dynamic: set[str]) -> NodeConversion:
+Verdict = tuple[Conversion, str]
+# A pass's claim on a node that depends on the input and is not kept linear: the node, its named inputs and
+# which of them depend on the input -> the verdict, or None when the pass does not take the node.
+Claim = Callable[[gs.Node, list, list[bool]], "Verdict | None"]
+
+
+def classify(node: gs.Node, dynamic: set[str], claims: tuple[Claim, ...]) -> NodeConversion:
+    """Kept (spiking, static, linear) here; otherwise the first pass that claims the node (in pipeline
+    order) gives the verdict, and a node no pass claims is unsupported."""
     op = node.op
     ins = [i for i in node.inputs if i.name]
     is_dynamic = [isinstance(i, gs.Variable) and i.name in dynamic for i in ins]
@@ -79,66 +83,26 @@ def classify(node: gs.Node, dynamic: set[str]) -> NodeConversion:
         if op == "Pad" and node.attrs.get("mode", "constant") not in ("constant", "reflect", "edge"):
             return result(Conversion.UNSUPPORTED, "Pad mode is not linear")
         return result(Conversion.LINEAR)
-    if op in BILINEAR_OPS:
-        if sum(is_dynamic) >= 2:
-            return result(Conversion.PRODUCT, "both operands depend on the input")
-        if op == "Div" and is_dynamic[-1]:
-            return result(Conversion.UGO, "divides by a tensor that depends on the input (reciprocal)")
+    if op in BILINEAR_OPS and sum(is_dynamic) == 1 and not (op == "Div" and is_dynamic[-1]):
         return result(Conversion.LINEAR)
-    if is_relu_like(node):
-        return result(Conversion.IF_NEURON)
-    if op == "MaxPool":
-        if len([o for o in node.outputs if o.name]) > 1:
-            return result(Conversion.UNSUPPORTED, "MaxPool with an Indices output")
-        return result(Conversion.MAXPOOL_NEURON)
-    if op in MAX_OPS:
-        return _max_conversion(node, ins, is_dynamic, result)
-    if op == "Clip":
-        return result(Conversion.UGO, "Clip that is not ReLU-like (min != 0 or bounds not constant)")
-    if op in UGO_OPS:
-        if op == "Pow" and not (len(ins) > 1 and not is_dynamic[1]):
-            return result(Conversion.UNSUPPORTED, "Pow with an exponent that depends on the input")
-        return result(Conversion.UGO, "elementwise nonlinearity")
-    if op in ("ReduceL2", "ReduceSumSquare"):
-        return _l2_conversion(node, ins, is_dynamic, result)
-    if op in NORMALIZATION_OPS:
-        if op == "LayerNormalization" and len([o for o in node.outputs if o.name]) > 1:
-            return result(Conversion.UNSUPPORTED, "LayerNormalization with its Mean / InvStdDev outputs used")
-        return result(Conversion.LAYERNORM if op == "LayerNormalization" else Conversion.NORMALIZATION,
-                      "normalisation over features")
+    for claim in claims:
+        verdict = claim(node, ins, is_dynamic)
+        if verdict is not None:
+            return result(*verdict)
     return result(Conversion.UNSUPPORTED, f"no conversion of {op} on input-dependent tensors")
 
 
-def _l2_conversion(node: gs.Node, ins: list, is_dynamic: list[bool], result) -> NodeConversion:
-    """The verdict of decompose_l2: constant axes that leave the batch axis alone."""
-    if len(ins) > 1 and not isinstance(ins[1], gs.Constant):
-        return result(Conversion.UNSUPPORTED, "reduction axes that are not constant")
-    axes = np.asarray(ins[1].values).reshape(-1).tolist() if len(ins) > 1 else list(node.attrs.get("axes", []))
-    rank = len(ins[0].shape) if ins[0].shape is not None else None
-    if rank is not None and (not axes or 0 in [int(a) % rank for a in axes]):
-        return result(Conversion.UNSUPPORTED, f"{node.op} over the batch axis")
-    return result(Conversion.L2, "norm over features")
+def constant_axes(node: gs.Node, ins: list) -> list[int] | None:
+    """A reduction's axes, from its second input or its attribute; None when they are not constant."""
+    if len(ins) > 1:
+        return np.asarray(ins[1].values).reshape(-1).tolist() if isinstance(ins[1], gs.Constant) else None
+    return list(node.attrs.get("axes", []))
 
 
-def _max_conversion(node: gs.Node, ins: list, is_dynamic: list[bool], result) -> NodeConversion:
-    """The verdict of max_to_neuron, which takes every Max, Min and GlobalMaxPool and the reductions whose
-    axes are constant and leave the batch axis alone."""
-    if node.op in ("ReduceMax", "ReduceMin"):
-        x = next(t for t, d in zip(ins, is_dynamic) if d)
-        if len(ins) > 1 and is_dynamic[1]:
-            return result(Conversion.UNSUPPORTED, "reduction axes that depend on the input")
-        rank = len(x.shape) if x.shape is not None else None
-        if len(ins) > 1 and not isinstance(ins[1], gs.Constant):
-            return result(Conversion.UNSUPPORTED, "reduction axes that are not constant")
-        axes = np.asarray(ins[1].values).reshape(-1).tolist() if len(ins) > 1 else list(node.attrs.get("axes", []))
-        if rank is not None and (not axes and not node.attrs.get("noop_with_empty_axes", 0) or
-                                 0 in [int(a) % rank for a in axes]):
-            return result(Conversion.UNSUPPORTED, f"{node.op} over the batch axis")
-    return result(Conversion.MAX_NEURON)
-
-
-def classify_graph(graph: gs.Graph, kept_float: frozenset[str] = frozenset()) -> list[NodeConversion]:
-    """`kept_float`: nodes a pass kept as exact float operators (they convert, as float)."""
+def classify_graph(graph: gs.Graph, claims: tuple[Claim, ...], kept_float: frozenset[str] = frozenset()
+                   ) -> list[NodeConversion]:
+    """`claims`: the pipeline's, in its order (rewrites.passes.verdicts); `kept_float`: nodes a pass kept as
+    exact float operators (they convert, as float)."""
     graph.toposort()
     dynamic = dynamic_tensors(graph)
     in_qcfs = {id(n) for m in find_chains(graph)[0] for n in m.nodes}
@@ -154,5 +118,5 @@ def classify_graph(graph: gs.Graph, kept_float: frozenset[str] = frozenset()) ->
             out.append(NodeConversion(node.name, node.op, Conversion.UGO,
                                       f"part of f({region.root.name}): {'/'.join(dict.fromkeys(region.ops))}"))
         else:
-            out.append(classify(node, dynamic))
+            out.append(classify(node, dynamic, claims))
     return out

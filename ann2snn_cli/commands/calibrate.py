@@ -36,22 +36,19 @@ def command(
     with errors_to_exit_codes():
         import ann2snn
         from ground.data import data_source
-        from rewrites.config import DEFAULT_NORM
         from ground.errors import Ann2SnnError
         from ground.save import write_text_atomic
-        from rewrites.shapes import parse_input_shapes
         if use_max and percentile is not None:
             raise Ann2SnnError("--max and --percentile exclude each other", "give one of them")
         if percentile is not None and percentile <= 0.0:
             raise Ann2SnnError(f"invalid --percentile {percentile:g}", "use a value in (0, 100]")
-        method = "max" if use_max else f"percentile:{percentile:g}" if percentile is not None \
-            else DEFAULT_NORM
+        method = "max" if use_max else f"percentile:{percentile:g}" if percentile is not None else None
         out = Output(json_out)
         target = output or default_output(model)
         with out.progress("calibrating", 0) as progress:
             result = ann2snn.calibrate(model, data_source(data, mean, std), batch_size=batch_size, limit=limit,
                                        norm=method, progress=progress,
-                                       input_shapes=parse_input_shapes(input_shape or ()))
+                                       input_shapes=input_shape or ())
         write_text_atomic(target, result.to_json())
         render(out, result, target)
         out.emit_json(summary(result, target))
@@ -62,8 +59,7 @@ def default_output(model: Path) -> Path:
 
 
 def summary(result, target: Path) -> dict:
-    from rewrites.config import NormSpec
-    q = NormSpec.parse(result.method).percentile
+    q = result.percentile
     return {"output": str(target), "samples": result.samples, "method": result.method,
             "input_shapes": result.input_shapes,
             "tensors": [{"tensor": n, "min": s.minimum, "max": s.maximum, "mean": s.mean,
@@ -71,8 +67,7 @@ def summary(result, target: Path) -> dict:
 
 
 def render(out: Output, result, target: Path) -> None:
-    from rewrites.config import NormSpec
-    q = NormSpec.parse(result.method).percentile
+    q = result.percentile
     out.table(f"Calibration over {result.samples} samples", ["tensor", "min", "mean", "max", f"p{q:g}"],
               [[n, s.minimum, s.mean, s.maximum, s.percentile(q)] for n, s in result.tensors.items()])
     for name, dims in result.input_shapes.items():

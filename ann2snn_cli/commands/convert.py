@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ann2snn_cli._options import InputShapeOpt, JsonOpt, MeanOpt, ModelArg, OutOpt, StdOpt
-from ann2snn_cli._output import Output
+from ann2snn_cli._output import Output, mib
 from ann2snn_cli.state import errors_to_exit_codes
 
 NAME = "convert"
@@ -109,7 +109,6 @@ def command(
         from ground.data import data_source
         from ground.errors import Ann2SnnError, UnsupportedNodesError
         from ground.save import writable_target
-        from rewrites.shapes import parse_input_shapes
         if data is None and (mean is not None or std is not None):
             raise Ann2SnnError("--mean / --std need --data DIR", "give the folder of images they apply to")
         source = data_source(data, mean, std) if data is not None else None
@@ -124,7 +123,7 @@ def command(
                     per_channel=per_channel, neuron=neuron, phi=phi, tmax=tmax, bias_correction=bias_correction,
                     drain_steps=drain_steps, weight_norm=weight_norm, nonlinear=nonlinear, ugo_size=ugo_size,
                     allow_float=parse_ops(allow_float), skip_passes=skip_pass or (), limit=limit, check=not no_check,
-                    input_shapes=parse_input_shapes(input_shape or ()), coding=coding, K=fs_k, overlap=overlap,
+                    input_shapes=input_shape or (), coding=coding, K=fs_k, overlap=overlap,
                     refit=not no_refit, layer_error=layer_error)
         except UnsupportedNodesError as exc:  # the message lists 20 nodes; --json gets every one
             out.emit_json(exc.to_json())
@@ -161,7 +160,6 @@ def _rule_text(setting) -> str:
 
 def _memory_text(snn, ann) -> str:
     """One sample, one call: the state carried between steps and every tensor the call computes."""
-    from rewrites.footprint import mib
     text = f"one step, per sample: state {mib(snn.state_bytes)}, tensors up to {mib(snn.tensor_bytes)}"
     if ann and ann.tensor_bytes:
         text += f" ({snn.tensor_bytes / ann.tensor_bytes:.1f}x the ANN's {mib(ann.tensor_bytes)})"

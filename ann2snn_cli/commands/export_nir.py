@@ -27,13 +27,12 @@ def command(
     json_out: JsonOpt = None,
 ) -> None:
     with errors_to_exit_codes():
+        import ann2snn
         from ground.errors import UnsupportedNodesError
-        from sim.to_nir import export_nir, require_nir
-        require_nir()  # before any work
         out = Output(json_out)
         target = output or _default_target(model)
         try:
-            result = export_nir(model, target, node_metadata)
+            result = ann2snn.export_nir(model, target, node_metadata)  # refuses first when nir is missing
         except UnsupportedNodesError as exc:  # the message lists 20 nodes; --json gets every one
             out.emit_json(exc.to_json())
             raise

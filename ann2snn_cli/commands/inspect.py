@@ -21,8 +21,7 @@ def command(
 ) -> None:
     with errors_to_exit_codes():
         import ann2snn
-        from rewrites.shapes import parse_input_shapes
-        summary = ann2snn.inspect(model, parse_input_shapes(input_shape or ()))
+        summary = ann2snn.inspect(model, input_shape or ())
         out = Output(json_out)
         render(out, model, summary)
         out.emit_json({"model": str(model), **summary.to_dict()})

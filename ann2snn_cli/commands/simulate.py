@@ -63,11 +63,7 @@ def command(
     with errors_to_exit_codes():
         from ground.data import data_source
         from ground.errors import Ann2SnnError, InputFileError
-        from sim.metrics import report_steps
-        from sim.model import load_spiking
         import ann2snn
-        from sim.simulate import window_for
-        from sim.simulate import sweep_extra_t as sweep_extra_t_table
         if max_drop is not None and ann is None:
             raise Ann2SnnError("--max-drop needs --ann", "give the ANN the model was converted from")
         if plot and importlib.util.find_spec("matplotlib") is None:  # before the run, not after it
@@ -75,11 +71,8 @@ def command(
         data = data_source(data, mean, std)
         out = Output(json_out)
         if sweep_extra_t is not None:
-            window = window_for(load_spiking(model), steps, 0, drain)
-            T = window.T
-            ts = list(range(1, T + 1)) if T <= 16 else report_steps(T)
-            grid = sweep_extra_t_table(model, data, ts, sweep_extra_t, engine, batch_size, limit, max_memory * 2**20,
-                                       bool(drain))
+            grid = ann2snn.sweep_extra_t(model, data, sweep_extra_t, steps, drain=drain, engine=engine,
+                                         batch_size=batch_size, limit=limit, memory_budget=max_memory * 2**20)
             render_sweep(out, grid)
             out.emit_json({"sweep_extra_t": grid})
             return
@@ -96,14 +89,13 @@ def command(
         result["gates"] = {"min_accuracy": min_accuracy, "max_drop": max_drop, "failed": failures}
         out.emit_json(result)
         if plot:
-            from sim.plot import plot_reports
             runs = [(model.stem, result)]
             for path in plot_with or ():
                 try:
                     runs.append((path.stem, json.loads(path.read_text())))
                 except (OSError, ValueError) as exc:
                     raise InputFileError(f"{path}: not a readable simulate --json report ({exc})") from exc
-            plot_reports(runs, plot)
+            ann2snn.plot_reports(runs, plot)
             out.note(f"wrote {plot}")
         if failures:
             for reason in failures:

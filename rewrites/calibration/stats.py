@@ -658,6 +658,11 @@ class Calibration:
     # {input: [dims]} the dynamic inputs were bound to (rewrites/shapes.py), batch by name; absent when none
     input_shapes: dict[str, list] = field(default_factory=dict)
 
+    @property
+    def percentile(self) -> float:
+        """The percentile of the default norm (99 for max or mmse): the column `calibrate` shows."""
+        return NormSpec.parse(self.method).percentile
+
     def stats(self, tensor: str, node: str) -> TensorStats:
         if tensor not in self.tensors:
             where = f"{self.source}: " if self.source else ""

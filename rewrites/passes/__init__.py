@@ -5,7 +5,7 @@ from rewrites.passes import (allow_float, batch_shapes, canonical_products, deco
                              maxpool_to_neuron, name_nodes,
                              nonlinear_to_spiking, products_to_spiking, qcfs_to_if, relu_to_if,
                              softmax_to_spiking, weight_norm)
-from rewrites.optable import classify_graph, Conversion
+from rewrites.optable import classify_graph, Conversion, NodeConversion
 from rewrites.passes.base import Pass, PassContext, PassReport, run_passes
 
 NORMALISE: tuple[Pass, ...] = (
@@ -48,8 +48,15 @@ SPIKING_FS: tuple[Pass, ...] = (
 )
 DEFAULT_PIPELINE: tuple[Pass, ...] = NORMALISE + SPIKING
 PASSES: dict[str, Pass] = {p.name: p for p in DEFAULT_PIPELINE}
+CLAIMS = tuple(p.claims for p in DEFAULT_PIPELINE if p.claims is not None)  # no node is claimed twice (tested)
 
 KEPT = frozenset({Conversion.LINEAR, Conversion.STATIC, Conversion.SPIKING})  # no pass needed
+
+
+def verdicts(graph, kept_float: frozenset[str] = frozenset()) -> list[NodeConversion]:
+    """How each node of the graph converts (`inspect`'s op table): kept, or the verdict of the pass that
+    claims it."""
+    return classify_graph(graph, CLAIMS, kept_float)
 
 
 def converting_pass(conversion: Conversion) -> Pass | None:
@@ -62,11 +69,11 @@ def observed_tensors(graph) -> list[str]:
     """The calibration plan: every tensor of the normalised graph that a spiking pass needs statistics of,
     each once: those of the graph in graph order (so `calibrate`'s table reads down the network), then those
     calibration adds to it (a Softmax's log-sum-exp) in pipeline order."""
-    verdicts = classify_graph(graph)
+    found = verdicts(graph)
     names: dict[str, None] = {}
     for p in SPIKING:
         if p.observes is not None:
-            names.update(dict.fromkeys(p.observes(graph, verdicts)))
+            names.update(dict.fromkeys(p.observes(graph, found)))
     position = {t.name: -1 for t in graph.inputs}
     for i, node in enumerate(graph.nodes):
         position.update((t.name, i) for t in node.outputs)
@@ -84,5 +91,5 @@ def pass_list_markdown() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["NORMALISE", "SPIKING", "SPIKING_FS", "DEFAULT_PIPELINE", "PASSES", "KEPT", "Pass", "PassContext", "PassReport",
-           "converting_pass", "observed_tensors", "pass_list_markdown", "run_passes"]
+__all__ = ["NORMALISE", "SPIKING", "SPIKING_FS", "DEFAULT_PIPELINE", "PASSES", "KEPT", "CLAIMS", "Pass", "PassContext",
+           "PassReport", "converting_pass", "observed_tensors", "pass_list_markdown", "run_passes", "verdicts"]

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from rewrites.optable import classify_graph, Conversion
+from ground.errors import PassError
+from rewrites.optable import classify_graph, Conversion, NodeConversion
 from rewrites.patterns.tensors import SHAPE_ONLY_OPS, dynamic_tensors
 from rewrites.passes.base import Pass, PassContext, PassReport
 from rewrites.passes.spiking import wrap_exact
@@ -54,7 +55,7 @@ def _reads_or_writes_non_float(node: gs.Node, dynamic: set[str]) -> bool:
         or any(not _is_float(t) for t in node.outputs if t.name)
 
 
-def input_encoder(graph: gs.Graph, conversions=None) -> list[str]:
+def input_encoder(graph: gs.Graph, conversions: list[NodeConversion]) -> list[str]:
     """Nodes that no pass maps, that read only the presented input and constants, and read or write a
     non-float tensor (the one-hot Equal and Cast of int ids, a Cast of an int input): kept as they are with or
     without --allow-float (`inspect` and `convert` both call this). A float function of the presented input
@@ -62,7 +63,7 @@ def input_encoder(graph: gs.Graph, conversions=None) -> list[str]:
     graph.toposort()
     dynamic, presented = dynamic_tensors(graph), presented_tensors(graph)
     by_name = {n.name: n for n in graph.nodes}
-    return [c.node for c in (conversions if conversions is not None else classify_graph(graph))
+    return [c.node for c in conversions
             if not c.conversion.converts and c.node in by_name and not _streams(by_name[c.node], dynamic, presented)
             and _reads_or_writes_non_float(by_name[c.node], dynamic)]
 
@@ -71,8 +72,12 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     report = PassReport("allow_float")
     allowed = set(ctx.options.allow_float)
     by_name = {n.name: n for n in graph.nodes}
-    encoder = set(input_encoder(graph))
-    for conv in classify_graph(graph):
+    if not ctx.claims:
+        raise PassError("allow_float reads the verdicts of the pipeline's claims; none were given (PassContext.claims)",
+                        "pass rewrites.passes.CLAIMS to the PassContext")
+    conversions = classify_graph(graph, ctx.claims)
+    encoder = set(input_encoder(graph, conversions))
+    for conv in conversions:
         node = by_name[conv.node]
         if conv.conversion.converts or node.name in ctx.kept_float or not (
                 node.name in encoder or ALL in allowed or node.op in allowed):

@@ -8,7 +8,7 @@ import onnx_graphsurgeon as gs
 
 from rewrites.calibration.stats import Calibration
 from rewrites.config import ConvertOptions
-from rewrites.optable import Conversion, NodeConversion
+from rewrites.optable import Claim, Conversion, NodeConversion
 from ground.errors import Ann2SnnError, PassError
 
 Observes = Callable[[gs.Graph, list[NodeConversion]], list[str]]
@@ -35,15 +35,16 @@ class PassContext:
     ugo_fits: list[dict] = field(default_factory=list)  # one entry per UGO: function, range, size, errors
     fs_steps: int = 0  # FS coding: the steps a runtime must run (fs_schedule)
     fs_fits: list[dict] = field(default_factory=list)  # FS coding: one entry per fitted neuron
+    claims: tuple[Claim, ...] = ()  # the pipeline's claims, for a pass that reads the verdicts (allow_float)
 
 
 @dataclass(frozen=True)
 class Pass:
     """A named graph rewrite. `run` mutates the graph and returns its report; `spiking` passes need a
-    calibration and change the function only in the limit of many time steps. A spiking pass declares the
-    verdicts of `inspect` it carries out (`converts`) and the tensors of the normalised graph it needs
-    statistics of (`observes`, given the graph and its verdicts): the op table and the calibration plan are
-    read from these (rewrites/passes/__init__.py)."""
+    calibration and change the function only in the limit of many time steps. A pass declares the nodes it
+    takes (`claims`: the verdict of `inspect` on a node, or None), the verdicts it carries out (`converts`)
+    and the tensors of the normalised graph it needs statistics of (`observes`, given the graph and its
+    verdicts): the op table and the calibration plan are read from these (rewrites/passes/__init__.py)."""
 
     name: str
     run: Callable[[gs.Graph, PassContext], PassReport]
@@ -51,6 +52,7 @@ class Pass:
     doc: str = ""
     converts: frozenset[Conversion] = frozenset()
     observes: Observes | None = None
+    claims: Claim | None = None
 
 
 def run_passes(graph: gs.Graph, passes: tuple[Pass, ...], ctx: PassContext) -> list[PassReport]:

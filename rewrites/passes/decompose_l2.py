@@ -9,7 +9,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from rewrites.emit import Emitter, reduce, reduce_axes
-from rewrites.optable import Conversion
+from rewrites.optable import Conversion, Verdict, constant_axes
 from rewrites.passes.base import Pass, PassContext, PassReport
 
 OPS = ("ReduceL2", "ReduceSumSquare")
@@ -49,5 +49,18 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     return report
 
 
+def claim(node: gs.Node, ins: list, is_dynamic: list[bool]) -> Verdict | None:
+    """Constant axes that leave the batch axis alone."""
+    if node.op not in ("ReduceL2", "ReduceSumSquare"):
+        return None
+    axes = constant_axes(node, ins)
+    if axes is None:
+        return Conversion.UNSUPPORTED, "reduction axes that are not constant"
+    rank = len(ins[0].shape) if ins[0].shape is not None else None
+    if rank is not None and (not axes or 0 in [int(a) % rank for a in axes]):
+        return Conversion.UNSUPPORTED, f"{node.op} over the batch axis"
+    return Conversion.L2, "norm over features"
+
+
 PASS = Pass("decompose_l2", run, doc="ReduceL2 and ReduceSumSquare -> square, sum (and square root).",
-            converts=frozenset({Conversion.L2}))
+            converts=frozenset({Conversion.L2}), claims=claim)

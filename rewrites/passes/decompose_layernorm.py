@@ -11,7 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from rewrites.emit import Emitter, reduce
-from rewrites.optable import Conversion
+from rewrites.optable import Conversion, Verdict
 from rewrites.passes.base import Pass, PassContext, PassReport
 
 
@@ -47,5 +47,13 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     return report
 
 
+def claim(node: gs.Node, ins: list, is_dynamic: list[bool]) -> Verdict | None:
+    if node.op != "LayerNormalization":
+        return None
+    if len([o for o in node.outputs if o.name]) > 1:
+        return Conversion.UNSUPPORTED, "LayerNormalization with its Mean / InvStdDev outputs used"
+    return Conversion.LAYERNORM, "normalisation over features"
+
+
 PASS = Pass("decompose_layernorm", run, doc="LayerNormalization -> its standard-op form.",
-            converts=frozenset({Conversion.LAYERNORM}))
+            converts=frozenset({Conversion.LAYERNORM}), claims=claim)

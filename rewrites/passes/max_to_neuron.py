@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 from snnfile.operators import SPIKE_MAX, SPIKE_MIN, SPIKE_REDUCE_MAX, SPIKE_REDUCE_MIN
 from rewrites.patterns.tensors import dynamic_tensors
 from rewrites.passes.base import Pass, PassContext, PassReport
-from rewrites.optable import Conversion
+from rewrites.optable import Conversion, Verdict, constant_axes
 from rewrites.passes.spiking import replace_node, shaped_like, spiking_node
 
 ELEMENTWISE = {"Max": SPIKE_MAX, "Min": SPIKE_MIN}
@@ -111,5 +111,27 @@ def _elementwise(graph: gs.Graph, node: gs.Node, signals: list[gs.Variable], spe
     node.outputs.clear()
 
 
+MAX_OPS = frozenset({"Max", "Min", "ReduceMax", "ReduceMin", "GlobalMaxPool"})
+
+
+def claim(node: gs.Node, ins: list, is_dynamic: list[bool]) -> Verdict | None:
+    """Every Max, Min and GlobalMaxPool, and the reductions whose axes are constant and leave the batch axis
+    alone."""
+    if node.op not in MAX_OPS:
+        return None
+    if node.op in ("ReduceMax", "ReduceMin"):
+        x = next(t for t, d in zip(ins, is_dynamic) if d)
+        if len(ins) > 1 and is_dynamic[1]:
+            return Conversion.UNSUPPORTED, "reduction axes that depend on the input"
+        axes = constant_axes(node, ins)
+        if axes is None:
+            return Conversion.UNSUPPORTED, "reduction axes that are not constant"
+        rank = len(x.shape) if x.shape is not None else None
+        if rank is not None and (not axes and not node.attrs.get("noop_with_empty_axes", 0) or
+                                 0 in [int(a) % rank for a in axes]):
+            return Conversion.UNSUPPORTED, f"{node.op} over the batch axis"
+    return Conversion.MAX_NEURON, ""
+
+
 PASS = Pass("max_to_neuron", run, spiking=True, doc="Max / Min / ReduceMax / ReduceMin / GlobalMaxPool -> "
-            "spiking max operators.", converts=frozenset({Conversion.MAX_NEURON}))
+            "spiking max operators.", converts=frozenset({Conversion.MAX_NEURON}), claims=claim)

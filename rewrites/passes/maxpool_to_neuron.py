@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 
 from snnfile.operators import MAXPOOL_NEURON
 from rewrites.passes.base import Pass, PassContext, PassReport, inputs_of
-from rewrites.optable import Conversion
+from rewrites.optable import Conversion, Verdict
 from rewrites.passes.spiking import replace_node, spiking_node
 
 
@@ -37,5 +37,14 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     return report
 
 
+def claim(node: gs.Node, ins: list, is_dynamic: list[bool]) -> Verdict | None:
+    if node.op != "MaxPool":
+        return None
+    if len([o for o in node.outputs if o.name]) > 1:
+        return Conversion.UNSUPPORTED, "MaxPool with an Indices output"
+    return Conversion.MAXPOOL_NEURON, ""
+
+
 PASS = Pass("maxpool_to_neuron", run, spiking=True, doc="MaxPool -> MaxPool neuron.",
-            converts=frozenset({Conversion.MAXPOOL_NEURON}), observes=inputs_of(Conversion.MAXPOOL_NEURON))
+            converts=frozenset({Conversion.MAXPOOL_NEURON}), observes=inputs_of(Conversion.MAXPOOL_NEURON),
+            claims=claim)

@@ -20,11 +20,12 @@ from ground.errors import CalibrationError, PassError
 from snnfile.operators import FS_NEURON, UGO_HIDDEN
 from rewrites.drive import step_counter
 from rewrites.emit import Emitter
-from rewrites.optable import Conversion, NodeConversion
+from rewrites.optable import Conversion, NodeConversion, Verdict
 from rewrites.passes.base import Pass, PassContext, PassReport
 from rewrites.fs import fit_tables, neuron_inputs
 from rewrites.passes.spiking import shaped_like, spiking_node, step_like, wrap_exact
 from rewrites.patterns.regions import find_regions, Region
+from rewrites.patterns.tensors import is_relu_like
 from ground.sessions import Session
 from rewrites.ugo import default_size, fit, samples_from_stats
 
@@ -167,6 +168,27 @@ def observes(graph: gs.Graph, verdicts: list[NodeConversion]) -> list[str]:
     return [region.root.name for region in find_regions(graph)]
 
 
+UGO_OPS = frozenset({
+    "Gelu", "Erf", "Exp", "Sigmoid", "Tanh", "Softplus", "Elu", "Selu", "LeakyRelu", "PRelu", "HardSigmoid",
+    "HardSwish", "Abs", "Reciprocal", "Sqrt", "Pow", "Log", "Mish", "Sin", "Cos", "Celu", "ThresholdedRelu",
+})
+
+
+def claim(node: gs.Node, ins: list, is_dynamic: list[bool]) -> Verdict | None:
+    """Elementwise functions of one input-dependent tensor: the ops above, a Clip that is not ReLU-like and a
+    division by a tensor that depends on the input."""
+    op = node.op
+    if op == "Div" and sum(is_dynamic) == 1 and is_dynamic[-1]:
+        return Conversion.UGO, "divides by a tensor that depends on the input (reciprocal)"
+    if op == "Clip" and not is_relu_like(node):
+        return Conversion.UGO, "Clip that is not ReLU-like (min != 0 or bounds not constant)"
+    if op in UGO_OPS:
+        if op == "Pow" and not (len(ins) > 1 and not is_dynamic[1]):
+            return Conversion.UNSUPPORTED, "Pow with an exponent that depends on the input"
+        return Conversion.UGO, "elementwise nonlinearity"
+    return None
+
+
 PASS = Pass("nonlinear_to_spiking", run, spiking=True,
             doc="Elementwise nonlinearities -> UGO subnets of signed IF neurons, or exact float operators.",
-            converts=frozenset({Conversion.UGO}), observes=observes)
+            converts=frozenset({Conversion.UGO}), observes=observes, claims=claim)

@@ -12,7 +12,7 @@ from ground.errors import PassError
 from snnfile.operators import SPIKE_MATMUL, SPIKE_MUL
 from rewrites.patterns.tensors import dynamic_tensors
 from rewrites.passes.base import Pass, PassContext, PassReport
-from rewrites.optable import Conversion
+from rewrites.optable import BILINEAR_OPS, Conversion, Verdict
 from rewrites.passes.spiking import replace_node, spiking_node, step_like, wrap_exact
 
 SPECS = {"MatMul": SPIKE_MATMUL, "Mul": SPIKE_MUL}
@@ -46,5 +46,11 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     return report
 
 
+def claim(node: gs.Node, ins: list, is_dynamic: list[bool]) -> Verdict | None:
+    if node.op in BILINEAR_OPS and sum(is_dynamic) >= 2:
+        return Conversion.PRODUCT, "both operands depend on the input"
+    return None
+
+
 PASS = Pass("products_to_spiking", run, spiking=True, doc="Variable x variable MatMul / Mul -> spiking product.",
-            converts=frozenset({Conversion.PRODUCT}))
+            converts=frozenset({Conversion.PRODUCT}), claims=claim)

@@ -18,7 +18,7 @@ from ground.errors import CalibrationError
 from snnfile.operators import IF_NEURON, SIGNED_IF_NEURON
 from rewrites.patterns.tensors import clip_bounds, is_relu_like
 from rewrites.passes.base import Pass, PassContext, PassReport, inputs_of
-from rewrites.optable import Conversion
+from rewrites.optable import Conversion, Verdict
 from rewrites.passes.spiking import replace_node, spiking_node
 from rewrites.thresholds import threshold
 
@@ -94,5 +94,9 @@ def layer_entry(node: gs.Node, x: gs.Tensor, op: str, kind: dict, theta: np.ndar
             "dead": bool(np.all(dead))}
 
 
+def claim(node: gs.Node, ins: list, is_dynamic: list[bool]) -> Verdict | None:
+    return (Conversion.IF_NEURON, "") if is_relu_like(node) else None
+
+
 PASS = Pass("relu_to_if", run, spiking=True, doc="ReLU / Clip(0, a) -> IF neuron (or signed IF neuron).",
-            converts=frozenset({Conversion.IF_NEURON}), observes=inputs_of(Conversion.IF_NEURON))
+            converts=frozenset({Conversion.IF_NEURON}), observes=inputs_of(Conversion.IF_NEURON), claims=claim)

@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from rewrites.config import Nonlinear
 from ground.errors import CalibrationError
 from rewrites.emit import Emitter
-from rewrites.optable import Conversion, NodeConversion
+from rewrites.optable import Conversion, NodeConversion, Verdict
 from rewrites.passes.base import Pass, PassContext, PassReport, inputs_of
 from rewrites.passes.spiking import wrap_exact
 from rewrites.patterns.softmax import exp_sum, rank_of, shifted, SHIFTED_SUFFIX, softmax_axes, SUM_SUFFIX
@@ -63,6 +63,10 @@ def observes(graph: gs.Graph, verdicts: list[NodeConversion]) -> list[str]:
         n.name + suffix for n in graph.nodes if n.op == "Softmax" for suffix in (SHIFTED_SUFFIX, SUM_SUFFIX)]
 
 
+def claim(node: gs.Node, ins: list, is_dynamic: list[bool]) -> Verdict | None:
+    return (Conversion.NORMALIZATION, "normalisation over features") if node.op == "Softmax" else None
+
+
 PASS = Pass("softmax_to_spiking", run, spiking=True,
             doc="Softmax -> row max, exp UGO, sum, reciprocal UGO, product.",
-            converts=frozenset({Conversion.NORMALIZATION}), observes=observes)
+            converts=frozenset({Conversion.NORMALIZATION}), observes=observes, claims=claim)

@@ -85,6 +85,13 @@ def test_the_layers_read_top_down_and_the_simulator_never_imports_the_compiler()
     assert not upward, f"imports against the layering (CLI -> API -> compiler / runtime -> contract -> ground): {upward}"
 
 
+def test_the_commands_reach_the_compiler_and_the_runtime_only_through_the_api():
+    """The CLI is parse -> library call -> render: it imports `ann2snn`, the shared ground and itself."""
+    through = [(a, b) for a, targets in _imports(_modules()).items() if a.startswith("ann2snn_cli.")
+               for b in targets if b.split(".")[0] in ("rewrites", "sim", "snnfile")]
+    assert not through, f"commands that bypass the API: {through}"
+
+
 def test_no_import_cycle():
     edges = _imports(_modules())
     state: dict[str, int] = {}  # 1: on the path, 2: done

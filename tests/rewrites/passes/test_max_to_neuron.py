@@ -14,7 +14,8 @@ from builders import ModelBuilder
 from conftest import run_ort
 from rewrites.config import ConvertOptions
 from rewrites.convert import convert_model, normalise, summarize
-from rewrites.optable import Conversion, MAX_OPS
+from rewrites.optable import Conversion
+from rewrites.passes.max_to_neuron import MAX_OPS
 from ground.save import save_model
 from sim.metrics import running_mean
 from spiking_helpers import both_engines, convert_with_data, step_by_contract

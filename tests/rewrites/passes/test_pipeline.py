@@ -107,3 +107,60 @@ def test_inspect_names_the_pass_of_each_verdict():
     assert rows[("MaxPool", "MaxPool neuron")] == "maxpool_to_neuron"
     assert rows[("Add", "kept (linear)")] is None
     assert [p for (op, _), p in rows.items() if op == "Sigmoid"] == ["nonlinear_to_spiking"]
+
+
+def single_node_graphs():
+    """One node of each op type the claims look at, with one and two input-dependent operands, with and
+    without a constant operand, and with a second output."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+    ops = ["Relu", "Clip", "Sigmoid", "Exp", "Gelu", "HardSwish", "LeakyRelu", "Sqrt", "Reciprocal", "Pow", "Softmax",
+           "LayerNormalization", "MaxPool", "GlobalMaxPool", "Max", "Min", "ReduceMax", "ReduceMin", "ReduceL2",
+           "ReduceSumSquare", "MatMul", "Mul", "Div", "Einsum", "Floor", "Where", "TopK"]
+    for op in ops:
+        for dynamic in (1, 2):
+            for consts in ((), (np.float32(2.0),), (np.float32(0.0), np.float32(6.0))):
+                for outputs in (1, 2):
+                    xs = [gs.Variable(f"x{i}", np.float32, (2, 3, 4)) for i in range(dynamic)]
+                    cs = [gs.Constant(f"c{i}", np.asarray(c)) for i, c in enumerate(consts)]
+                    ys = [gs.Variable(f"y{i}", np.float32, None) for i in range(outputs)]
+                    yield gs.Graph(nodes=[gs.Node(op, name="n", inputs=xs + cs, outputs=ys)], inputs=xs, outputs=ys)
+
+
+def test_no_node_is_claimed_by_two_passes():
+    """The verdict must not depend on the order the claims are asked in."""
+    from rewrites.patterns.tensors import dynamic_tensors
+    claimed = 0
+    for graph in single_node_graphs():
+        node, dynamic = graph.nodes[0], dynamic_tensors(graph)
+        ins = [i for i in node.inputs if i.name]
+        is_dynamic = [i.name in dynamic for i in ins]
+        takers = [p.name for p in DEFAULT_PIPELINE if p.claims and p.claims(node, ins, is_dynamic) is not None]
+        assert len(takers) <= 1, (node.op, len(ins), is_dynamic, takers)
+        claimed += bool(takers)
+    assert claimed > 100  # the sweep reaches the claims
+
+
+def test_a_new_op_type_is_claimed_by_its_pass_alone():
+    """The recipe of docs/architecture.md: a pass that claims an op type no other pass knows makes `inspect`
+    give its verdict, with no table elsewhere to edit."""
+    import dataclasses
+    import numpy as np
+    import onnx_graphsurgeon as gs
+    import rewrites.passes as registry
+    from rewrites.optable import Conversion, classify_graph
+    x, y = gs.Variable("x", np.float32, (2, 3)), gs.Variable("y", np.float32, None)
+    graph = gs.Graph(nodes=[gs.Node("Hardmax", name="hard", inputs=[x], outputs=[y])], inputs=[x], outputs=[y])
+    assert [v.conversion for v in registry.verdicts(graph)] == [Conversion.UNSUPPORTED]
+
+    def claim(node, ins, is_dynamic):
+        return (Conversion.MAX_NEURON, "one-hot of the spiking max") if node.op == "Hardmax" else None
+    taking = dataclasses.replace(registry.PASSES["max_to_neuron"], claims=claim)
+    verdict, = classify_graph(graph, registry.CLAIMS + (taking.claims,))
+    assert (verdict.conversion, verdict.reason) == (Conversion.MAX_NEURON, "one-hot of the spiking max")
+
+
+def test_allow_float_refuses_a_context_without_the_claims():
+    from rewrites.passes import allow_float
+    with pytest.raises(PassError, match="claims"):
+        run_passes(import_graph(small_cnn()), (allow_float.PASS,), PassContext())
