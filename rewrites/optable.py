@@ -30,6 +30,7 @@ class Conversion(enum.Enum):
     NORMALIZATION = "softmax: exp and reciprocal UGO subnets, spiking product"
     LAYERNORM = "LayerNorm: decomposed, then a 1/sqrt UGO and spiking products"
     L2 = "L2 norm / sum of squares: decomposed, a spiking product, a sum and a sqrt UGO"
+    HARD = "clipped IF neuron (HardSwish: times its input by a spiking product)"
     FLOAT = "kept float (estimate-and-correct)"
     HEAD = "head: exact on the decoded value"
     UNSUPPORTED = "unsupported"
@@ -92,6 +93,12 @@ def classify(node: gs.Node, dynamic: set[str], claims: tuple[Claim, ...]) -> Nod
     return result(Conversion.UNSUPPORTED, f"no conversion of {op} on input-dependent tensors")
 
 
+def _taken(node: gs.Node, dynamic: set[str], claims: tuple[Claim, ...]) -> bool:
+    ins = [i for i in node.inputs if i.name]
+    is_dynamic = [isinstance(i, gs.Variable) and i.name in dynamic for i in ins]
+    return any(claim(node, ins, is_dynamic) is not None for claim in claims)
+
+
 def constant_axes(node: gs.Node, ins: list) -> list[int] | None:
     """A reduction's axes, from its second input or its attribute; None when they are not constant."""
     if len(ins) > 1:
@@ -99,14 +106,16 @@ def constant_axes(node: gs.Node, ins: list) -> list[int] | None:
     return list(node.attrs.get("axes", []))
 
 
-def classify_graph(graph: gs.Graph, claims: tuple[Claim, ...], kept_float: frozenset[str] = frozenset()
-                   ) -> list[NodeConversion]:
+def classify_graph(graph: gs.Graph, claims: tuple[Claim, ...], kept_float: frozenset[str] = frozenset(),
+                   normalising: tuple[Claim, ...] = ()) -> list[NodeConversion]:
     """`claims`: the pipeline's, in its order (rewrites.passes.verdicts); `kept_float`: nodes a pass kept as
-    exact float operators (they convert, as float)."""
+    exact float operators (they convert, as float); `normalising`: the claims of normalising passes, whose
+    nodes are rewritten before any function region is found (a HardSwish is no UGO region)."""
     graph.toposort()
     dynamic = dynamic_tensors(graph)
     in_qcfs = {id(n) for m in find_chains(graph)[0] for n in m.nodes}
-    in_region = {id(n): r for r in find_regions(graph) for n in r.nodes}
+    rewritten = frozenset(n.name for n in graph.nodes if normalising and _taken(n, dynamic, normalising))
+    in_region = {id(n): r for r in find_regions(graph, rewritten) for n in r.nodes}
     out = []
     for node in graph.nodes:
         if id(node) in in_qcfs:

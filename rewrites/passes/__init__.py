@@ -49,6 +49,7 @@ SPIKING_FS: tuple[Pass, ...] = (
 DEFAULT_PIPELINE: tuple[Pass, ...] = NORMALISE + SPIKING
 PASSES: dict[str, Pass] = {p.name: p for p in DEFAULT_PIPELINE}
 CLAIMS = tuple(p.claims for p in DEFAULT_PIPELINE if p.claims is not None)  # no node is claimed twice (tested)
+NORMALISING_CLAIMS = tuple(p.claims for p in NORMALISE if p.claims is not None)
 
 KEPT = frozenset({Conversion.LINEAR, Conversion.STATIC, Conversion.SPIKING})  # no pass needed
 
@@ -56,7 +57,7 @@ KEPT = frozenset({Conversion.LINEAR, Conversion.STATIC, Conversion.SPIKING})  # 
 def verdicts(graph, kept_float: frozenset[str] = frozenset()) -> list[NodeConversion]:
     """How each node of the graph converts (`inspect`'s op table): kept, or the verdict of the pass that
     claims it."""
-    return classify_graph(graph, CLAIMS, kept_float)
+    return classify_graph(graph, CLAIMS, kept_float, NORMALISING_CLAIMS)
 
 
 def converting_pass(conversion: Conversion) -> Pass | None:

@@ -12,6 +12,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from rewrites.emit import Emitter
+from rewrites.optable import Conversion, Verdict
 from rewrites.passes.base import Pass, PassContext, PassReport
 from rewrites.passes.decoded_head import head_nodes
 
@@ -28,7 +29,7 @@ def _clip(emit: Emitter, x: gs.Tensor, high: float, opset: int, shape, out: gs.V
 def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     report = PassReport("hard_activations")
     heads = {id(n) for n in head_nodes(graph)}
-    for node in [n for n in graph.nodes if n.op in ("HardSigmoid", "HardSwish") and n.domain in (None, "", "ai.onnx")]:
+    for node in [n for n in graph.nodes if _is_hard(n)]:
         if id(node) in heads:
             report.skipped.append((node.name, HEAD))
             continue
@@ -51,4 +52,13 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
     return report
 
 
-PASS = Pass("hard_activations", run, doc="HardSigmoid -> Clip(alpha x + beta, 0, 1); HardSwish -> x Clip(x + 3, 0, 6) / 6.")
+def _is_hard(node: gs.Node) -> bool:
+    return node.op in ("HardSigmoid", "HardSwish") and node.domain in (None, "", "ai.onnx")
+
+
+def claim(node: gs.Node, ins: list, is_dynamic: list[bool]) -> Verdict | None:
+    return (Conversion.HARD, "") if _is_hard(node) else None
+
+
+PASS = Pass("hard_activations", run, doc="HardSigmoid -> Clip(alpha x + beta, 0, 1); HardSwish -> x Clip(x + 3, 0, 6) / 6.",
+            converts=frozenset({Conversion.HARD}), claims=claim)

@@ -169,9 +169,9 @@ def observes(graph: gs.Graph, verdicts: list[NodeConversion]) -> list[str]:
 
 
 UGO_OPS = frozenset({
-    "Gelu", "Erf", "Exp", "Sigmoid", "Tanh", "Softplus", "Elu", "Selu", "LeakyRelu", "PRelu", "HardSigmoid",
-    "HardSwish", "Abs", "Reciprocal", "Sqrt", "Pow", "Log", "Mish", "Sin", "Cos", "Celu", "ThresholdedRelu",
-})
+    "Gelu", "Erf", "Exp", "Sigmoid", "Tanh", "Softplus", "Elu", "Selu", "LeakyRelu", "PRelu", "Abs", "Reciprocal",
+    "Sqrt", "Pow", "Log", "Mish", "Sin", "Cos", "Celu", "ThresholdedRelu",
+})  # HardSigmoid and HardSwish: hard_activations
 
 
 def claim(node: gs.Node, ins: list, is_dynamic: list[bool]) -> Verdict | None:

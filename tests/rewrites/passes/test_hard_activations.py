@@ -102,3 +102,12 @@ def test_a_hard_sigmoid_head_stays_for_decoded_head(tmp_path):
     snn, result = convert_with_data(model, x, tmp_path)
     (head,) = [r for r in result.reports if r.name == "decoded_head"]
     assert any("hardsigmoid" in n.lower() for n in head.converted)
+
+
+def test_inspect_says_what_convert_does_with_them():
+    """The op table gives HardSwish and HardSigmoid the verdict of hard_activations, not a UGO subnet: the
+    conversion rewrites them before any subnet is fitted (test_spiking_file_has_no_subnet_and_converges)."""
+    import ann2snn
+    from rewrites.optable import Conversion
+    rows = {r["op"]: (r["conversion"], r["pass"]) for r in ann2snn.inspect(_mobilenet_block("ops")).op_table()}
+    assert rows["HardSwish"] == rows["HardSigmoid"] == (Conversion.HARD.value, "hard_activations")
