@@ -7,8 +7,8 @@ operator fed by the analog input (direct coding: the first layer) stays dense an
 The path from a neuron to a weighted operator may pass through operators that only move, pool or add spikes
 (reshapes, padding, max/average pooling, Add, Concat). Energy: 45 nm figures of Horowitz (ISSCC 2014),
 4.6 pJ per 32-bit float MAC and 0.9 pJ per accumulate.
-Spiking products (SpikeMatMul, SpikeMul) compute two products of their increment per step and are counted
-as dense MACs (2 x the ANN product's MACs per step); outputs of the estimate-and-correct operators are analog,
+Spiking products (SpikeMatMul, SpikeMul) compute one product of their inputs' running sums per step and are
+counted as dense MACs (the ANN product's MACs per step); outputs of the estimate-and-correct operators are analog,
 so what they feed is dense too. In a few-spikes file an analog stream (a product released once) is non-zero
 only at the steps its inputs change, and the layer reading it costs its MACs at those steps only."""
 from __future__ import annotations
@@ -140,7 +140,7 @@ def estimate(model: SpikingModel, spikes_per_neuron: dict[str, tuple[int, int]],
             ann_macs += layer.macs
         if layer.sources is None:
             busy = steps if active is None else len(active.get(inputs[layer.node], range(steps)))
-            dense = layer.macs * busy * (2 if layer.op in PRODUCTS else 1)
+            dense = layer.macs * busy
             snn_macs += dense
             rows.append({"node": layer.node, "op": layer.op, "macs": layer.macs, "input": "analog",
                          "snn_macs": dense, "synops": 0.0, "in_ann": layer.node not in added})

@@ -91,8 +91,7 @@ def ugo_hidden(inputs: list[np.ndarray], attrs: dict[str, Any], T: int) -> tuple
     zero = np.float32(0.0)
 
     def count(total: np.ndarray, t: np.float32) -> np.ndarray:
-        n = total - t * knots
-        n += lift
+        n = total + (lift - t * knots)
         n /= threshold
         np.floor(n, out=n)
         np.maximum(n, zero, out=n)
@@ -187,23 +186,10 @@ def _spike_product(op: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Neuron
         """`product`: the kernel of the products [x, y] -> [x op y] over [T, B, ...] (default NumPy's `op`; the
         engine passes onnxruntime's MatMul, whose sums round as in the stepped file and OpenBLAS's do not)."""
         a, b = (np.asarray(v, np.float32) for v in inputs[:2])
-        sum_b = running_sum(b, T)
-        sum_a_before = np.zeros((T,) + a.shape[1:], np.float32)
-        if T > 1:
-            sum_a_before[1:] = running_sum(a, T - 1)
-        if product is None:
-            delta = op(_over_window(a, T), sum_b)
-            delta += op(sum_a_before, _over_window(b, T))
-        else:  # a and b of length 1 broadcast over the window inside the product
-            delta = product([a, sum_b], attrs)[0]
-            delta += product([sum_a_before, b], attrs)[0]
-        out = np.empty_like(delta)
-        emitted = np.zeros(delta.shape[1:], np.float32)
-        for t in range(T):
-            np.subtract(delta[t], emitted, out=out[t])
-            out[t] /= np.float32(t + 1)
-            emitted += out[t]
-        return out, None
+        sums = [running_sum(a, T), running_sum(b, T)]
+        total = op(*sums) if product is None else product(sums, attrs)[0]
+        total *= np.float32(1.0) / _steps(T, total.ndim - 1)  # as the body: a Mul by Reciprocal(step)
+        return _increments(total), None
     return kernel
 
 

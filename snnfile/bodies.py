@@ -55,31 +55,37 @@ def _signed_if_neuron_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto
     return _function(spec, nodes, opset)
 
 
-def _ugo_count(s: str, t: str, out: str) -> list[onnx.NodeProto]:
-    """out = Min(Max(Floor((s - t * knots + lift) / threshold), 0), t), lift = threshold - fire_level."""
-    return [
-        helper.make_node("Mul", [t, "knots"], [out + "_offset"]),
-        helper.make_node("Sub", [s, out + "_offset"], [out + "_charge"]),
-        helper.make_node("Add", [out + "_charge", "lift"], [out + "_membrane"]),
+def _ugo_count(s: str, t: str, out: str, opset: int) -> list[onnx.NodeProto]:
+    """out = Clip(Floor((s + (lift - t * knots)) / threshold), 0, t), lift = threshold - fire_level: the
+    offsets on the N knots first, so that three operators, not five, read the [.., N] tensors before the clip."""
+    nodes = [
+        helper.make_node("Mul", [t, "knots"], [out + "_charge"]),
+        helper.make_node("Sub", ["lift", out + "_charge"], [out + "_offset"]),
+        helper.make_node("Add", [s, out + "_offset"], [out + "_membrane"]),
         helper.make_node("Div", [out + "_membrane", "threshold"], [out + "_level"]),
         helper.make_node("Floor", [out + "_level"], [out + "_floor"]),
-        helper.make_node("Max", [out + "_floor", "zero"], [out + "_held"]),
-        helper.make_node("Min", [out + "_held", t], [out]),
     ]
+    if opset < 11:  # Clip's bounds are attributes there
+        return nodes + [helper.make_node("Max", [out + "_floor", "zero"], [out + "_held"]),
+                        helper.make_node("Min", [out + "_held", t], [out])]
+    return nodes + [helper.make_node("Reshape", [t, "scalar"], [out + "_bound"]),
+                    helper.make_node("Clip", [out + "_floor", "zero", out + "_bound"], [out])]
 
 
 def _ugo_hidden_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
     zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    scalar = helper.make_tensor("scalar", TensorProto.INT64, [0], [])
     nodes = [
         helper.make_node("Constant", [], ["zero"], value=zero),
+        helper.make_node("Constant", [], ["scalar"], value=scalar),
         helper.make_node("Sub", ["threshold", "fire_level"], ["lift"]),
         helper.make_node("Add", ["sum", "X"], ["sum_next"]),
-        *_ugo_count("sum_next", "steps", "count"),
+        *_ugo_count("sum_next", "steps", "count", opset),
         # sum + 0 * X is sum: it makes the counts before wait for X, so that a runtime does not compute (and
         # hold) every subnet's [.., N] counts before at the start of the step
         helper.make_node("Mul", ["X", "zero"], ["no_charge"]),
         helper.make_node("Add", ["sum", "no_charge"], ["sum_before"]),
-        *_ugo_count("sum_before", "step", "count_before"),
+        *_ugo_count("sum_before", "step", "count_before", opset),
         helper.make_node("Sub", ["count", "count_before"], ["spikes"]),
         helper.make_node("Mul", ["spikes", "threshold"], ["Y"]),
         helper.make_node("Identity", ["steps"], ["step_next"]),
@@ -131,14 +137,12 @@ def _product_body(spec: OperatorSpec, opset: int) -> onnx.FunctionProto:
     nodes = [
         helper.make_node("Add", ["sum_a", "A"], ["sum_a_next"]),
         helper.make_node("Add", ["sum_b", "B"], ["sum_b_next"]),
-        helper.make_node(op, ["A", "sum_b_next"], ["new_a"]),
-        helper.make_node(op, ["sum_a", "B"], ["new_b"]),
-        helper.make_node("Add", ["new_a", "new_b"], ["delta"]),
+        helper.make_node(op, ["sum_a_next", "sum_b_next"], ["total"]),
         _one(),
         helper.make_node("Add", ["step", "one"], ["step_next"]),
-        helper.make_node("Sub", ["delta", "emitted"], ["excess"]),
-        helper.make_node("Div", ["excess", "step_next"], ["Y"]),
-        helper.make_node("Add", ["emitted", "Y"], ["emitted_next"]),
+        helper.make_node("Reciprocal", ["step_next"], ["inverse"]),  # one value: a Mul, not a Div, per element
+        helper.make_node("Mul", ["total", "inverse"], ["emitted_next"]),
+        helper.make_node("Sub", ["emitted_next", "emitted"], ["Y"]),
     ]
     return _function(spec, nodes, opset)
 

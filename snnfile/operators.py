@@ -80,7 +80,7 @@ UGO_HIDDEN = OperatorSpec(
         "neurons j fed X - knots[j], with threshold[j], initial membrane threshold[j] - fire_level[j], soft "
         "reset and a net count in [0, t], t = steps (the steps with drive so far, shape [1]). They share their "
         "input, so their state is its sum: a neuron's net count after the input sums to s is "
-        "n(s, t) = Min(Max(Floor((s - t * knots + threshold - fire_level) / threshold), 0), t), the count of a "
+        "n(s, t) = Clip(Floor((s + ((threshold - fire_level) - t * knots)) / threshold), 0, t), the count of a "
         "signed IF neuron that may fire several spikes in one step (a graded spike of n(s', t) - n(s, step) "
         "threshold units). sum_next = sum + X; Y = (n(sum_next, steps) - n(sum, step)) * threshold; "
         "step_next = steps. The outputs sum to n * threshold, whose mean over t steps is "
@@ -174,11 +174,10 @@ def _product_spec(op: str, how: str) -> OperatorSpec:
         state=("sum_a", "sum_b", "emitted", "step"),
         attributes=(),
         doc=(
-            f"Spiking product (TCSA) of two signals, {how}: with running sums sum_a, sum_b, the increment "
-            f"delta = {op}(A, sum_b + B) + {op}(sum_a, B) = {op}(sum_a', sum_b') - {op}(sum_a, sum_b); "
-            "step_next = step + 1; Y = (delta - emitted) / step_next; emitted_next = emitted + Y. The outputs "
-            "up to step t sum to {op}(sum_a', sum_b') / t, so their running mean is the product of the inputs' "
-            "running means."
+            f"Spiking product (TCSA) of two signals, {how}: with running sums sum_a' = sum_a + A, "
+            f"sum_b' = sum_b + B and step_next = step + 1, emitted_next = {op}(sum_a', sum_b') * (1 / step_next) and "
+            "Y = emitted_next - emitted. The outputs up to step t sum to {op}(sum_a', sum_b') / t, so their "
+            "running mean is the product of the inputs' running means."
         ).replace("{op}", op),
         fires=False, time_normalised=True, energy=Energy.ANALOG,
         nir="spiking product of two signals (TCSA): NIR has no product node",

@@ -45,7 +45,7 @@ def run(graph: gs.Graph, ctx: PassContext) -> PassReport:
             shifted = emit("Add", [x, np.array(3.0, np.float32)], "shift", shape=shape)
             gate = _clip(emit, shifted, 6.0, graph.opset, shape)
             product = emit("Mul", [x, gate], "gated", shape=shape)
-            emit("Div", [product, np.array(6.0, np.float32)], "out", out=y)
+            emit("Mul", [product, np.array(1.0 / 6.0, np.float32)], "out", out=y)
         node.inputs.clear()
         node.outputs.clear()
         report.converted.append(node.name)
