@@ -68,8 +68,7 @@ def classify(node: gs.Node, dynamic: set[str], claims: tuple[Claim, ...]) -> Nod
     """Kept (spiking, static, linear) here; otherwise the first pass that claims the node (in pipeline
     order) gives the verdict, and a node no pass claims is unsupported."""
     op = node.op
-    ins = [i for i in node.inputs if i.name]
-    is_dynamic = [isinstance(i, gs.Variable) and i.name in dynamic for i in ins]
+    ins, is_dynamic = _operands(node, dynamic)
 
     def result(conv: Conversion, reason: str = "") -> NodeConversion:
         return NodeConversion(node.name, op, conv, reason)
@@ -93,9 +92,14 @@ def classify(node: gs.Node, dynamic: set[str], claims: tuple[Claim, ...]) -> Nod
     return result(Conversion.UNSUPPORTED, f"no conversion of {op} on input-dependent tensors")
 
 
-def _taken(node: gs.Node, dynamic: set[str], claims: tuple[Claim, ...]) -> bool:
+def _operands(node: gs.Node, dynamic: set[str]) -> tuple[list, list[bool]]:
+    """A node's named inputs and which of them depend on the input: what a claim reads."""
     ins = [i for i in node.inputs if i.name]
-    is_dynamic = [isinstance(i, gs.Variable) and i.name in dynamic for i in ins]
+    return ins, [isinstance(i, gs.Variable) and i.name in dynamic for i in ins]
+
+
+def _taken(node: gs.Node, dynamic: set[str], claims: tuple[Claim, ...]) -> bool:
+    ins, is_dynamic = _operands(node, dynamic)
     return any(claim(node, ins, is_dynamic) is not None for claim in claims)
 
 
